@@ -1,0 +1,7 @@
+"""Core library of the factory ML platform and its Dagster code location.
+
+Plain, typed functions live here and are tested without Dagster; `definitions.py` assembles
+the Dagster code location from `assets/` and `sensors/`.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,205 @@
+"""The platform's one settings object.
+
+Values come, highest priority first, from: keyword arguments, `FACTORY_*` environment
+variables, a `.env` file, the YAML file named by `FACTORY_CONFIG` (default `factory.yaml` in
+the working directory, if present), then the defaults below. Secrets (Twilio, Gemini) are read
+only from the environment or `.env`, never from YAML.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+CONFIG_ENV_VAR = "FACTORY_CONFIG"
+DEFAULT_CONFIG_FILE = "factory.yaml"
+SECRET_FIELDS = frozenset({"twilio_account_sid", "twilio_auth_token", "twilio_from_number", "gemini_api_key"})
+
+
+class _YamlWithoutSecrets(YamlConfigSettingsSource):
+    """YAML source that refuses secrets, so they never end up in a committed file."""
+
+    def __call__(self) -> dict[str, Any]:
+        data = super().__call__()
+        leaked = sorted(SECRET_FIELDS & set(data))
+        if leaked:
+            raise ValueError(
+                f"{self.yaml_file_path}: secrets {leaked} must come from the environment or .env, "
+                "not from the YAML settings file"
+            )
+        return data
+
+
+class FactorySettings(BaseSettings):
+    """Everything the platform's processes need to find each other and their state."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FACTORY_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    data_dir: Path = Field(Path(".factory"), description="All state: windows, predictions, DAGSTER_HOME, MLflow store.")
+    site: str = Field("main", description="Site name used in MQTT topics factory/{site}/...")
+    mqtt_url: str = Field("mqtt://127.0.0.1:1883", description="MQTT broker every process talks to.")
+    api_host: str = Field("127.0.0.1", description="Interface the REST API binds to.")
+    api_port: int = Field(8000, description="Port of the REST API.")
+    dagster_port: int = Field(3000, description="Port of the Dagster UI started by `factory up`.")
+    mlflow_port: int = Field(5000, description="Port of the MLflow server started by `factory up`.")
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI; default: the SQLite store under the data dir.",
+    )
+    db_url: str | None = Field(
+        None, description="SQLAlchemy URL of the serving store; default: SQLite under the data dir."
+    )
+    window_seconds: float = Field(60.0, ge=1, description="A window is sealed every this many seconds.")
+    window_max_rows: int = Field(50_000, gt=0, description="A window is sealed early at this many rows.")
+    collector_id: str = Field(
+        "collector-1", description="Name of this collector (part of window keys and MQTT client id)."
+    )
+    collector_flush_ms: int = Field(
+        50, gt=0, description="Longest time a received message waits before it is made durable and acknowledged."
+    )
+    max_payload_bytes: int = Field(262_144, gt=0, description="Payloads larger than this go to the dead-letter file.")
+    retention_days: float = Field(
+        30.0, gt=0, description="Window partitions older than this are removed from Dagster (files stay)."
+    )
+    max_live_partitions: int = Field(50_000, gt=0, description="Upper bound on live window partitions in Dagster.")
+    sensor_interval_seconds: int = Field(5, gt=0, description="How often the window sensor polls for sealed windows.")
+    anomaly_contamination: float = Field(0.02, gt=0, lt=0.5, description="Expected anomaly share for energy_iforest.")
+
+    # Secrets: only from the environment or .env (names are the vendors' usual ones).
+    twilio_account_sid: SecretStr | None = Field(None, validation_alias=AliasChoices("TWILIO_ACCOUNT_SID"))
+    twilio_auth_token: SecretStr | None = Field(None, validation_alias=AliasChoices("TWILIO_AUTH_TOKEN"))
+    twilio_from_number: str | None = Field(None, validation_alias=AliasChoices("TWILIO_FROM_NUMBER"))
+    gemini_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("GEMINI_API_KEY"))
+    gemini_model: str = Field("gemini-2.5-flash", validation_alias=AliasChoices("GEMINI_MODEL"))
+    gemini_base_url: str | None = Field(None, validation_alias=AliasChoices("GEMINI_BASE_URL"))
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _check_mqtt_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in {"mqtt", "tcp"} or not parts.hostname:
+            raise ValueError(f"FACTORY_MQTT_URL must look like mqtt://host:1883, got {value!r}")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_path = Path(os.environ.get(CONFIG_ENV_VAR, DEFAULT_CONFIG_FILE))
+        if CONFIG_ENV_VAR in os.environ and not yaml_path.is_file():
+            raise FileNotFoundError(f"{CONFIG_ENV_VAR}={yaml_path} does not exist")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, dotenv_settings]
+        if yaml_path.is_file():
+            sources.append(_YamlWithoutSecrets(settings_cls, yaml_file=yaml_path))
+        return tuple(sources)
+
+    # ---- derived locations: one place decides where every kind of state lives ----
+    @cached_property
+    def data_path(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def windows_dir(self) -> Path:
+        return self.data_path / "windows"
+
+    @property
+    def dead_letter_dir(self) -> Path:
+        return self.data_path / "dead-letter"
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.data_path / "predictions"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.data_path / "features"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.data_path / "dagster"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.data_path / "mlflow"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_path / "logs"
+
+    @property
+    def mlflow_artifacts_dir(self) -> Path:
+        return self.mlflow_dir / "artifacts"
+
+    @property
+    def resolved_mlflow_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def resolved_db_url(self) -> str:
+        return self.db_url or f"sqlite:///{self.data_path / 'serving.db'}"
+
+    @property
+    def mqtt_host(self) -> str:
+        return urlsplit(self.mqtt_url).hostname or "127.0.0.1"
+
+    @property
+    def mqtt_port(self) -> int:
+        return urlsplit(self.mqtt_url).port or 1883
+
+    def child_env(self) -> dict[str, str]:
+        """Environment that hands these settings to a child process unchanged."""
+        env = {
+            "FACTORY_DATA_DIR": str(self.data_path),
+            "FACTORY_SITE": self.site,
+            "FACTORY_MQTT_URL": self.mqtt_url,
+            "FACTORY_API_HOST": self.api_host,
+            "FACTORY_API_PORT": str(self.api_port),
+            "FACTORY_DAGSTER_PORT": str(self.dagster_port),
+            "FACTORY_MLFLOW_PORT": str(self.mlflow_port),
+            "FACTORY_WINDOW_SECONDS": str(self.window_seconds),
+            "FACTORY_WINDOW_MAX_ROWS": str(self.window_max_rows),
+            "FACTORY_DB_URL": self.resolved_db_url,
+            "FACTORY_MLFLOW_TRACKING_URI": self.resolved_mlflow_uri,
+            "MLFLOW_TRACKING_URI": self.resolved_mlflow_uri,
+            "DAGSTER_HOME": str(self.dagster_home),
+        }
+        return env
+
+    def ensure_dirs(self) -> None:
+        for path in (
+            self.windows_dir,
+            self.dead_letter_dir,
+            self.predictions_dir,
+            self.features_dir,
+            self.dagster_home,
+            self.mlflow_artifacts_dir,
+            self.logs_dir,
+        ):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+def load_settings(**overrides: Any) -> FactorySettings:
+    """Settings from the environment, `.env` and the YAML file, with explicit overrides on top."""
+    return FactorySettings(**overrides)

@@ -1,0 +1,214 @@
+"""The serving store: predictions (and, in later issues, alerts) behind SQLAlchemy.
+
+SQLite in WAL mode by default, PostgreSQL or any SQLAlchemy URL in production; the schema is
+owned by Alembic migrations in `factory_pipelines/migrations`, applied when the store opens.
+Rows are keyed by (model, window, asset), so recomputing a window (a backfill with another
+model version) replaces its predictions instead of duplicating them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+
+from factory_pipelines.telemetry import Prediction
+
+metadata = MetaData()
+
+predictions_table = Table(
+    "predictions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model_name", String(64), nullable=False),
+    Column("model_version", String(32), nullable=False),
+    Column("asset_id", String(128), nullable=False),
+    Column("window_key", String(128), nullable=False),
+    Column("window_start", DateTime(timezone=True)),
+    Column("window_end", DateTime(timezone=True)),
+    Column("score", Float, nullable=False),
+    Column("label", String(32), nullable=False),
+    Column("produced_at", DateTime(timezone=True), nullable=False),
+    Column("mlflow_run_id", String(64)),
+    Column("dagster_run_id", String(64)),
+    Column("details", JSON),
+    UniqueConstraint("model_name", "window_key", "asset_id", name="uq_prediction_window"),
+)
+
+_MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+_PREDICTION_COLUMNS = [c.name for c in predictions_table.columns if c.name not in {"id", "details"}]
+
+
+class StoreUnavailableError(RuntimeError):
+    """The serving store cannot be reached; the caller decides how to degrade."""
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionPage:
+    items: list[Prediction]
+    total: int
+
+
+def _enable_sqlite_wal(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()
+
+
+def migrate(db_url: str) -> None:
+    """Bring the database at `db_url` to the newest schema."""
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(_MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", db_url.replace("%", "%%"))
+    command.upgrade(config, "head")
+
+
+class ServingStore:
+    def __init__(self, db_url: str, *, apply_migrations: bool = True) -> None:
+        self.db_url = db_url
+        if db_url.startswith("sqlite:///"):
+            Path(db_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine = create_engine(db_url, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            _enable_sqlite_wal(self.engine)
+        if apply_migrations:
+            migrate(db_url)
+
+    def ping(self) -> None:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:  # any driver error means the same to callers
+            raise StoreUnavailableError(f"serving store unreachable: {exc}") from exc
+
+    def upsert_predictions(self, predictions: Iterable[Prediction]) -> int:
+        rows = [_prediction_row(p) for p in predictions]
+        if not rows:
+            return 0
+        dialect = self.engine.dialect.name
+        insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}.get(dialect)
+        with self.engine.begin() as conn:
+            if insert is None:  # other databases: replace row by row
+                for row in rows:
+                    conn.execute(
+                        predictions_table.delete().where(
+                            (predictions_table.c.model_name == row["model_name"])
+                            & (predictions_table.c.window_key == row["window_key"])
+                            & (predictions_table.c.asset_id == row["asset_id"])
+                        )
+                    )
+                conn.execute(predictions_table.insert(), rows)
+            else:
+                stmt = insert(predictions_table)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["model_name", "window_key", "asset_id"],
+                    set_={
+                        name: stmt.excluded[name]
+                        for name in rows[0]
+                        if name not in {"model_name", "window_key", "asset_id"}
+                    },
+                )
+                conn.execute(stmt, rows)
+        return len(rows)
+
+    def latest_predictions(self, *, model_name: str | None = None, asset_id: str | None = None) -> list[Prediction]:
+        """The newest prediction per (model, asset)."""
+        t = predictions_table
+        rank = (
+            func.row_number()
+            .over(
+                partition_by=(t.c.model_name, t.c.asset_id),
+                order_by=(t.c.window_start.desc(), t.c.produced_at.desc(), t.c.id.desc()),
+            )
+            .label("rank")
+        )
+        inner = select(t, rank)
+        if model_name:
+            inner = inner.where(t.c.model_name == model_name)
+        if asset_id:
+            inner = inner.where(t.c.asset_id == asset_id)
+        sub = inner.subquery()
+        query = select(sub).where(sub.c.rank == 1).order_by(sub.c.model_name, sub.c.asset_id)
+        with self.engine.connect() as conn:
+            return [_row_prediction(row._mapping) for row in conn.execute(query)]
+
+    def prediction_history(
+        self,
+        *,
+        model_name: str | None = None,
+        asset_id: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> PredictionPage:
+        """Predictions whose window starts in [start, end), newest first."""
+        t = predictions_table
+        conditions = []
+        if model_name:
+            conditions.append(t.c.model_name == model_name)
+        if asset_id:
+            conditions.append(t.c.asset_id == asset_id)
+        if start:
+            conditions.append(t.c.window_start >= start)
+        if end:
+            conditions.append(t.c.window_start < end)
+        query = select(t).where(*conditions)
+        with self.engine.connect() as conn:
+            total = conn.execute(select(func.count()).select_from(t).where(*conditions)).scalar_one()
+            rows = conn.execute(
+                query.order_by(t.c.window_start.desc(), t.c.asset_id, t.c.id.desc()).limit(limit).offset(offset)
+            )
+            return PredictionPage([_row_prediction(r._mapping) for r in rows], total)
+
+    def count_predictions(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(predictions_table)).scalar_one()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _prediction_row(prediction: Prediction) -> dict[str, Any]:
+    data = prediction.model_dump()
+    row = {name: data.pop(name, None) for name in _PREDICTION_COLUMNS}
+    row["details"] = json.loads(json.dumps(data, default=str)) if data else None
+    return row
+
+
+def _row_prediction(row: Any) -> Prediction:
+    values: dict[str, Any] = {name: row[name] for name in _PREDICTION_COLUMNS}
+    for name in ("window_start", "window_end", "produced_at"):
+        # SQLite gives naive datetimes back; every time we store is UTC.
+        if values[name] is not None and values[name].tzinfo is None:
+            values[name] = values[name].replace(tzinfo=UTC)
+    extra = row["details"] or {}
+    return Prediction(**values, **extra)

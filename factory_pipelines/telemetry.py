@@ -1,0 +1,422 @@
+"""The telemetry contract: every MQTT payload model and every topic, in one module.
+
+This module is the single source of truth for what flows over MQTT. The JSON schemas served at
+`GET /schemas` are generated from these models.
+
+Our own publishers stamp every message with `asset_id`, `ts` (UTC) and a per-publisher `seq`.
+Devices already in the plant send less (see SEED-CLIENTS.md), and are accepted all the same:
+the asset id comes from the topic, `ts` from the time of receipt, fields a device does not
+measure are absent, and unknown extra fields are kept.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+)
+
+
+def _as_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_as_utc)]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class PayloadKind(StrEnum):
+    MACHINE = "machine"
+    ROBOT = "robot"
+    CLEANROOM = "cleanroom"
+    COMMAND_ACK = "command_ack"
+    MAINTENANCE = "maintenance"
+    ENERGY_STATS = "energy_stats"
+    NETWORK_STATS = "network_stats"
+
+
+class Severity(StrEnum):
+    INFO = "INFO"
+    WARNING = "WARNING"
+    CRITICAL = "CRITICAL"
+
+
+class _Envelope(BaseModel):
+    """Fields every telemetry message carries once it has been accepted."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, ser_json_inf_nan="constants")
+
+    asset_id: str = Field(min_length=1, max_length=128)
+    ts: UtcDatetime = Field(description="Measurement time (UTC); the time of receipt when a device sends none.")
+    seq: int | None = Field(
+        None, ge=0, description="Per-publisher sequence; (asset_id, seq) makes delivery idempotent."
+    )
+
+
+# ---- machines: the plant's historical export layout (manufacturing_6G_dataset.csv) ----
+
+MACHINE_EXPORT_COLUMNS: tuple[str, ...] = (
+    "Timestamp",
+    "Machine_ID",
+    "Operation_Mode",
+    "Temperature_C",
+    "Vibration_Hz",
+    "Power_Consumption_kW",
+    "Network_Latency_ms",
+    "Packet_Loss_%",
+    "Quality_Control_Defect_Rate_%",
+    "Production_Speed_units_per_hr",
+    "Predictive_Maintenance_Score",
+    "Error_Rate_%",
+    "Efficiency_Status",
+)
+
+OPERATION_MODES = ("Active", "Idle", "Maintenance")
+EFFICIENCY_STATUSES = ("High", "Medium", "Low")
+
+
+class MachineTelemetry(_Envelope):
+    """One row of the plant export; field aliases are the export's column names."""
+
+    model_config = ConfigDict(coerce_numbers_to_str=True)
+
+    kind: Literal["machine"] = "machine"
+    machine_id: str | None = Field(None, alias="Machine_ID")
+    operation_mode: str | None = Field(None, alias="Operation_Mode")
+    temperature_c: float | None = Field(None, alias="Temperature_C")
+    vibration_hz: float | None = Field(None, alias="Vibration_Hz")
+    power_consumption_kw: float | None = Field(None, alias="Power_Consumption_kW")
+    network_latency_ms: float | None = Field(None, alias="Network_Latency_ms")
+    packet_loss_pct: float | None = Field(None, alias="Packet_Loss_%")
+    quality_control_defect_rate_pct: float | None = Field(None, alias="Quality_Control_Defect_Rate_%")
+    production_speed_units_per_hr: float | None = Field(None, alias="Production_Speed_units_per_hr")
+    predictive_maintenance_score: float | None = Field(None, alias="Predictive_Maintenance_Score")
+    error_rate_pct: float | None = Field(None, alias="Error_Rate_%")
+    efficiency_status: str | None = Field(None, alias="Efficiency_Status")
+
+
+# Export column name -> model field name, derived from the model so the two cannot drift.
+MACHINE_FIELD_BY_COLUMN: dict[str, str] = {
+    field.alias: name for name, field in MachineTelemetry.model_fields.items() if field.alias is not None
+}
+MACHINE_NUMERIC_FIELDS: tuple[str, ...] = tuple(
+    name
+    for name, field in MachineTelemetry.model_fields.items()
+    if field.alias is not None and field.annotation == (float | None)
+)
+
+
+# ---- robots: vibration features of the bearing, temperature, current, cycles ----
+
+
+class VibrationFeatures(BaseModel):
+    """Vibration summary; band energies are at the bearing fault frequencies."""
+
+    model_config = ConfigDict(extra="allow")
+
+    rms: float | None = Field(None, ge=0, description="Vibration RMS (g).")
+    kurtosis: float | None = None
+    bpfo: float | None = Field(None, ge=0, description="Band energy at the ball-pass frequency, outer race.")
+    bpfi: float | None = Field(None, ge=0, description="Band energy at the ball-pass frequency, inner race.")
+    bsf: float | None = Field(None, ge=0, description="Band energy at the ball spin frequency.")
+    ftf: float | None = Field(None, ge=0, description="Band energy at the fundamental train (cage) frequency.")
+
+
+class RobotTelemetry(_Envelope):
+    kind: Literal["robot"] = "robot"
+    vibration: VibrationFeatures | None = None
+    temperature: float | None = Field(None, description="Bearing temperature (degC).")
+    motor_current: float | None = Field(None, ge=0, description="Motor current (A).")
+    cycle_count: int | None = Field(None, ge=0)
+    health_score: float | None = Field(None, ge=0, le=100)
+    state: str | None = Field(None, description="running, slow or stopped.")
+    true_rul_cycles: float | None = Field(
+        None, description="Ground-truth remaining useful life; only the simulator knows it."
+    )
+
+
+# ---- cleanroom ----
+
+PARTICLE_SIZES_UM = ("0.3", "0.5", "1.0", "5.0")
+
+
+class CleanroomStatus(_Envelope):
+    kind: Literal["cleanroom"] = "cleanroom"
+    particles_per_m3: dict[str, float] | None = Field(
+        None, description="Particle counts per cubic metre at or above each size in micrometres."
+    )
+    iso_class: float | None = Field(None, ge=1, le=9, description="ISO 14644-1 class.")
+    temperature: float | None = None
+    humidity: float | None = Field(None, ge=0, le=100, description="Relative humidity (%).")
+    differential_pressure_pa: float | None = None
+
+
+# ---- legacy device payloads (SEED-CLIENTS.md, "MQTT that existing devices use") ----
+
+
+class MaintenanceReading(_Envelope):
+    kind: Literal["maintenance"] = "maintenance"
+    vibration: float | None = None
+    temperature: float | None = None
+
+
+class EnergyStats(_Envelope):
+    kind: Literal["energy_stats"] = "energy_stats"
+    current_load: float | None = None
+
+
+class NetworkStats(_Envelope):
+    kind: Literal["network_stats"] = "network_stats"
+    latency: float | None = None
+    packet_loss: float | None = None
+
+
+# ---- commands and their acknowledgement ----
+
+
+class Command(BaseModel):
+    """Sent on `factory/{site}/{asset_id}/cmd`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    command_id: str = Field(min_length=1)
+    command: str = Field(min_length=1, description="e.g. stop, slow, resume")
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    issued_at: UtcDatetime = Field(default_factory=utc_now)
+    issued_by: str | None = None
+
+
+class CommandAck(_Envelope):
+    """An asset's answer to a command, published on its telemetry topic."""
+
+    kind: Literal["command_ack"] = "command_ack"
+    command_id: str
+    command: str
+    status: Literal["done", "rejected"]
+    detail: str | None = None
+
+
+InboundTelemetry = (
+    MachineTelemetry | RobotTelemetry | CleanroomStatus | CommandAck | MaintenanceReading | EnergyStats | NetworkStats
+)
+TelemetryPayload = Annotated[
+    MachineTelemetry | RobotTelemetry | CleanroomStatus | CommandAck | MaintenanceReading | EnergyStats | NetworkStats,
+    Field(discriminator="kind"),
+]
+_TELEMETRY_ADAPTER: TypeAdapter[Any] = TypeAdapter(TelemetryPayload)
+
+
+# ---- outputs of the platform ----
+
+
+class Prediction(BaseModel):
+    """A model's verdict on one asset in one window; published on `predictions/{model}/{asset_id}`."""
+
+    model_config = ConfigDict(protected_namespaces=(), extra="allow")
+
+    model_name: str
+    model_version: str
+    asset_id: str
+    window_key: str
+    score: float = Field(description="Model score; for anomaly models higher means more anomalous.")
+    label: str = Field(description="e.g. normal / anomaly")
+    produced_at: UtcDatetime
+    window_start: UtcDatetime | None = None
+    window_end: UtcDatetime | None = None
+    mlflow_run_id: str | None = None
+    dagster_run_id: str | None = None
+
+
+class Alert(BaseModel):
+    """Published on `alerts/{severity}` and `factory/{site}/{asset_id}/alerts`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    alert_id: str
+    severity: Severity
+    source: str
+    type: str
+    asset_id: str | None = None
+    message: str
+    ts: UtcDatetime = Field(default_factory=utc_now)
+    window_key: str | None = None
+    model_name: str | None = None
+    model_version: str | None = None
+
+
+PUBLISHED_MODELS: dict[str, type[BaseModel]] = {
+    "MachineTelemetry": MachineTelemetry,
+    "RobotTelemetry": RobotTelemetry,
+    "CleanroomStatus": CleanroomStatus,
+    "MaintenanceReading": MaintenanceReading,
+    "EnergyStats": EnergyStats,
+    "NetworkStats": NetworkStats,
+    "Command": Command,
+    "CommandAck": CommandAck,
+    "Prediction": Prediction,
+    "Alert": Alert,
+}
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """JSON schema of every payload, keyed by model name (served at `GET /schemas`)."""
+    return {name: model.model_json_schema(by_alias=True) for name, model in PUBLISHED_MODELS.items()}
+
+
+# ---- topics ----
+
+
+def telemetry_topic(site: str, asset_id: str) -> str:
+    return f"factory/{site}/{asset_id}/telemetry"
+
+
+def command_topic(site: str, asset_id: str) -> str:
+    return f"factory/{site}/{asset_id}/cmd"
+
+
+def asset_alert_topic(site: str, asset_id: str) -> str:
+    return f"factory/{site}/{asset_id}/alerts"
+
+
+def cleanroom_topic(site: str) -> str:
+    return f"cleanroom/{site}/status"
+
+
+def prediction_topic(model_name: str, asset_id: str) -> str:
+    return f"predictions/{model_name}/{asset_id}"
+
+
+def alert_topic(severity: Severity | str) -> str:
+    return f"alerts/{Severity(severity).value.lower()}"
+
+
+# What the collector subscribes to: all telemetry, legacy device topics and the cleanroom.
+COLLECTOR_SUBSCRIPTIONS: tuple[str, ...] = ("factory/#", "cleanroom/#")
+
+LEGACY_MACHINE_SITE = "machine"  # seed devices publish factory/machine/{Machine_ID}/...
+
+
+@dataclass(frozen=True, slots=True)
+class TopicInfo:
+    """What a topic tells about a message: which site and asset, and what kind it must be."""
+
+    site: str
+    asset_id: str
+    kind: PayloadKind | None  # None: decided by the payload's shape
+
+
+class TopicError(ValueError):
+    pass
+
+
+def parse_telemetry_topic(topic: str, default_site: str = "main") -> TopicInfo | None:
+    """Classify an inbound topic; None for topics that carry no telemetry (cmd, alerts).
+
+    Raises TopicError for topics under our prefixes that fit no known layout.
+    """
+    parts = topic.split("/")
+    if parts[0] == "cleanroom" and len(parts) == 3 and parts[2] == "status" and parts[1]:
+        return TopicInfo(parts[1], f"cleanroom-{parts[1]}", PayloadKind.CLEANROOM)
+    if parts[0] != "factory":
+        raise TopicError(f"topic {topic!r} is not under factory/ or cleanroom/")
+    if len(parts) == 3 and parts[2] == "stats" and parts[1] in {"energy", "network"}:
+        kind = PayloadKind.ENERGY_STATS if parts[1] == "energy" else PayloadKind.NETWORK_STATS
+        return TopicInfo(default_site, f"plant-{parts[1]}", kind)
+    if len(parts) == 4 and parts[1] and parts[2]:
+        site, asset_id, leaf = parts[1], parts[2], parts[3]
+        if leaf in {"cmd", "alerts"}:
+            return None
+        if site == LEGACY_MACHINE_SITE:
+            if leaf == "telemetry":
+                return TopicInfo(default_site, asset_id, PayloadKind.MACHINE)
+            if leaf == "maintenance":
+                return TopicInfo(default_site, asset_id, PayloadKind.MAINTENANCE)
+        elif leaf == "telemetry":
+            return TopicInfo(site, asset_id, None)
+    raise TopicError(f"topic {topic!r} fits no telemetry layout of the contract")
+
+
+def _infer_kind(payload: dict[str, Any]) -> PayloadKind:
+    if "kind" in payload:
+        return PayloadKind(payload["kind"])
+    if "command_id" in payload and "status" in payload:
+        return PayloadKind.COMMAND_ACK
+    if any(column in payload for column in MACHINE_FIELD_BY_COLUMN) or "Machine_ID" in payload:
+        return PayloadKind.MACHINE
+    return PayloadKind.ROBOT
+
+
+class PayloadError(ValueError):
+    """A message that cannot be accepted; `reason` says why, for the dead-letter file."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def parse_telemetry(
+    topic: str,
+    raw: bytes,
+    *,
+    received_at: datetime | None = None,
+    default_site: str = "main",
+) -> InboundTelemetry | None:
+    """Validate one inbound message against the contract, filling what legacy devices omit.
+
+    Returns None for topics that carry no telemetry; raises PayloadError with a reason otherwise.
+    """
+    try:
+        info = parse_telemetry_topic(topic, default_site)
+    except TopicError as exc:
+        raise PayloadError(str(exc)) from exc
+    if info is None:
+        return None
+    try:
+        payload = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PayloadError(f"not valid JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise PayloadError(f"payload must be a JSON object, got {type(payload).__name__}")
+
+    payload.setdefault("asset_id", info.asset_id)
+    if "ts" not in payload:
+        legacy_epoch = payload.get("timestamp")
+        if isinstance(legacy_epoch, int | float) and not isinstance(legacy_epoch, bool):
+            payload["ts"] = datetime.fromtimestamp(legacy_epoch, UTC).isoformat()
+        else:
+            payload["ts"] = (received_at or utc_now()).isoformat()
+    if info.kind is not None:
+        if "kind" in payload and payload["kind"] != info.kind.value:
+            raise PayloadError(f"payload kind {payload['kind']!r} does not match topic {topic!r}")
+        payload["kind"] = info.kind.value
+    else:
+        try:
+            payload["kind"] = _infer_kind(payload).value
+        except ValueError:
+            raise PayloadError(f"unknown payload kind {payload.get('kind')!r}") from None
+    try:
+        return _TELEMETRY_ADAPTER.validate_python(payload)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()[:5]
+        )
+        raise PayloadError(f"invalid {payload['kind']} payload: {problems}") from exc
+
+
+def dump_payload(model: BaseModel) -> bytes:
+    """The wire form: JSON with the contract's aliases, absent fields left out."""
+    return model.model_dump_json(by_alias=True, exclude_none=True).encode()
