@@ -32,7 +32,7 @@ class _YamlWithoutSecrets(YamlConfigSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         data = super().__call__()
-        leaked = sorted(SECRET_FIELDS & set(data))
+        leaked = sorted(SECRET_FIELDS & {key.lower() for key in data})
         if leaked:
             raise ValueError(
                 f"{self.yaml_file_path}: secrets {leaked} must come from the environment or .env, "
@@ -89,6 +89,21 @@ class FactorySettings(BaseSettings):
     gemini_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("GEMINI_API_KEY"))
     gemini_model: str = Field("gemini-2.5-flash", validation_alias=AliasChoices("GEMINI_MODEL"))
     gemini_base_url: str | None = Field(None, validation_alias=AliasChoices("GEMINI_BASE_URL"))
+
+    @field_validator(
+        "db_url",
+        "mlflow_tracking_uri",
+        "twilio_account_sid",
+        "twilio_auth_token",
+        "twilio_from_number",
+        "gemini_api_key",
+        "gemini_base_url",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        """`NAME=` in .env (as in .env.example) means "not set", not an empty secret."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("mqtt_url")
     @classmethod

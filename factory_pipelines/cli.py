@@ -1,0 +1,200 @@
+"""The `factory` command line: one entry point for every process of the platform."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from factory_pipelines.settings import FactorySettings, load_settings
+
+app = typer.Typer(
+    name="factory",
+    help="Smart-factory ML platform: MQTT telemetry, Dagster pipelines, MLflow models, REST serving.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+
+def _settings() -> FactorySettings:
+    try:
+        settings = load_settings()
+    except Exception as exc:  # a bad setting must read as one clear line, not a traceback
+        console.print(f"[red]settings error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    settings.ensure_dirs()
+    return settings
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGINT or SIGTERM, so long-running commands stop cleanly."""
+    stop = threading.Event()
+
+    def _handler(signum: int, _frame: object) -> None:
+        console.print(f"[yellow]{signal.Signals(signum).name} received, stopping...[/yellow]")
+        stop.set()
+
+    signal.signal(signal.SIGINT, _handler)
+    signal.signal(signal.SIGTERM, _handler)
+    return stop
+
+
+def _parse_faults(values: list[str] | None) -> dict[str, str]:
+    faults: dict[str, str] = {}
+    for item in values or []:
+        asset, sep, kind = item.partition("=")
+        if not sep or not asset or not kind:
+            raise typer.BadParameter(f"--fault takes ASSET=KIND, got {item!r}")
+        faults[asset] = kind
+    return faults
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@app.command()
+def up(
+    machines: Annotated[int, typer.Option(help="Simulated machines.")] = 5,
+    robots: Annotated[int, typer.Option(help="Simulated robots.")] = 3,
+    rate: Annotated[float, typer.Option(help="Messages per asset per second.")] = 1.0,
+    fault: Annotated[list[str] | None, typer.Option(help="Inject a fault: ASSET=KIND (repeatable).")] = None,
+    no_simulator: Annotated[bool, typer.Option("--no-simulator", help="Don't start the edge simulator.")] = False,
+) -> None:
+    """Start everything: broker if needed, MLflow, collector, simulator, Dagster, API."""
+    from factory_pipelines.launcher import PlatformOptions, run_platform
+
+    settings = _settings()
+    options = PlatformOptions(
+        machines=machines,
+        robots=robots,
+        rate_hz=rate,
+        faults=_parse_faults(fault),
+        simulator=not no_simulator,
+    )
+    raise typer.Exit(run_platform(settings, options, console))
+
+
+@app.command()
+def simulate(
+    machines: Annotated[int, typer.Option(help="Number of machines.")] = 5,
+    robots: Annotated[int, typer.Option(help="Number of robots.")] = 3,
+    cleanrooms: Annotated[int, typer.Option(help="Number of cleanrooms (0 or 1).")] = 1,
+    rate: Annotated[float, typer.Option(help="Messages per asset per second.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same fleet.")] = 42,
+    fault: Annotated[list[str] | None, typer.Option(help="Inject a fault: ASSET=KIND (repeatable).")] = None,
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    export_csv: Annotated[
+        Path | None, typer.Option(help="Write a plant-export CSV instead of publishing.")
+    ] = None,
+    rows: Annotated[int, typer.Option(help="Rows to write with --export-csv.")] = 1000,
+) -> None:
+    """Publish a simulated fleet over MQTT (or write a plant-export CSV with --export-csv)."""
+    from factory_pipelines.simulator import FleetConfig, export_plant_csv, run_simulator
+
+    faults = _parse_faults(fault)
+    if export_csv is not None:
+        path = export_plant_csv(export_csv, rows, machines=machines, seed=seed, faults=faults)
+        console.print(f"wrote {rows} rows to {path}")
+        return
+    settings = _settings()
+    fleet = FleetConfig(
+        machines=machines, robots=robots, cleanrooms=cleanrooms, rate_hz=rate, seed=seed, site=settings.site
+    )
+    stop = _stop_on_signals()
+    try:
+        stats = run_simulator(settings, fleet, faults=faults, duration_s=duration, stop=stop)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    console.print(f"published: {stats}")
+
+
+@app.command()
+def replay(
+    file: Annotated[Path, typer.Argument(help="CSV in the plant-export layout.", exists=True, dir_okay=False)],
+    speed: Annotated[
+        float, typer.Option(help="Scale the original timing by this factor; 0 = as fast as possible.")
+    ] = 1.0,
+) -> None:
+    """Publish a plant-export CSV row by row with its original timing."""
+    from factory_pipelines.replay import replay_csv
+
+    settings = _settings()
+    stop = _stop_on_signals()
+    try:
+        stats = replay_csv(settings, file, speed=speed or None, stop=stop)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    console.print(f"replayed: {stats}")
+
+
+@app.command()
+def collect(
+    shared: Annotated[
+        bool, typer.Option(help="Join the $share/collectors group to split the load with other collectors.")
+    ] = False,
+) -> None:
+    """Collect telemetry from MQTT into durable, sealed window files."""
+    from sensors.collector import run_collector
+
+    settings = _settings()
+    stats = run_collector(settings, shared=shared, stop=_stop_on_signals())
+    console.print(f"collector stopped: {stats}")
+
+
+@app.command()
+def serve() -> None:
+    """Serve predictions over REST (OpenAPI at /docs)."""
+    from serving.app import serve as run_api
+
+    run_api(_settings())
+
+
+@app.command()
+def broker() -> None:
+    """Run a local MQTT broker on FACTORY_MQTT_URL's port (Mosquitto if installed, else embedded)."""
+    from factory_pipelines.broker import ensure_broker
+
+    settings = _settings()
+    stop = _stop_on_signals()
+    running = ensure_broker(settings)
+    if running is None:
+        console.print(f"a broker already answers at {settings.mqtt_url}; nothing to do")
+        return
+    console.print(f"{running.kind} broker listening at {running.url}; Ctrl-C stops it")
+    try:
+        stop.wait()
+    finally:
+        running.stop()
+
+
+@app.command("settings")
+def show_settings() -> None:
+    """Print the resolved settings as JSON (secrets masked)."""
+    settings = _settings()
+    data = json.loads(settings.model_dump_json())
+    data["resolved"] = {
+        "db_url": settings.resolved_db_url,
+        "mlflow_tracking_uri": settings.resolved_mlflow_uri,
+        "dagster_home": str(settings.dagster_home),
+    }
+    print(json.dumps(data, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    app()

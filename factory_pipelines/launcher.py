@@ -1,0 +1,269 @@
+"""`factory up`: start the whole platform on one machine and stop all of it on Ctrl-C.
+
+Order matters: the broker and the MLflow server come first (every other process talks to
+them); collector, API and simulator start next so windows accumulate while the first model
+trains; Dagster comes last, and its sensor picks up every window sealed in the meantime.
+Each child writes its log to `{data_dir}/logs/{name}.log`; a child that dies is restarted a
+few times before `factory up` gives up and stops everything.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from factory_pipelines.settings import FactorySettings
+
+STOP_GRACE_S = 20.0
+MAX_RESTARTS = 3
+READY_TIMEOUT_S = 180.0
+
+
+@dataclass
+class PlatformOptions:
+    machines: int = 5
+    robots: int = 3
+    rate_hz: float = 1.0
+    faults: dict[str, str] = field(default_factory=dict)
+    simulator: bool = True
+
+
+@dataclass
+class ManagedProcess:
+    """A child process of `factory up`, restartable, with its own log file."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    restartable: bool = True
+    popen: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.popen = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # Own process group: the launcher decides the shutdown order, not the terminal's
+            # Ctrl-C; SIGINT restored to default so `dagster dev` honours it (STACK-NOTES).
+            start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        log.close()
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.popen is None else self.popen.poll()
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        try:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            self.popen.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait()
+        except ProcessLookupError:
+            pass
+
+    def log_tail(self, lines: int = 20) -> str:
+        if not self.log_path.exists():
+            return ""
+        with self.log_path.open(errors="replace") as handle:
+            return "".join(deque(handle, maxlen=lines))
+
+
+class PlatformError(RuntimeError):
+    pass
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _wait_http(url: str, timeout_s: float, alive: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not alive():
+            raise PlatformError(f"process serving {url} exited before it answered")
+        try:
+            if httpx.get(url, timeout=2.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise PlatformError(f"{url} did not answer within {timeout_s:.0f} s")
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "factory_pipelines.cli", *args]
+
+
+def run_platform(settings: FactorySettings, options: PlatformOptions, console: Console) -> int:
+    """Run until Ctrl-C (or SIGTERM); returns the exit code for the command line."""
+    from factory_pipelines.broker import ensure_broker
+    from factory_pipelines.dagster_instance import ensure_energy_champion, write_dagster_yaml
+
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+
+    host = "127.0.0.1"
+    busy = [
+        f"{name}={port}"
+        for name, port in (
+            ("FACTORY_API_PORT", settings.api_port),
+            ("FACTORY_DAGSTER_PORT", settings.dagster_port),
+            ("FACTORY_MLFLOW_PORT", settings.mlflow_port),
+        )
+        if not _port_free(host, port)
+    ]
+    if busy:
+        console.print(f"[red]ports already in use: {', '.join(busy)}; set those variables to free ports[/red]")
+        return 2
+
+    started = time.monotonic()
+    processes: list[ManagedProcess] = []
+    broker = None
+    try:
+        broker = ensure_broker(settings)
+        if broker is None:
+            console.print(f"MQTT: using the broker that answers at {settings.mqtt_url}")
+        else:
+            console.print(f"MQTT: no broker answered, started {broker.kind} at {broker.url}")
+
+        mlflow_url = f"http://{host}:{settings.mlflow_port}"
+        settings = settings.model_copy(update={"mlflow_tracking_uri": mlflow_url})
+        env = {**os.environ, **settings.child_env(), "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+        os.environ.update(settings.child_env())
+        write_dagster_yaml(settings)
+
+        def spawn(name: str, argv: list[str], restartable: bool = True) -> ManagedProcess:
+            process = ManagedProcess(name, argv, env, settings.logs_dir / f"{name}.log", restartable)
+            process.start()
+            processes.append(process)
+            return process
+
+        mlflow = spawn(
+            "mlflow",
+            [
+                sys.executable, "-m", "mlflow", "server",
+                "--backend-store-uri", f"sqlite:///{settings.mlflow_dir / 'mlflow.db'}",
+                "--artifacts-destination", str(settings.mlflow_artifacts_dir),
+                "--host", host, "--port", str(settings.mlflow_port), "--workers", "1",
+            ],
+            restartable=False,
+        )  # fmt: skip
+        console.print("MLflow: starting the tracking server...")
+        _wait_http(f"{mlflow_url}/health", READY_TIMEOUT_S, lambda: mlflow.exit_code is None)
+        console.print(f"MLflow: ready after {time.monotonic() - started:.0f} s")
+
+        spawn("collector", _cli("collect"))
+        api = spawn("api", _cli("serve"))
+        if options.simulator:
+            sim_args = ["simulate", "--machines", str(options.machines), "--robots", str(options.robots)]
+            sim_args += ["--rate", str(options.rate_hz)]
+            for asset, kind in options.faults.items():
+                sim_args += ["--fault", f"{asset}={kind}"]
+            spawn("simulator", _cli(*sim_args))
+
+        console.print("energy_iforest: checking for a champion (trains the first model if there is none)...")
+        version = ensure_energy_champion(settings)
+        console.print(f"energy_iforest: champion is version {version}")
+
+        dagster = spawn(
+            "dagster",
+            [
+                sys.executable, "-m", "dagster", "dev",
+                "-m", "factory_pipelines.definitions",
+                "-h", host, "-p", str(settings.dagster_port),
+            ],
+            restartable=False,
+        )  # fmt: skip
+        api_url = f"http://{settings.api_host}:{settings.api_port}"
+        dagster_url = f"http://{host}:{settings.dagster_port}"
+        _wait_http(f"{api_url}/health", READY_TIMEOUT_S, lambda: api.exit_code is None)
+        _wait_http(f"{dagster_url}/server_info", READY_TIMEOUT_S, lambda: dagster.exit_code is None)
+
+        table = Table(title=f"factory platform up after {time.monotonic() - started:.0f} s", show_header=False)
+        table.add_row("Dagster UI", dagster_url)
+        table.add_row("MLflow UI", mlflow_url)
+        table.add_row("REST API (OpenAPI)", f"{api_url}/docs")
+        table.add_row("Latest predictions", f"{api_url}/predictions/latest")
+        table.add_row("MQTT broker", settings.mqtt_url)
+        table.add_row("Data dir", str(settings.data_path))
+        table.add_row("Logs", str(settings.logs_dir))
+        console.print(table)
+        console.print(
+            f"Windows seal every {settings.window_seconds:g} s; predictions follow each window. Ctrl-C stops all."
+        )
+        return _supervise(processes, stop, console, f"{api_url}/predictions/latest", started)
+    except PlatformError as exc:
+        console.print(f"[red]{exc}[/red]")
+        for process in processes:
+            if process.exit_code is not None:
+                console.print(f"--- last lines of {process.log_path} ---\n{process.log_tail()}")
+        return 1
+    finally:
+        console.print("stopping...")
+        for process in reversed(processes):
+            process.stop()
+        if broker is not None:
+            broker.stop()
+        console.print("stopped.")
+
+
+def _supervise(
+    processes: list[ManagedProcess], stop: threading.Event, console: Console, latest_url: str, started: float
+) -> int:
+    first_predictions_seen = False
+    while not stop.wait(1.0):
+        for process in processes:
+            code = process.exit_code
+            if code is None:
+                continue
+            console.print(f"[red]{process.name} exited with {code}[/red]; last lines of its log:")
+            console.print(process.log_tail())
+            if not process.restartable or process.restarts >= MAX_RESTARTS:
+                console.print(f"[red]{process.name} cannot be restarted; stopping the platform[/red]")
+                return 1
+            process.restarts += 1
+            console.print(f"restarting {process.name} ({process.restarts}/{MAX_RESTARTS})")
+            process.start()
+        if not first_predictions_seen:
+            try:
+                rows = httpx.get(latest_url, timeout=2.0).json()
+            except (httpx.HTTPError, ValueError):
+                continue
+            items = rows.get("items", rows) if isinstance(rows, dict) else rows
+            if items:
+                first_predictions_seen = True
+                console.print(
+                    f"[green]first predictions at {latest_url} after {time.monotonic() - started:.0f} s[/green]"
+                )
+    return 0

@@ -1,0 +1,116 @@
+"""The serving store on SQLite and, when one answers, on PostgreSQL: same code, same results."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from factory_pipelines.store import ServingStore, StoreUnavailableError
+from factory_pipelines.telemetry import Prediction
+
+PG_URL = os.environ.get("FACTORY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+def _postgres_schema_url() -> Iterator[str]:
+    """A throwaway schema on the local PostgreSQL, so tests never touch real tables."""
+    engine = create_engine(PG_URL)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except OperationalError:
+        pytest.skip(f"no PostgreSQL answers at {PG_URL}")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServingStore]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'serving.db'}"
+        opened = ServingStore(url)
+        yield opened
+        opened.dispose()
+    else:
+        for url in _postgres_schema_url():
+            opened = ServingStore(url)
+            yield opened
+            opened.dispose()
+
+
+def _prediction(asset: str, minute: int, score: float, *, model: str = "energy_iforest", version: str = "1") -> Prediction:
+    start = T0 + timedelta(minutes=minute)
+    return Prediction(
+        model_name=model,
+        model_version=version,
+        asset_id=asset,
+        window_key=f"{start:%Y%m%dT%H%M%SZ}-collector-1-000",
+        score=score,
+        label="anomaly" if score > 0.5 else "normal",
+        produced_at=start + timedelta(seconds=65),
+        window_start=start,
+        window_end=start + timedelta(minutes=1),
+        mlflow_run_id="run-1",
+        dagster_run_id="dag-1",
+        features={"power_mean": 3.5},
+    )
+
+
+def test_latest_is_the_newest_window_per_model_and_asset(store: ServingStore) -> None:
+    rows = [_prediction(a, m, m / 10) for a in ("machine-01", "machine-02") for m in range(5)]
+    rows.append(_prediction("machine-01", 1, 0.9, model="other_model"))
+    assert store.upsert_predictions(rows) == 11
+    latest = store.latest_predictions()
+    assert [(p.model_name, p.asset_id, p.score) for p in latest] == [
+        ("energy_iforest", "machine-01", 0.4),
+        ("energy_iforest", "machine-02", 0.4),
+        ("other_model", "machine-01", 0.9),
+    ]
+    assert latest[0].window_start == T0 + timedelta(minutes=4)
+    assert latest[0].model_extra == {"features": {"power_mean": 3.5}}
+    assert [p.asset_id for p in store.latest_predictions(model_name="energy_iforest", asset_id="machine-02")] == [
+        "machine-02"
+    ]
+
+
+def test_recomputing_a_window_replaces_its_prediction(store: ServingStore) -> None:
+    store.upsert_predictions([_prediction("machine-01", 0, 0.1)])
+    store.upsert_predictions([_prediction("machine-01", 0, 0.8, version="2")])
+    assert store.count_predictions() == 1
+    (only,) = store.latest_predictions()
+    assert (only.model_version, only.score, only.label) == ("2", 0.8, "anomaly")
+
+
+def test_history_pages_newest_first_within_a_time_range(store: ServingStore) -> None:
+    store.upsert_predictions([_prediction("machine-01", m, 0.1) for m in range(10)])
+    page = store.prediction_history(
+        asset_id="machine-01", start=T0 + timedelta(minutes=2), end=T0 + timedelta(minutes=8), limit=4, offset=0
+    )
+    assert page.total == 6
+    assert [p.window_start.minute for p in page.items] == [7, 6, 5, 4]
+    rest = store.prediction_history(
+        asset_id="machine-01", start=T0 + timedelta(minutes=2), end=T0 + timedelta(minutes=8), limit=4, offset=4
+    )
+    assert [p.window_start.minute for p in rest.items] == [3, 2]
+
+
+def test_unreachable_store_raises_a_clear_error(tmp_path: Path) -> None:
+    store = ServingStore(f"sqlite:///{tmp_path / 'x.db'}")
+    store.engine.dispose()
+    broken = ServingStore("postgresql+psycopg://nobody@127.0.0.1:9/none", apply_migrations=False)
+    with pytest.raises(StoreUnavailableError, match="serving store unreachable"):
+        broken.ping()

@@ -1,0 +1,120 @@
+"""The telemetry contract: topics, legacy devices, validation errors, schemas."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from factory_pipelines.telemetry import (
+    MACHINE_EXPORT_COLUMNS,
+    MACHINE_FIELD_BY_COLUMN,
+    PUBLISHED_MODELS,
+    CleanroomStatus,
+    CommandAck,
+    EnergyStats,
+    MachineTelemetry,
+    MaintenanceReading,
+    NetworkStats,
+    PayloadError,
+    RobotTelemetry,
+    alert_topic,
+    dump_payload,
+    json_schemas,
+    parse_telemetry,
+    parse_telemetry_topic,
+    prediction_topic,
+    telemetry_topic,
+)
+
+RECEIVED = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+def test_export_columns_all_map_to_machine_fields() -> None:
+    assert set(MACHINE_EXPORT_COLUMNS) - {"Timestamp"} == set(MACHINE_FIELD_BY_COLUMN)
+
+
+def test_our_robot_message_round_trips() -> None:
+    sent = RobotTelemetry(asset_id="robot-01", ts=RECEIVED, seq=7, temperature=41.5, cycle_count=100)
+    got = parse_telemetry(telemetry_topic("main", "robot-01"), dump_payload(sent))
+    assert got == sent
+
+
+def test_legacy_robot_payload_takes_asset_from_topic_and_ts_from_receipt() -> None:
+    raw = b'{"temperature": 45.2, "vibration": {"rms": 0.35}, "health_score": 85, "firmware": "1.2"}'
+    got = parse_telemetry("factory/main/robot_7/telemetry", raw, received_at=RECEIVED)
+    assert isinstance(got, RobotTelemetry)
+    assert (got.asset_id, got.ts, got.seq) == ("robot_7", RECEIVED, None)
+    assert got.vibration is not None and got.vibration.rms == 0.35
+    assert got.model_extra == {"firmware": "1.2"}  # unknown fields are kept
+    assert json.loads(dump_payload(got))["firmware"] == "1.2"
+
+
+def test_legacy_machine_row_with_epoch_timestamp() -> None:
+    row = {"timestamp": 1_700_000_000, "Machine_ID": 17, "Operation_Mode": "Active", "Power_Consumption_kW": 8.5}
+    got = parse_telemetry("factory/machine/17/telemetry", json.dumps(row).encode(), received_at=RECEIVED)
+    assert isinstance(got, MachineTelemetry)
+    assert got.asset_id == "17" and got.machine_id == "17"
+    assert got.ts == datetime.fromtimestamp(1_700_000_000, UTC)
+    assert got.power_consumption_kw == 8.5
+    assert json.loads(dump_payload(got))["Power_Consumption_kW"] == 8.5
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "kind", "asset"),
+    [
+        ("factory/machine/3/maintenance", {"timestamp": 1, "vibration": 2.0, "temperature": 60}, MaintenanceReading, "3"),
+        ("factory/energy/stats", {"timestamp": 1, "current_load": 80.5}, EnergyStats, "plant-energy"),
+        ("factory/network/stats", {"timestamp": 1, "latency": 12, "packet_loss": 0.1}, NetworkStats, "plant-network"),
+        ("cleanroom/main/status", {"iso_class": 5, "humidity": 40}, CleanroomStatus, "cleanroom-main"),
+    ],
+)
+def test_other_legacy_topics(topic: str, payload: dict, kind: type, asset: str) -> None:
+    got = parse_telemetry(topic, json.dumps(payload).encode(), received_at=RECEIVED)
+    assert isinstance(got, kind)
+    assert got.asset_id == asset
+
+
+def test_command_ack_is_recognised_on_the_telemetry_topic() -> None:
+    raw = b'{"command_id": "c1", "command": "stop", "status": "done"}'
+    assert isinstance(parse_telemetry("factory/main/robot-01/telemetry", raw), CommandAck)
+
+
+def test_cmd_and_alert_topics_carry_no_telemetry() -> None:
+    assert parse_telemetry("factory/main/robot-01/cmd", b"{}") is None
+    assert parse_telemetry_topic("factory/main/robot-01/alerts") is None
+
+
+@pytest.mark.parametrize(
+    ("topic", "raw", "reason"),
+    [
+        ("factory/main/r1/telemetry", b"{not json", "not valid JSON"),
+        ("factory/main/r1/telemetry", b"\xff\xfe", "not valid JSON"),
+        ("factory/main/r1/telemetry", b"[1, 2]", "must be a JSON object"),
+        ("factory/main/r1/telemetry", b'{"temperature": "hot"}', "temperature"),
+        ("factory/main/r1/telemetry", b'{"kind": "toaster"}', "unknown payload kind"),
+        ("factory/main/r1/telemetry", b'{"kind": "command_ack", "status": "done"}', "command_id"),
+        ("factory/main/r1/telemetry", b'{"health_score": 250}', "health_score"),
+        ("factory/main/telemetry", b"{}", "fits no telemetry layout"),
+        ("elsewhere/x", b"{}", "not under factory/"),
+        ("cleanroom/main/status", b'{"kind": "robot"}', "does not match topic"),
+    ],
+)
+def test_bad_payloads_say_why(topic: str, raw: bytes, reason: str) -> None:
+    with pytest.raises(PayloadError) as info:
+        parse_telemetry(topic, raw)
+    assert reason in info.value.reason
+
+
+def test_output_topics() -> None:
+    assert prediction_topic("energy_iforest", "machine-01") == "predictions/energy_iforest/machine-01"
+    assert alert_topic("CRITICAL") == "alerts/critical"
+    with pytest.raises(ValueError):
+        alert_topic("LOUD")
+
+
+def test_schemas_cover_every_payload_with_export_column_names() -> None:
+    schemas = json_schemas()
+    assert set(schemas) == set(PUBLISHED_MODELS)
+    assert "Power_Consumption_kW" in schemas["MachineTelemetry"]["properties"]
