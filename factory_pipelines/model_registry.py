@@ -1,10 +1,21 @@
-"""The MLflow model registry as the platform sees it: champions by alias, never stages."""
+"""The MLflow model registry as the platform sees it: champions by alias, never stages.
+
+Also the helpers every training asset shares: experiments with a proper artifact location,
+logging a scikit-learn model with its signature, registering it, and moving an alias with a
+record of the move (MLflow keeps no alias history).
+"""
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
+import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -41,9 +52,7 @@ def champion_info(tracking_uri: str, name: str, alias: str = CHAMPION_ALIAS) -> 
             metrics = dict(client.get_run(version.run_id).data.metrics)
         except MlflowException:
             metrics = {}
-    created = (
-        datetime.fromtimestamp(version.creation_timestamp / 1000, UTC) if version.creation_timestamp else None
-    )
+    created = datetime.fromtimestamp(version.creation_timestamp / 1000, UTC) if version.creation_timestamp else None
     return ModelVersionInfo(
         name=name,
         version=str(version.version),
@@ -52,3 +61,182 @@ def champion_info(tracking_uri: str, name: str, alias: str = CHAMPION_ALIAS) -> 
         created_at=created,
         metrics=metrics,
     )
+
+
+# ---- logging, registering and promoting versions ------------------------------------------
+
+SKOPS_TRUSTED_TYPES: tuple[str, ...] = ("sklearn.tree._tree.Tree", "numpy.dtype")
+"""Types a scikit-learn tree ensemble (behind an imputer) needs to be loaded back through skops."""
+
+
+def is_local_store(tracking_uri: str) -> bool:
+    """True for a tracking URI that writes straight to a local database or directory (no server)."""
+    scheme = urlsplit(tracking_uri).scheme
+    return scheme in {"", "file", "sqlite"}
+
+
+def use_tracking_uri(tracking_uri: str) -> None:
+    """Point MLflow's fluent API (runs, log_model, load_model) at `tracking_uri` for this process."""
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+
+
+def ensure_experiment(tracking_uri: str, name: str, artifacts_dir: Path | None = None) -> str:
+    """The id of experiment `name`, created if missing.
+
+    Against a local SQLite store, artifacts would otherwise land in `./mlruns` of whatever
+    directory the process runs in, so the experiment gets `artifacts_dir/name` as its artifact
+    location. A tracking server decides artifact locations itself.
+    """
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    location = None
+    if artifacts_dir is not None and is_local_store(tracking_uri):
+        location = (artifacts_dir / name).resolve().as_uri()
+    try:
+        return str(client.create_experiment(name, artifact_location=location))
+    except MlflowException:  # created concurrently by another process
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return str(experiment.experiment_id)
+
+
+def git_commit(path: Path | None = None) -> str | None:
+    """The commit of the checkout holding this code (the code version MLflow records), if any."""
+    where = path or Path(__file__).resolve().parent
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = result.stdout.strip()
+    return commit or None
+
+
+def pinned_requirements(*distributions: str) -> list[str]:
+    """`name==version` for each installed distribution: explicit, so MLflow skips slow inference."""
+    return [f"{name}=={metadata.version(name)}" for name in distributions]
+
+
+def log_sklearn_model(
+    model: Any,
+    *,
+    registered_name: str,
+    input_example_frame: Any,
+    output_example: Any,
+    pip_requirements: list[str] | None = None,
+) -> str:
+    """Log `model` into the active MLflow run, register it under `registered_name`; the new version.
+
+    The signature is inferred from an input frame and an output sample (no input example is
+    stored: it would cost time and disk for nothing the UI needs).
+    """
+    import mlflow.sklearn  # the flavor imports scikit-learn: only where a model is handled
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(input_example_frame, output_example)
+    info = mlflow.sklearn.log_model(
+        model,
+        name="model",
+        signature=signature,
+        pip_requirements=pip_requirements or pinned_requirements("scikit-learn", "numpy", "scipy"),
+        skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
+        registered_model_name=registered_name,
+    )
+    if info.registered_model_version is None:
+        raise RuntimeError(f"MLflow did not register a version of {registered_name}")
+    return str(info.registered_model_version)
+
+
+@dataclass(frozen=True, slots=True)
+class PromotionDecision:
+    promote: bool
+    reason: str
+
+
+def always_promote(candidate_version: str, champion: ModelVersionInfo | None) -> PromotionDecision:
+    """This issue's policy: every new version becomes champion.
+
+    The seam for the champion-vs-challenger check: a later policy gets the same arguments and may
+    say no (the candidate then keeps only the `challenger` alias).
+    """
+    if champion is None:
+        return PromotionDecision(True, "first version: no champion yet")
+    return PromotionDecision(True, f"always promote: replaces version {champion.version}")
+
+
+@dataclass(frozen=True, slots=True)
+class PromotionRecord:
+    """One alias move; MLflow keeps no alias history, so this is written down wherever it happens."""
+
+    model_name: str
+    alias: str
+    old_version: str | None
+    new_version: str
+    promoted_at: datetime
+    promoted_by: str
+    reason: str
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {
+            "model_name": self.model_name,
+            "alias": self.alias,
+            "old_version": self.old_version,
+            "new_version": self.new_version,
+            "promoted_at": self.promoted_at.isoformat(),
+            "promoted_by": self.promoted_by,
+            "reason": self.reason,
+        }
+
+
+def set_alias(
+    tracking_uri: str,
+    name: str,
+    version: str,
+    *,
+    promoted_by: str,
+    reason: str,
+    alias: str = CHAMPION_ALIAS,
+) -> PromotionRecord:
+    """Point `alias` at `version` and return the record of the move (also kept as version tags)."""
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    previous = champion_info(tracking_uri, name, alias)
+    client.set_registered_model_alias(name, alias, version)
+    record = PromotionRecord(
+        model_name=name,
+        alias=alias,
+        old_version=previous.version if previous else None,
+        new_version=str(version),
+        promoted_at=datetime.now(UTC),
+        promoted_by=promoted_by,
+        reason=reason,
+    )
+    client.set_model_version_tag(name, str(version), f"{alias}.promoted_at", record.promoted_at.isoformat())
+    client.set_model_version_tag(name, str(version), f"{alias}.promoted_by", promoted_by)
+    client.set_model_version_tag(name, str(version), f"{alias}.replaced", record.old_version or "")
+    return record
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedChampion:
+    model: Any
+    info: ModelVersionInfo
+
+
+def load_sklearn_champion(tracking_uri: str, name: str, alias: str = CHAMPION_ALIAS) -> LoadedChampion:
+    """The scikit-learn model behind `alias`, loaded by version number so model and metadata agree.
+
+    Raises LookupError when there is no such alias yet (nothing has been trained).
+    """
+    info = champion_info(tracking_uri, name, alias)
+    if info is None:
+        raise LookupError(f"models:/{name}@{alias} does not exist yet: materialize the {name} asset first")
+    import mlflow.sklearn
+
+    use_tracking_uri(tracking_uri)
+    model = mlflow.sklearn.load_model(info.uri)
+    return LoadedChampion(model=model, info=info)

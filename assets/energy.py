@@ -1,0 +1,180 @@
+"""Energy anomalies: per-machine features per window, the `energy_iforest` model, its predictions.
+
+Thin on purpose: each asset reads and writes through resources and calls the plain functions of
+`factory_pipelines.energy_model` (tested without Dagster). Partitioned assets handle every window
+of their run (`context.partition_keys`), so a run that covers a backlog of windows loads the
+model once and launches once.
+"""
+
+from datetime import UTC, datetime
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from assets.telemetry import window_partitions
+from factory_pipelines import energy_model
+from factory_pipelines.model_registry import git_commit
+from factory_pipelines.resources import (
+    MlflowResource,
+    MqttPublisherResource,
+    PartitionFilesResource,
+    ServingStoreResource,
+)
+from factory_pipelines.settings import load_settings
+from factory_pipelines.telemetry import Prediction
+from factory_pipelines.windows import window_bounds
+
+ENERGY_GROUP = "energy"
+
+
+@dg.asset(
+    partitions_def=window_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=["telemetry_window"],
+    group_name=ENERGY_GROUP,
+    kinds={"polars", "parquet"},
+)
+def machine_features(context: dg.AssetExecutionContext, window_files: PartitionFilesResource) -> dg.MaterializeResult:
+    """Per machine per window: power, temperature, vibration, speed aggregates and power-vs-work residuals."""
+    rows = machines = 0
+    for key in context.partition_keys:
+        typed = pl.read_parquet(window_files.telemetry_path(key))
+        features = energy_model.machine_features(typed)
+        window_files.write(features, window_files.features_path(key))
+        rows += features.height
+        machines = max(machines, features.height)
+    return dg.MaterializeResult(
+        metadata={
+            "windows": len(context.partition_keys),
+            "feature_rows": rows,
+            "max_machines_per_window": machines,
+            "features": dg.MetadataValue.json(list(energy_model.FEATURE_COLUMNS)),
+            "path": dg.MetadataValue.path(str(window_files.features_dir)),
+        }
+    )
+
+
+class EnergyIForestConfig(dg.Config):
+    """Hyper-parameters and data choice for a training run (set them in the launchpad)."""
+
+    n_estimators: int = Field(200, gt=0, description="Trees in the forest.")
+    contamination: float | None = Field(
+        None, gt=0, lt=0.5, description="Expected anomaly share; empty: FACTORY_ANOMALY_CONTAMINATION."
+    )
+    max_samples: int = Field(256, gt=1, description="Rows per tree (capped at the training rows).")
+    random_state: int = Field(42, description="Seed: the same data and seed give the same model.")
+    min_history_windows: int = Field(
+        30, ge=1, description="Train on feature history from this many windows on; below, on the simulated baseline."
+    )
+    max_history_windows: int = Field(5000, ge=1, description="Use at most the newest this many windows of history.")
+
+
+@dg.asset(group_name=ENERGY_GROUP, kinds={"sklearn", "mlflow"})
+def energy_iforest(
+    context: dg.AssetExecutionContext,
+    config: EnergyIForestConfig,
+    window_files: PartitionFilesResource,
+    mlflow: MlflowResource,
+) -> dg.MaterializeResult:
+    """IsolationForest over machine features: logged to MLflow, registered, promoted to `champion`."""
+    history_paths = energy_model.history_paths_newest(window_files.feature_history(), config.max_history_windows)
+    data = energy_model.choose_training_data(
+        energy_model.read_feature_history(history_paths),
+        str(window_files.features_dir),
+        min_history_windows=config.min_history_windows,
+        baseline=lambda: energy_model.simulated_baseline(window_files.baselines_dir, window_files.window_seconds),
+    )
+    contamination = config.contamination or load_settings().anomaly_contamination
+    params = energy_model.IForestParams(
+        n_estimators=config.n_estimators,
+        contamination=contamination,
+        max_samples=config.max_samples,
+        random_state=config.random_state,
+    )
+    outcome = energy_model.train_and_register(
+        data,
+        params,
+        tracking_uri=mlflow.tracking_uri,
+        artifacts_dir=mlflow.artifacts_path,
+        dagster_run_id=context.run.run_id,
+        code_version=git_commit(),
+    )
+    context.log.info(
+        f"energy_iforest version {outcome.version} trained on {outcome.training_source} "
+        f"({int(outcome.metrics['training_rows'])} rows); {outcome.decision.reason}"
+    )
+    promotion = outcome.promotion.as_dict() if outcome.promotion else None
+    return dg.MaterializeResult(
+        metadata={
+            "model_version": outcome.version,
+            "model_uri": f"models:/{energy_model.MODEL_NAME}/{outcome.version}",
+            "mlflow_run_id": outcome.run_id,
+            "training_source": outcome.training_source,
+            "dataset_digest": outcome.dataset_digest,
+            "promoted": outcome.decision.promote,
+            "promotion": dg.MetadataValue.json(promotion or {"reason": outcome.decision.reason}),
+            **{name: float(value) for name, value in outcome.metrics.items()},
+        }
+    )
+
+
+@dg.asset(
+    partitions_def=window_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=[machine_features, energy_iforest],
+    group_name=ENERGY_GROUP,
+    kinds={"sklearn", "parquet"},
+)
+def energy_anomaly_predictions(
+    context: dg.AssetExecutionContext,
+    window_files: PartitionFilesResource,
+    mlflow: MlflowResource,
+    serving_store: ServingStoreResource,
+    mqtt: MqttPublisherResource,
+) -> dg.MaterializeResult:
+    """Each machine in each window scored by the champion; Parquet, serving store, MQTT (best-effort)."""
+    champion = mlflow.load_champion(energy_model.MODEL_NAME)  # once per run, whatever the number of windows
+    produced_at = datetime.now(UTC)
+    predictions: list[Prediction] = []
+    for key in context.partition_keys:
+        verdicts = energy_model.score_features(champion.model, pl.read_parquet(window_files.features_path(key)))
+        start, end = window_bounds(key, window_files.window_seconds)
+        window_predictions = [
+            Prediction(
+                model_name=energy_model.MODEL_NAME,
+                model_version=champion.info.version,
+                asset_id=row["asset_id"],
+                window_key=key,
+                score=row["score"],
+                label=row["label"],
+                threshold=row["threshold"],
+                produced_at=produced_at,
+                window_start=start,
+                window_end=end,
+                mlflow_run_id=champion.info.run_id,
+                dagster_run_id=context.run.run_id,
+            )
+            for row in verdicts.iter_rows(named=True)
+        ]
+        window_files.write(
+            energy_model.prediction_frame(window_predictions),
+            window_files.predictions_path(energy_model.MODEL_NAME, key),
+        )
+        predictions.extend(window_predictions)
+    stored = serving_store.get_store().upsert_predictions(predictions)
+    published = mqtt.publish_predictions(predictions, context.log)
+    anomalies = sorted({(p.window_key, p.asset_id) for p in predictions if p.label == energy_model.ANOMALY})
+    return dg.MaterializeResult(
+        metadata={
+            "windows": len(context.partition_keys),
+            "model_version": champion.info.version,
+            "mlflow_run_id": champion.info.run_id or "",
+            "predictions": len(predictions),
+            "stored": stored,
+            "published": published,
+            "anomalies": len(anomalies),
+            "anomalous": dg.MetadataValue.json([f"{window}/{asset}" for window, asset in anomalies[:50]]),
+            "path": dg.MetadataValue.path(str(window_files.predictions_path(energy_model.MODEL_NAME, "x").parent)),
+        }
+    )

@@ -1,0 +1,98 @@
+"""The Dagster instance `factory up` runs against, and the first champion it needs.
+
+`write_dagster_yaml` puts a `dagster.yaml` in DAGSTER_HOME (under the data dir): SQLite storage
+there too, telemetry off, a queued run coordinator that runs at most a couple of runs at once
+(each run costs ~200 MB on a small machine), run monitoring on so a run whose worker died is
+marked failed instead of hanging, and short retention for the many skipped sensor ticks.
+
+`ensure_energy_champion` makes sure `models:/energy_iforest@champion` exists before the window
+sensor starts asking for predictions, by materializing the training asset in-process against
+that same instance, so the run appears in the Dagster UI like any other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from factory_pipelines.energy_model import MODEL_NAME
+from factory_pipelines.model_registry import champion_info
+from factory_pipelines.settings import FactorySettings
+
+DEFAULT_MAX_CONCURRENT_RUNS = 2
+
+
+def dagster_yaml_config(
+    dagster_home: Path, *, max_concurrent_runs: int = DEFAULT_MAX_CONCURRENT_RUNS
+) -> dict[str, Any]:
+    home = dagster_home.resolve()
+    return {
+        "storage": {"sqlite": {"base_dir": str(home / "storage")}},
+        "local_artifact_storage": {
+            "module": "dagster._core.storage.root",
+            "class": "LocalArtifactStorage",
+            "config": {"base_dir": str(home)},
+        },
+        "compute_logs": {
+            "module": "dagster._core.storage.local_compute_log_manager",
+            "class": "LocalComputeLogManager",
+            "config": {"base_dir": str(home / "logs")},
+        },
+        "run_coordinator": {
+            "module": "dagster._core.run_coordinator",
+            "class": "QueuedRunCoordinator",
+            "config": {"max_concurrent_runs": max_concurrent_runs},
+        },
+        "run_monitoring": {"enabled": True, "start_timeout_seconds": 180, "poll_interval_seconds": 60},
+        "telemetry": {"enabled": False},
+        "nux": {"enabled": False},
+        "retention": {
+            "sensor": {"purge_after_days": {"skipped": 1, "failure": 30, "success": -1}},
+            "schedule": {"purge_after_days": 90},
+        },
+    }
+
+
+def write_dagster_yaml(settings: FactorySettings, *, max_concurrent_runs: int = DEFAULT_MAX_CONCURRENT_RUNS) -> Path:
+    """Write `{settings.dagster_home}/dagster.yaml` (replacing an older one); its path."""
+    home = settings.dagster_home
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "dagster.yaml"
+    text = yaml.safe_dump(dagster_yaml_config(home, max_concurrent_runs=max_concurrent_runs), sort_keys=False)
+    path.write_text("# Written by `factory up` (factory_pipelines.dagster_instance); edits are overwritten.\n" + text)
+    return path
+
+
+def ensure_energy_champion(settings: FactorySettings) -> str:
+    """The version behind `models:/energy_iforest@champion`, training and promoting one if there is none.
+
+    Training runs in this process through `energy_training_job`, recorded in the instance at
+    `settings.dagster_home` (written first if it has no dagster.yaml yet).
+    """
+    tracking_uri = settings.resolved_mlflow_uri
+    existing = champion_info(tracking_uri, MODEL_NAME)
+    if existing is not None:
+        return existing.version
+
+    from dagster import DagsterInstance
+
+    from factory_pipelines.definitions import build_definitions
+
+    settings.ensure_dirs()
+    if not (settings.dagster_home / "dagster.yaml").is_file():
+        write_dagster_yaml(settings)
+    job = build_definitions(settings).resolve_job_def("energy_training_job")
+    with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        result = job.execute_in_process(
+            instance=instance,
+            run_config={"ops": {"energy_iforest": {"config": {"contamination": settings.anomaly_contamination}}}},
+            tags={"factory/trigger": "factory up: first champion"},
+        )
+    if not result.success:
+        raise RuntimeError(f"training {MODEL_NAME} failed (Dagster run {result.run_id})")
+    champion = champion_info(tracking_uri, MODEL_NAME)
+    if champion is None:
+        raise RuntimeError(f"{MODEL_NAME} trained in run {result.run_id} but no champion alias is set")
+    return champion.version

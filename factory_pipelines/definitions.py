@@ -1,0 +1,46 @@
+"""The Dagster code location: assets, the asset check, jobs, sensors and resources.
+
+Loaded lazily (`@dg.definitions`), so importing this module reads no settings; the loader calls
+`defs()`, which builds everything from `load_settings()` (the `FACTORY_*` variables decide).
+`build_definitions(settings)` is the same assembly for callers holding their own settings
+(`factory up`, tests).
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets import all_assets, window_partitions
+from factory_pipelines.jobs import energy_training_job, window_predictions_job
+from factory_pipelines.resources import build_resources
+from factory_pipelines.settings import FactorySettings, load_settings
+from sensors.retention_sensor import build_window_retention_sensor
+from sensors.window_sensor import build_sealed_windows_sensor
+
+RETENTION_INTERVAL_SECONDS = 300
+
+__all__ = ["build_definitions", "defs", "window_partitions"]
+
+
+def build_definitions(settings: FactorySettings) -> dg.Definitions:
+    return dg.Definitions(
+        assets=all_assets,
+        jobs=[window_predictions_job, energy_training_job],
+        sensors=[
+            build_sealed_windows_sensor(
+                minimum_interval_seconds=settings.sensor_interval_seconds,
+                retention_days=settings.retention_days,
+            ),
+            build_window_retention_sensor(
+                retention_days=settings.retention_days,
+                max_live_partitions=settings.max_live_partitions,
+                minimum_interval_seconds=max(RETENTION_INTERVAL_SECONDS, settings.sensor_interval_seconds),
+            ),
+        ],
+        resources=build_resources(settings),
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions(load_settings())

@@ -1,0 +1,529 @@
+"""The `energy_iforest` model: machine features per window, and an IsolationForest over them.
+
+Plain functions, no Dagster: the assets in `assets/energy.py` call them, and the tests call them
+directly. Polars does the tabular work; pandas appears only at the scikit-learn/MLflow boundary.
+
+Scores follow the platform's convention for anomaly models: higher means more anomalous. The
+score is IsolationForest's anomaly score (`-score_samples`, about 0.5 for ordinary points, near 1
+for isolated ones) and the model's own threshold is `-offset_`, the cut that `contamination` set
+at training time, so `label == "anomaly"` exactly when scikit-learn's `predict` says -1.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from mlflow.tracking import MlflowClient
+from pydantic import ValidationError
+from sklearn.ensemble import IsolationForest
+from sklearn.impute import SimpleImputer
+from sklearn.pipeline import Pipeline
+
+from factory_pipelines.model_registry import (
+    CHALLENGER_ALIAS,
+    CHAMPION_ALIAS,
+    ModelVersionInfo,
+    PromotionDecision,
+    PromotionRecord,
+    always_promote,
+    champion_info,
+    ensure_experiment,
+    log_sklearn_model,
+    set_alias,
+    use_tracking_uri,
+)
+from factory_pipelines.telemetry import (
+    MACHINE_EXPORT_COLUMNS,
+    MACHINE_FIELD_BY_COLUMN,
+    MACHINE_NUMERIC_FIELDS,
+    MachineTelemetry,
+    PayloadKind,
+    Prediction,
+)
+
+PromotionPolicy = Callable[[str, ModelVersionInfo | None], PromotionDecision]
+
+MODEL_NAME = "energy_iforest"
+EXPERIMENT_NAME = "energy_iforest"
+TRAINING_SOURCE_HISTORY = "history"
+TRAINING_SOURCE_BASELINE = "simulated-baseline"
+ANOMALY = "anomaly"
+NORMAL = "normal"
+
+# ---- typed machine rows -------------------------------------------------------------------
+
+MACHINE_TEXT_FIELDS: tuple[str, ...] = ("machine_id", "operation_mode", "efficiency_status")
+MACHINE_FRAME_SCHEMA: dict[str, pl.DataType] = {
+    "window_key": pl.String(),
+    "asset_id": pl.String(),
+    "ts": pl.Datetime("us", "UTC"),
+    "seq": pl.Int64(),
+    **{name: pl.String() for name in MACHINE_TEXT_FIELDS},
+    **{name: pl.Float64() for name in MACHINE_NUMERIC_FIELDS},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TypedWindow:
+    """The machine rows of one sealed window, typed, plus what was dropped on the way."""
+
+    machines: pl.DataFrame
+    rows_by_kind: dict[str, int]
+    invalid_rows: int
+    duplicate_rows: int
+    invalid_reasons: list[str] = field(default_factory=list)
+
+
+def type_machine_rows(window: pl.DataFrame, window_key: str) -> TypedWindow:
+    """Validate the machine rows of a sealed window against `MachineTelemetry` into a typed frame.
+
+    The envelope (asset_id, ts, seq) comes from the window's columns, the measurements from the
+    payload. Rows that fail validation are counted, not raised (the collector validated them
+    already, so this only guards against a contract drift). Redelivered rows (same asset_id and
+    seq) are kept once; rows without seq are all kept, as the contract says.
+    """
+    rows_by_kind = {str(k): int(n) for k, n in window.group_by("kind").len().iter_rows()}
+    records: list[dict[str, Any]] = []
+    invalid = 0
+    reasons: list[str] = []
+    machine_rows = window.filter(pl.col("kind") == PayloadKind.MACHINE.value)
+    for asset_id, ts, seq, payload in machine_rows.select("asset_id", "ts", "seq", "payload").iter_rows():
+        try:
+            data = json.loads(payload) if payload else {}
+            data.update(asset_id=asset_id, ts=ts, seq=seq)
+            data["kind"] = PayloadKind.MACHINE.value
+            row = MachineTelemetry.model_validate(data)
+        except (ValueError, ValidationError) as exc:
+            invalid += 1
+            if len(reasons) < 5:
+                reasons.append(f"{asset_id}/{seq}: {str(exc).splitlines()[0]}")
+            continue
+        records.append(
+            {
+                "window_key": window_key,
+                "asset_id": row.asset_id,
+                "ts": row.ts,
+                "seq": row.seq,
+                **{name: getattr(row, name) for name in MACHINE_TEXT_FIELDS},
+                **{name: getattr(row, name) for name in MACHINE_NUMERIC_FIELDS},
+            }
+        )
+    frame = pl.DataFrame(records, schema=MACHINE_FRAME_SCHEMA)
+    first_delivery = pl.col("seq").is_null() | pl.struct("asset_id", "seq").is_first_distinct()
+    deduplicated = frame.filter(first_delivery).sort("asset_id", "ts", "seq", nulls_last=True)
+    return TypedWindow(
+        machines=deduplicated,
+        rows_by_kind=rows_by_kind,
+        invalid_rows=invalid,
+        duplicate_rows=frame.height - deduplicated.height,
+        invalid_reasons=reasons,
+    )
+
+
+def machine_frame_problems(frame: pl.DataFrame) -> list[str]:
+    """What is wrong with a typed machine frame (empty list: nothing); the blocking check's test."""
+    problems: list[str] = []
+    if dict(frame.schema) != MACHINE_FRAME_SCHEMA:
+        problems.append(f"schema {dict(frame.schema)} differs from MACHINE_FRAME_SCHEMA")
+        return problems
+    duplicates = frame.filter(pl.col("seq").is_not_null() & pl.struct("asset_id", "seq").is_duplicated())
+    if duplicates.height:
+        problems.append(f"{duplicates.height} rows share an (asset_id, seq)")
+    if frame["asset_id"].null_count() or frame["ts"].null_count():
+        problems.append("rows without asset_id or ts")
+    return problems
+
+
+# ---- features -----------------------------------------------------------------------------
+
+_SIGNALS: dict[str, str] = {
+    "power_kw": "power_consumption_kw",
+    "temperature_c": "temperature_c",
+    "vibration_hz": "vibration_hz",
+    "speed": "production_speed_units_per_hr",
+}
+FEATURE_COLUMNS: tuple[str, ...] = (
+    *(f"{short}_{stat}" for short in _SIGNALS for stat in ("mean", "std", "max")),
+    "power_per_speed_mean",
+    "power_residual_mean",
+    "power_residual_max",
+)
+MIN_PRODUCING_SPEED = 1.0  # units/hr; below it a machine stands still and draws its idle power
+FEATURE_FRAME_SCHEMA: dict[str, pl.DataType] = {
+    "window_key": pl.String(),
+    "asset_id": pl.String(),
+    "n_rows": pl.UInt32(),
+    **{name: pl.Float64() for name in FEATURE_COLUMNS},
+}
+
+
+def machine_features(machines: pl.DataFrame) -> pl.DataFrame:
+    """Per machine per window aggregates; one row per (window_key, asset_id).
+
+    Besides mean/std/max of power, temperature, vibration and speed, two features compare power
+    with the work done: power per unit of speed (while producing), and the residual of power
+    against what the fleet draws in the same window at that speed (its median kW per unit of
+    speed, or its median standstill power). A machine drawing more power than its speed explains
+    stands out in both, whatever the plant's overall load.
+    """
+    if machines.is_empty():
+        return pl.DataFrame(schema=FEATURE_FRAME_SCHEMA)
+    power, speed = pl.col("power_consumption_kw"), pl.col("production_speed_units_per_hr")
+    moving = speed > MIN_PRODUCING_SPEED
+    per_speed = pl.when(moving).then(power / speed)
+    # What the fleet draws in this window: kW per unit of speed for producing machines, kW at a
+    # standstill for the others. Medians, so that the machine that spikes does not drag the
+    # others' residuals along with it.
+    expected = pl.when(moving).then(per_speed.median().over("window_key") * speed)
+    expected = expected.otherwise(power.filter(moving.not_()).median().over("window_key"))
+    expected = pl.coalesce(expected, power.median().over("window_key"))
+    prepared = machines.with_columns(per_speed.alias("_power_per_speed"), (power - expected).alias("_power_residual"))
+    aggregates = [pl.len().alias("n_rows")]
+    for short, column in _SIGNALS.items():
+        aggregates += [
+            pl.col(column).mean().alias(f"{short}_mean"),
+            pl.col(column).std().fill_null(0.0).alias(f"{short}_std"),
+            pl.col(column).max().alias(f"{short}_max"),
+        ]
+    aggregates += [
+        pl.col("_power_per_speed").mean().alias("power_per_speed_mean"),
+        pl.col("_power_residual").mean().alias("power_residual_mean"),
+        pl.col("_power_residual").max().alias("power_residual_max"),
+    ]
+    features = prepared.group_by("window_key", "asset_id").agg(aggregates).sort("window_key", "asset_id")
+    return features.select(pl.col(name).cast(dtype) for name, dtype in FEATURE_FRAME_SCHEMA.items())
+
+
+def read_feature_history(paths: Sequence[Path]) -> pl.DataFrame:
+    """Every machine_features partition file in `paths`, as one frame."""
+    if not paths:
+        return pl.DataFrame(schema=FEATURE_FRAME_SCHEMA)
+    return pl.concat([pl.read_parquet(path) for path in paths], how="vertical_relaxed").select(
+        pl.col(name).cast(dtype) for name, dtype in FEATURE_FRAME_SCHEMA.items()
+    )
+
+
+# ---- baseline for the first start ---------------------------------------------------------
+
+
+MIN_BASELINE_WINDOWS = 20
+BASELINE_WINDOWS = 100
+BASELINE_GENERATOR = "simulator.export_plant_csv"
+
+
+def _utc_timestamp(dtype: pl.DataType) -> pl.Expr:
+    column = pl.col("Timestamp")
+    if dtype == pl.String():
+        column = column.str.to_datetime(time_zone="UTC")
+    elif isinstance(dtype, pl.Datetime) and dtype.time_zone is None:
+        column = column.dt.replace_time_zone("UTC")
+    else:
+        column = column.dt.convert_time_zone("UTC")
+    return column.dt.cast_time_unit("us")
+
+
+def machine_rows_from_plant_export(export: pl.DataFrame, window_seconds: float) -> pl.DataFrame:
+    """Typed machine rows (MACHINE_FRAME_SCHEMA) from a frame in the plant-export layout.
+
+    Rows are grouped into windows by time when the export is dense and long enough (two readings
+    per machine per window, MIN_BASELINE_WINDOWS windows), which is what live windows look like.
+    Otherwise (an export sampled once a minute, or a short one) consecutive readings of each
+    machine are chunked so that there are enough windows to train on.
+    """
+    renamed = export.rename({c: MACHINE_FIELD_BY_COLUMN[c] for c in export.columns if c in MACHINE_FIELD_BY_COLUMN})
+    frame = renamed.with_columns(
+        _utc_timestamp(renamed.schema["Timestamp"]).alias("ts"),
+        pl.col("machine_id").cast(pl.String).alias("asset_id"),
+        pl.col("machine_id").cast(pl.String),
+        pl.lit(None, pl.Int64).alias("seq"),
+    ).sort("asset_id", "ts")
+    per_machine = frame.height / max(frame["asset_id"].n_unique(), 1)
+    span_s = (frame["ts"].max() - frame["ts"].min()).total_seconds() if frame.height else 0.0  # type: ignore[operator,union-attr]
+    windows_spanned = max(span_s / window_seconds, 1.0)
+    readings_per_window = per_machine / windows_spanned
+    if readings_per_window >= 2 and windows_spanned >= MIN_BASELINE_WINDOWS:
+        epoch_s = pl.col("ts").dt.epoch("s")
+        window_index = epoch_s - epoch_s % int(window_seconds)
+    else:
+        chunk = max(2, min(int(readings_per_window), int(per_machine) // MIN_BASELINE_WINDOWS))
+        window_index = pl.int_range(pl.len()).over("asset_id") // chunk
+    frame = frame.with_columns(pl.format("baseline-{}", window_index).alias("window_key"))
+    return frame.select(
+        pl.col(name).cast(dtype) if name in frame.columns else pl.lit(None, dtype).alias(name)
+        for name, dtype in MACHINE_FRAME_SCHEMA.items()
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BaselineData:
+    features: pl.DataFrame
+    generator: str
+    source_uri: str
+
+
+def simulated_baseline(
+    out_dir: Path, window_seconds: float, *, rows: int | None = None, machines: int = 5, seed: int = 42
+) -> BaselineData:
+    """Features of normal operation from the machine simulator's plant export (for the first start).
+
+    By default about 100 windows' worth of readings per machine at one reading a second (the
+    simulator's own pace). The export is written to `out_dir` and kept, so the MLflow dataset
+    source points at a real file.
+    """
+    from factory_pipelines.simulator import export_plant_csv  # the simulator's machine model, pure
+
+    if rows is None:
+        rows = machines * min(max(int(window_seconds * BASELINE_WINDOWS), 4 * BASELINE_WINDOWS), 6000)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"plant-baseline-{machines}m-{rows}r-seed{seed}.csv"
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:  # then renamed: a reader never sees half a file
+        written = Path(export_plant_csv(Path(tmp) / path.name, rows, machines=machines, seed=seed))
+        written.replace(path)
+    export = pl.read_csv(path, try_parse_dates=True)
+    export = export.select([c for c in export.columns if c in MACHINE_EXPORT_COLUMNS])
+    features = machine_features(machine_rows_from_plant_export(export, window_seconds))
+    return BaselineData(features=features, generator=BASELINE_GENERATOR, source_uri=str(path))
+
+
+# ---- the model ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IForestParams:
+    n_estimators: int = 200
+    contamination: float = 0.02
+    max_samples: int = 256
+    random_state: int = 42
+
+
+def feature_matrix(features: pl.DataFrame) -> Any:
+    """The model's input at the scikit-learn boundary: a pandas frame of FEATURE_COLUMNS."""
+    return features.select(pl.col(name).cast(pl.Float64) for name in FEATURE_COLUMNS).to_pandas()
+
+
+def scoreable(features: pl.DataFrame) -> pl.DataFrame:
+    """Rows the energy model can judge: a machine that reported no power says nothing about energy."""
+    return features.filter(pl.col("power_kw_mean").is_not_null())
+
+
+def fit_iforest(features: pl.DataFrame, params: IForestParams) -> Pipeline:
+    """Median imputation (legacy devices omit fields) then an IsolationForest."""
+    rows = scoreable(features)
+    if rows.height < 2:
+        raise ValueError(f"need at least 2 feature rows with power to train, got {rows.height}")
+    forest = IsolationForest(
+        n_estimators=params.n_estimators,
+        contamination=params.contamination,
+        max_samples=min(params.max_samples, rows.height),
+        random_state=params.random_state,
+        n_jobs=1,
+    )
+    imputer = SimpleImputer(strategy="median", keep_empty_features=True)
+    return Pipeline([("impute", imputer), ("iforest", forest)]).fit(feature_matrix(rows))
+
+
+def model_threshold(model: Pipeline) -> float:
+    """The score above which the model calls a point an anomaly."""
+    return float(-model[-1].offset_)
+
+
+def anomaly_scores(model: Pipeline, features: pl.DataFrame) -> np.ndarray:
+    return -model.score_samples(feature_matrix(features))
+
+
+def score_features(model: Pipeline, features: pl.DataFrame) -> pl.DataFrame:
+    """One verdict per scoreable machine and window: window_key, asset_id, score, threshold, label."""
+    rows = scoreable(features)
+    if rows.is_empty():
+        return pl.DataFrame(
+            schema={
+                "window_key": pl.String(),
+                "asset_id": pl.String(),
+                "score": pl.Float64(),
+                "threshold": pl.Float64(),
+                "label": pl.String(),
+            }
+        )
+    threshold = model_threshold(model)
+    return (
+        rows.select("window_key", "asset_id")
+        .with_columns(
+            pl.Series("score", anomaly_scores(model, rows), dtype=pl.Float64),
+            pl.lit(threshold).alias("threshold"),
+        )
+        .with_columns(
+            pl.when(pl.col("score") > pl.col("threshold"))
+            .then(pl.lit(ANOMALY))
+            .otherwise(pl.lit(NORMAL))
+            .alias("label")
+        )
+    )
+
+
+PREDICTION_FRAME_SCHEMA: dict[str, pl.DataType] = {
+    "model_name": pl.String(),
+    "model_version": pl.String(),
+    "asset_id": pl.String(),
+    "window_key": pl.String(),
+    "score": pl.Float64(),
+    "threshold": pl.Float64(),
+    "label": pl.String(),
+    "produced_at": pl.Datetime("us", "UTC"),
+    "window_start": pl.Datetime("us", "UTC"),
+    "window_end": pl.Datetime("us", "UTC"),
+    "mlflow_run_id": pl.String(),
+    "dagster_run_id": pl.String(),
+}
+
+
+def prediction_frame(predictions: Sequence[Prediction]) -> pl.DataFrame:
+    """Predictions as the Parquet partition file stores them (threshold travels as an extra field)."""
+    rows = [p.model_dump() for p in predictions]
+    return pl.DataFrame(
+        [{name: row.get(name) for name in PREDICTION_FRAME_SCHEMA} for row in rows], schema=PREDICTION_FRAME_SCHEMA
+    )
+
+
+def training_metrics(model: Pipeline, features: pl.DataFrame) -> dict[str, float]:
+    """What MLflow records about a fit: data size, score quantiles, threshold, anomaly share."""
+    rows = scoreable(features)
+    scores = anomaly_scores(model, rows)
+    threshold = model_threshold(model)
+    quantiles = np.quantile(scores, [0.5, 0.9, 0.99])
+    return {
+        "training_rows": float(rows.height),
+        "training_windows": float(rows["window_key"].n_unique()),
+        "training_machines": float(rows["asset_id"].n_unique()),
+        "threshold": threshold,
+        "anomaly_share": float(np.mean(scores > threshold)),
+        "score_p50": float(quantiles[0]),
+        "score_p90": float(quantiles[1]),
+        "score_p99": float(quantiles[2]),
+        "score_max": float(scores.max()),
+    }
+
+
+def count_windows(features: pl.DataFrame) -> int:
+    return int(features["window_key"].n_unique()) if features.height else 0
+
+
+def history_paths_newest(paths: Iterable[Path], limit: int) -> list[Path]:
+    """The newest `limit` partition files; window keys sort by time, so names do too."""
+    ordered = sorted(paths, key=lambda p: p.name)
+    return ordered[-limit:] if limit > 0 else []
+
+
+# ---- a training run: data choice, fit, MLflow run, registration, promotion -----------------
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingData:
+    features: pl.DataFrame
+    source: str  # TRAINING_SOURCE_HISTORY or TRAINING_SOURCE_BASELINE
+    source_uri: str
+    baseline_generator: str | None = None
+
+
+def choose_training_data(
+    history: pl.DataFrame,
+    history_uri: str,
+    *,
+    min_history_windows: int,
+    baseline: Callable[[], BaselineData],
+) -> TrainingData:
+    """Feature history when there is enough of it, else the simulated baseline (first start)."""
+    if count_windows(scoreable(history)) >= min_history_windows:
+        return TrainingData(history, TRAINING_SOURCE_HISTORY, history_uri)
+    data = baseline()
+    return TrainingData(data.features, TRAINING_SOURCE_BASELINE, data.source_uri, data.generator)
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingOutcome:
+    version: str
+    run_id: str
+    experiment_id: str
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    training_source: str
+    dataset_digest: str
+    decision: PromotionDecision
+    promotion: PromotionRecord | None
+
+
+def train_and_register(
+    data: TrainingData,
+    params: IForestParams,
+    *,
+    tracking_uri: str,
+    artifacts_dir: Path | None,
+    dagster_run_id: str,
+    code_version: str | None = None,
+    promotion_policy: PromotionPolicy = always_promote,
+) -> TrainingOutcome:
+    """Fit on `data`, record the run in MLflow, register a version and promote it per the policy."""
+    import mlflow
+    from mlflow.data.sources import LocalArtifactDatasetSource  # registered dynamically by MLflow
+
+    use_tracking_uri(tracking_uri)
+    experiment_id = ensure_experiment(tracking_uri, EXPERIMENT_NAME, artifacts_dir)
+    rows = scoreable(data.features)
+    model = fit_iforest(rows, params)
+    metrics = training_metrics(model, rows)
+    logged_params: dict[str, Any] = {
+        **asdict(params),
+        "training_source": data.source,
+        "baseline_generator": data.baseline_generator or "",
+        "features": ",".join(FEATURE_COLUMNS),
+        "code_version": code_version or "unknown",
+    }
+    tags = {"dagster_run_id": dagster_run_id, "training_source": data.source}
+    if code_version:
+        tags["mlflow.source.git.commit"] = code_version
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{MODEL_NAME}-{dagster_run_id[:8]}", tags=tags) as run:
+        mlflow.log_params(logged_params)
+        mlflow.log_metrics(metrics)
+        dataset = mlflow.data.from_polars(
+            rows, source=LocalArtifactDatasetSource(data.source_uri), name=f"{MODEL_NAME}-{data.source}"
+        )
+        mlflow.log_input(dataset, context="training", tags={"training_source": data.source})
+        version = log_sklearn_model(
+            model,
+            registered_name=MODEL_NAME,
+            input_example_frame=feature_matrix(rows),
+            output_example=anomaly_scores(model, rows),
+        )
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    for key, value in tags.items():
+        if not key.startswith("mlflow."):
+            client.set_model_version_tag(MODEL_NAME, version, key, value)
+    # The seam for the champion-vs-challenger check: a policy that says no leaves the new
+    # version as `challenger` and the champion where it is.
+    decision = promotion_policy(version, champion_info(tracking_uri, MODEL_NAME))
+    record = set_alias(
+        tracking_uri,
+        MODEL_NAME,
+        version,
+        promoted_by=f"dagster run {dagster_run_id}",
+        reason=decision.reason,
+        alias=CHAMPION_ALIAS if decision.promote else CHALLENGER_ALIAS,
+    )
+    promotion = record if decision.promote else None
+    return TrainingOutcome(
+        version=version,
+        run_id=run.info.run_id,
+        experiment_id=experiment_id,
+        params=logged_params,
+        metrics=metrics,
+        training_source=data.source,
+        dataset_digest=dataset.digest,
+        decision=decision,
+        promotion=promotion,
+    )

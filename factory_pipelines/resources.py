@@ -1,0 +1,174 @@
+"""Dagster resources: one `ConfigurableResource` per external system the assets and sensors touch.
+
+Each is a thin, configurable handle; the work happens in plain functions of `factory_pipelines`.
+`build_resources(settings)` wires them from the one settings object (the `FACTORY_*` variables
+decide), so `definitions.py`, `factory up` and the tests get the same wiring.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import polars as pl
+from pydantic import PrivateAttr
+
+from factory_pipelines.durable_files import write_parquet_atomic
+from factory_pipelines.model_registry import LoadedChampion, ensure_experiment, load_sklearn_champion
+from factory_pipelines.mqtt import BoundedPublisher, connect_and_wait, make_client
+from factory_pipelines.settings import FactorySettings
+from factory_pipelines.store import ServingStore
+from factory_pipelines.telemetry import Prediction, dump_payload, prediction_topic
+from factory_pipelines.windows import read_window
+
+
+class PartitionFilesResource(dg.ConfigurableResource):
+    """Where window partitions live on disk: sealed windows in, typed rows, features, predictions out.
+
+    Paths derive from `FactorySettings` (the single place that decides where state lives), so
+    the Dagster side and the rest of the platform can never disagree about a location.
+    """
+
+    data_dir: str
+    window_seconds: float = 60.0
+
+    @property
+    def layout(self) -> FactorySettings:
+        # model_construct: only the locations, without re-reading the environment in a run worker.
+        return FactorySettings.model_construct(data_dir=Path(self.data_dir), window_seconds=self.window_seconds)
+
+    @property
+    def windows_dir(self) -> Path:
+        return self.layout.windows_dir
+
+    @property
+    def telemetry_dir(self) -> Path:
+        return self.layout.data_path / "telemetry" / "machines"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.layout.features_dir
+
+    @property
+    def baselines_dir(self) -> Path:
+        return self.layout.data_path / "baselines"
+
+    def read_sealed(self, key: str) -> pl.DataFrame:
+        return read_window(self.windows_dir, key)
+
+    def telemetry_path(self, key: str) -> Path:
+        return self.telemetry_dir / f"{key}.parquet"
+
+    def features_path(self, key: str) -> Path:
+        return self.features_dir / f"{key}.parquet"
+
+    def predictions_dir(self, model_name: str) -> Path:
+        return self.layout.predictions_dir / model_name
+
+    def predictions_path(self, model_name: str, key: str) -> Path:
+        return self.predictions_dir(model_name) / f"{key}.parquet"
+
+    def feature_history(self) -> list[Path]:
+        """Every machine_features partition file (window keys sort by time, so do the names)."""
+        return sorted(self.features_dir.glob("*.parquet")) if self.features_dir.is_dir() else []
+
+    def write(self, frame: pl.DataFrame, path: Path) -> None:
+        write_parquet_atomic(frame, path)
+
+
+class MlflowResource(dg.ConfigurableResource):
+    """The MLflow tracking server and model registry (one URI for both)."""
+
+    tracking_uri: str
+    artifacts_dir: str | None = None  # used for experiments created against a local SQLite store
+
+    @property
+    def artifacts_path(self) -> Path | None:
+        return Path(self.artifacts_dir) if self.artifacts_dir else None
+
+    def experiment_id(self, name: str) -> str:
+        return ensure_experiment(self.tracking_uri, name, self.artifacts_path)
+
+    def load_champion(self, model_name: str) -> LoadedChampion:
+        return load_sklearn_champion(self.tracking_uri, model_name)
+
+
+class ServingStoreResource(dg.ConfigurableResource):
+    """The serving store the REST API reads predictions from; opened once per run."""
+
+    db_url: str
+    _store: ServingStore | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._store = None
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._store is not None:
+            self._store.dispose()
+            self._store = None
+
+    def get_store(self) -> ServingStore:
+        if self._store is None:
+            self._store = ServingStore(self.db_url)
+        return self._store
+
+
+class MqttPublisherResource(dg.ConfigurableResource):
+    """Publishes predictions to `predictions/{model}/{asset_id}`, best-effort.
+
+    The serving store and the Parquet files are the record; MQTT is the live feed. So a broker
+    that is down or slow costs a warning and a count, never the run.
+    """
+
+    mqtt_url: str
+    client_id_prefix: str = "factory-predictions"
+    connect_timeout_s: float = 3.0
+    publish_timeout_s: float = 10.0
+    qos: int = 1
+
+    def publish_predictions(self, predictions: Sequence[Prediction], log: Any) -> int:
+        """Publish each prediction; the number the broker acknowledged (0 when it is unreachable)."""
+        if not predictions:
+            return 0
+        messages = [(prediction_topic(p.model_name, p.asset_id), dump_payload(p)) for p in predictions]
+        return self.publish(messages, log)
+
+    def publish(self, messages: Sequence[tuple[str, bytes]], log: Any) -> int:
+        client = make_client(f"{self.client_id_prefix}-{uuid.uuid4().hex[:12]}")
+        try:
+            connect_and_wait(client, self.mqtt_url, timeout=self.connect_timeout_s)
+        except ConnectionError as exc:
+            log.warning(f"{exc}; {len(messages)} predictions not published")
+            return 0
+        publisher = BoundedPublisher(client)
+        try:
+            for topic, payload in messages:
+                if not publisher.publish(topic, payload, qos=self.qos, timeout=self.publish_timeout_s):
+                    break
+            publisher.flush(self.publish_timeout_s)
+        except ConnectionError as exc:
+            log.warning(f"MQTT publish failed: {exc}")
+        finally:
+            client.disconnect()
+            client.loop_stop()
+        sent = publisher.acknowledged
+        if sent < len(messages):
+            log.warning(f"MQTT: {len(messages) - sent} of {len(messages)} predictions not acknowledged by the broker")
+        return sent
+
+
+def build_resources(settings: FactorySettings) -> dict[str, dg.ConfigurableResource]:
+    """The resources every definition of the code location uses, from one settings object."""
+    return {
+        "window_files": PartitionFilesResource(
+            data_dir=str(settings.data_path), window_seconds=settings.window_seconds
+        ),
+        "mlflow": MlflowResource(
+            tracking_uri=settings.resolved_mlflow_uri, artifacts_dir=str(settings.mlflow_artifacts_dir)
+        ),
+        "serving_store": ServingStoreResource(db_url=settings.resolved_db_url),
+        "mqtt": MqttPublisherResource(mqtt_url=settings.mqtt_url),
+    }

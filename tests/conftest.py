@@ -1,0 +1,111 @@
+"""Shared fixtures: one real MQTT broker per test session, on a free loopback port."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from factory_pipelines.broker import RunningBroker, start_local_broker
+from factory_pipelines.mqtt import connect_and_wait, make_client
+from factory_pipelines.settings import FactorySettings, load_settings
+
+
+def find_free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    """Call it for each new free loopback port a test needs."""
+    return find_free_port
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningBroker]:
+    """Mosquitto when installed, else the embedded amqtt broker; stopped at the end of the session."""
+    data_dir: Path = tmp_path_factory.mktemp("broker")
+    with start_local_broker(find_free_port(), data_dir) as broker:
+        yield broker
+
+
+@pytest.fixture
+def mqtt_url(mqtt_broker: RunningBroker) -> str:
+    return mqtt_broker.url
+
+
+@pytest.fixture
+def factory_settings(tmp_path: Path, mqtt_url: str) -> FactorySettings:
+    """Settings pointing at the session broker, with all state under this test's tmp dir."""
+    settings = load_settings(data_dir=tmp_path / "data", mqtt_url=mqtt_url, window_seconds=2)
+    settings.ensure_dirs()
+    return settings
+
+
+@dataclass(frozen=True)
+class ReceivedMessage:
+    topic: str
+    payload: bytes
+    received_at: float  # time.monotonic() at receipt
+
+
+class MqttRecorder:
+    """Records every message on some topics (subscribed when constructed) and waits on conditions."""
+
+    def __init__(self, url: str, *topics: str, timeout: float = 10.0) -> None:
+        self.messages: list[ReceivedMessage] = []
+        self._changed = threading.Condition()
+        subscribed = threading.Event()
+        self.client = make_client(f"test-recorder-{uuid.uuid4().hex[:8]}")
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *_args: subscribed.set()
+        connect_and_wait(self.client, url, timeout=timeout)
+        self.client.subscribe([(topic, 1) for topic in topics])
+        assert subscribed.wait(timeout), f"no SUBACK for {topics}"
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        with self._changed:
+            self.messages.append(ReceivedMessage(message.topic, message.payload, time.monotonic()))
+            self._changed.notify_all()
+
+    def wait_for(
+        self, condition: Callable[[list[ReceivedMessage]], bool], timeout: float = 10.0, what: str = "condition"
+    ) -> list[ReceivedMessage]:
+        """A snapshot of the messages once `condition(messages)` holds; fails the test after `timeout`."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: condition(self.messages), timeout):
+                raise AssertionError(f"{what} not met within {timeout} s; {len(self.messages)} messages received")
+            return list(self.messages)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def mqtt_recorder(mqtt_url: str) -> Iterator[Callable[..., MqttRecorder]]:
+    """`mqtt_recorder("factory/#", ...)` subscribes on the session broker; closed after the test."""
+    recorders: list[MqttRecorder] = []
+
+    def _subscribe(*topics: str) -> MqttRecorder:
+        recorder = MqttRecorder(mqtt_url, *topics)
+        recorders.append(recorder)
+        return recorder
+
+    yield _subscribe
+    for recorder in recorders:
+        recorder.close()
+
+
+# ---- fixtures added by other parts of the platform go below this line ----
