@@ -87,7 +87,11 @@ def ensure_energy_champion(settings: FactorySettings) -> str:
     with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
         result = job.execute_in_process(
             instance=instance,
-            run_config={"ops": {"energy_iforest": {"config": {"contamination": settings.anomaly_contamination}}}},
+            run_config={
+                "ops": {"energy_iforest": {"config": {"contamination": settings.anomaly_contamination}}},
+                # The run's full event log is in the Dagster UI; the terminal gets the summary.
+                "loggers": {"console": {"config": {"log_level": "INFO"}}},
+            },
             tags={"factory/trigger": "factory up: first champion"},
         )
     if not result.success:

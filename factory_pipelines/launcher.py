@@ -9,6 +9,7 @@ few times before `factory up` gives up and stops everything.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -16,11 +17,13 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import dagster as dg
 import httpx
 from rich.console import Console
 from rich.table import Table
@@ -106,9 +109,11 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _wait_http(url: str, timeout_s: float, alive: Callable[[], bool]) -> None:
+def _wait_http(url: str, timeout_s: float, alive: Callable[[], bool], stop: threading.Event) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if stop.is_set():
+            raise PlatformError("interrupted while starting")
         if not alive():
             raise PlatformError(f"process serving {url} exited before it answered")
         try:
@@ -116,7 +121,7 @@ def _wait_http(url: str, timeout_s: float, alive: Callable[[], bool]) -> None:
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(0.5)
+        stop.wait(0.5)
     raise PlatformError(f"{url} did not answer within {timeout_s:.0f} s")
 
 
@@ -129,6 +134,8 @@ def run_platform(settings: FactorySettings, options: PlatformOptions, console: C
     from factory_pipelines.broker import ensure_broker
     from factory_pipelines.dagster_instance import ensure_energy_champion, write_dagster_yaml
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # readiness polls are not news
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -180,7 +187,7 @@ def run_platform(settings: FactorySettings, options: PlatformOptions, console: C
             restartable=False,
         )  # fmt: skip
         console.print("MLflow: starting the tracking server...")
-        _wait_http(f"{mlflow_url}/health", READY_TIMEOUT_S, lambda: mlflow.exit_code is None)
+        _wait_http(f"{mlflow_url}/health", READY_TIMEOUT_S, lambda: mlflow.exit_code is None, stop)
         console.print(f"MLflow: ready after {time.monotonic() - started:.0f} s")
 
         spawn("collector", _cli("collect"))
@@ -207,8 +214,8 @@ def run_platform(settings: FactorySettings, options: PlatformOptions, console: C
         )  # fmt: skip
         api_url = f"http://{settings.api_host}:{settings.api_port}"
         dagster_url = f"http://{host}:{settings.dagster_port}"
-        _wait_http(f"{api_url}/health", READY_TIMEOUT_S, lambda: api.exit_code is None)
-        _wait_http(f"{dagster_url}/server_info", READY_TIMEOUT_S, lambda: dagster.exit_code is None)
+        _wait_http(f"{api_url}/health", READY_TIMEOUT_S, lambda: api.exit_code is None, stop)
+        _wait_http(f"{dagster_url}/server_info", READY_TIMEOUT_S, lambda: dagster.exit_code is None, stop)
 
         table = Table(title=f"factory platform up after {time.monotonic() - started:.0f} s", show_header=False)
         table.add_row("Dagster UI", dagster_url)

@@ -96,7 +96,9 @@ class ServingStore:
         self.db_url = db_url
         if db_url.startswith("sqlite:///"):
             Path(db_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = create_engine(db_url, pool_pre_ping=True)
+        # A database that does not answer should fail a request in seconds, not hang it.
+        connect_args = {"connect_timeout": 5} if db_url.startswith("postgresql") else {}
+        self.engine = create_engine(db_url, pool_pre_ping=True, connect_args=connect_args)
         if self.engine.dialect.name == "sqlite":
             _enable_sqlite_wal(self.engine)
         if apply_migrations:
@@ -178,9 +180,9 @@ class ServingStore:
         if asset_id:
             conditions.append(t.c.asset_id == asset_id)
         if start:
-            conditions.append(t.c.window_start >= start)
+            conditions.append(t.c.window_start >= _as_stored_time(start))
         if end:
-            conditions.append(t.c.window_start < end)
+            conditions.append(t.c.window_start < _as_stored_time(end))
         query = select(t).where(*conditions)
         with self.engine.connect() as conn:
             total = conn.execute(select(func.count()).select_from(t).where(*conditions)).scalar_one()
@@ -195,6 +197,11 @@ class ServingStore:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _as_stored_time(value: datetime) -> datetime:
+    """Stored times are UTC and SQLite drops offsets when binding, so compare in UTC."""
+    return value.astimezone(UTC) if value.tzinfo is not None else value
 
 
 def _prediction_row(prediction: Prediction) -> dict[str, Any]:
