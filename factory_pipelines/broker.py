@@ -14,6 +14,7 @@ import asyncio
 import atexit
 import contextlib
 import functools
+import getpass
 import ipaddress
 import logging
 import shutil
@@ -103,6 +104,9 @@ def _mosquitto_config(host: str, port: int, data_dir: Path) -> str:
         [
             f"listener {port} {host}",
             "allow_anonymous true",
+            # Started as root, Mosquitto drops to the `mosquitto` user and then cannot write its
+            # persistence file under our data dir: stay the user who started it.
+            f"user {getpass.getuser()}",
             "persistence true",
             f"persistence_location {persistence_dir}/",
             "autosave_interval 60",

@@ -97,9 +97,7 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same fleet.")] = 42,
     fault: Annotated[list[str] | None, typer.Option(help="Inject a fault: ASSET=KIND (repeatable).")] = None,
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
-    export_csv: Annotated[
-        Path | None, typer.Option(help="Write a plant-export CSV instead of publishing.")
-    ] = None,
+    export_csv: Annotated[Path | None, typer.Option(help="Write a plant-export CSV instead of publishing.")] = None,
     rows: Annotated[int, typer.Option(help="Rows to write with --export-csv.")] = 1000,
 ) -> None:
     """Publish a simulated fleet over MQTT (or write a plant-export CSV with --export-csv)."""

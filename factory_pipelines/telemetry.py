@@ -63,7 +63,7 @@ class _Envelope(BaseModel):
     asset_id: str = Field(min_length=1, max_length=128)
     ts: UtcDatetime = Field(description="Measurement time (UTC); the time of receipt when a device sends none.")
     seq: int | None = Field(
-        None, ge=0, description="Per-publisher sequence; (asset_id, seq) makes delivery idempotent."
+        None, ge=0, le=2**63 - 1, description="Per-publisher sequence; (asset_id, seq) makes delivery idempotent."
     )
 
 
@@ -396,7 +396,10 @@ def parse_telemetry(
     if "ts" not in payload:
         legacy_epoch = payload.get("timestamp")
         if isinstance(legacy_epoch, int | float) and not isinstance(legacy_epoch, bool):
-            payload["ts"] = datetime.fromtimestamp(legacy_epoch, UTC).isoformat()
+            try:
+                payload["ts"] = datetime.fromtimestamp(legacy_epoch, UTC).isoformat()
+            except (OverflowError, OSError, ValueError):
+                raise PayloadError(f"timestamp {legacy_epoch!r} is not a usable epoch time") from None
         else:
             payload["ts"] = (received_at or utc_now()).isoformat()
     if info.kind is not None:

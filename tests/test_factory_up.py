@@ -52,9 +52,7 @@ def _poll(what: str, probe: Callable[[], Any], deadline: float, process: subproc
 def test_factory_up_serves_predictions_and_stops_cleanly(tmp_path: Path, free_port: Callable[[], int]) -> None:
     ports = {name: free_port() for name in ("MQTT", "API", "DAGSTER", "MLFLOW")}
     mqtt_url = f"mqtt://127.0.0.1:{ports['MQTT']}"
-    env = {
-        key: value for key, value in os.environ.items() if not key.startswith(("FACTORY_", "MLFLOW_", "DAGSTER_"))
-    }
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("FACTORY_", "MLFLOW_", "DAGSTER_"))}
     env.update(
         FACTORY_DATA_DIR=str(tmp_path / "data"),
         FACTORY_MQTT_URL=mqtt_url,

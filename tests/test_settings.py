@@ -23,10 +23,18 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 def test_defaults_match_the_contract() -> None:
     settings = load_settings()
     assert settings.data_path == (Path.cwd() / ".factory").resolve()
-    assert (settings.api_port, settings.dagster_port, settings.window_seconds, settings.site) == (8000, 3000, 60, "main")
+    assert (settings.api_port, settings.dagster_port, settings.window_seconds, settings.site) == (
+        8000,
+        3000,
+        60,
+        "main",
+    )
     assert settings.mqtt_url == "mqtt://127.0.0.1:1883"
     assert settings.resolved_db_url == f"sqlite:///{settings.data_path / 'serving.db'}"
-    assert settings.resolved_mlflow_uri.startswith("sqlite:///") and str(settings.mlflow_dir) in settings.resolved_mlflow_uri
+    assert (
+        settings.resolved_mlflow_uri.startswith("sqlite:///")
+        and str(settings.mlflow_dir) in settings.resolved_mlflow_uri
+    )
 
 
 def test_environment_overrides_yaml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

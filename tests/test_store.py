@@ -52,7 +52,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServingSto
             opened.dispose()
 
 
-def _prediction(asset: str, minute: int, score: float, *, model: str = "energy_iforest", version: str = "1") -> Prediction:
+def _prediction(
+    asset: str, minute: int, score: float, *, model: str = "energy_iforest", version: str = "1"
+) -> Prediction:
     start = T0 + timedelta(minutes=minute)
     return Prediction(
         model_name=model,

@@ -64,7 +64,12 @@ def test_legacy_machine_row_with_epoch_timestamp() -> None:
 @pytest.mark.parametrize(
     ("topic", "payload", "kind", "asset"),
     [
-        ("factory/machine/3/maintenance", {"timestamp": 1, "vibration": 2.0, "temperature": 60}, MaintenanceReading, "3"),
+        (
+            "factory/machine/3/maintenance",
+            {"timestamp": 1, "vibration": 2.0, "temperature": 60},
+            MaintenanceReading,
+            "3",
+        ),
         ("factory/energy/stats", {"timestamp": 1, "current_load": 80.5}, EnergyStats, "plant-energy"),
         ("factory/network/stats", {"timestamp": 1, "latency": 12, "packet_loss": 0.1}, NetworkStats, "plant-network"),
         ("cleanroom/main/status", {"iso_class": 5, "humidity": 40}, CleanroomStatus, "cleanroom-main"),
@@ -99,6 +104,9 @@ def test_cmd_and_alert_topics_carry_no_telemetry() -> None:
         ("factory/main/telemetry", b"{}", "fits no telemetry layout"),
         ("elsewhere/x", b"{}", "not under factory/"),
         ("cleanroom/main/status", b'{"kind": "robot"}', "does not match topic"),
+        ("factory/machine/1/telemetry", b'{"timestamp": 1e20}', "not a usable epoch time"),
+        ("factory/machine/1/telemetry", b'{"timestamp": NaN}', "not a usable epoch time"),
+        ("factory/main/r1/telemetry", b'{"seq": 18446744073709551616}', "seq"),
     ],
 )
 def test_bad_payloads_say_why(topic: str, raw: bytes, reason: str) -> None:

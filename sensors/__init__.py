@@ -1,0 +1,1 @@
+"""Dagster sensors and the MQTT window collector they watch."""
