@@ -290,6 +290,13 @@ class BoundedPublisher:
                 self._changed.wait(remaining)
         return True
 
+    def close(self, flush_timeout: float = 10.0) -> bool:
+        """Flush, then disconnect and stop the network loop; False if some messages stayed unacknowledged."""
+        flushed = self.flush(flush_timeout)
+        self.client.disconnect()
+        self.client.loop_stop()
+        return flushed
+
 
 __all__ = [
     "BoundedPublisher",

@@ -239,11 +239,9 @@ def replay_csv(
                     progress(stats)
                     next_progress = time.monotonic() + 1.0
     finally:
-        publisher.flush(timeout=10.0)
+        publisher.close(flush_timeout=10.0)
         stats.unacknowledged = publisher.pending
         stats.elapsed_s = time.monotonic() - started
-        client.disconnect()
-        client.loop_stop()
         if stats.bad_rows > len(stats.bad_row_examples):
             log.warning("%s: %d bad rows skipped in all", path, stats.bad_rows)
     if progress is not None:

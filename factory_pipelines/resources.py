@@ -148,12 +148,10 @@ class MqttPublisherResource(dg.ConfigurableResource):
             for topic, payload in messages:
                 if not publisher.publish(topic, payload, qos=self.qos, timeout=self.publish_timeout_s):
                     break
-            publisher.flush(self.publish_timeout_s)
         except ConnectionError as exc:
             log.warning(f"MQTT publish failed: {exc}")
         finally:
-            client.disconnect()
-            client.loop_stop()
+            publisher.close(self.publish_timeout_s)
         sent = publisher.acknowledged
         if sent < len(messages):
             log.warning(f"MQTT: {len(messages) - sent} of {len(messages)} predictions not acknowledged by the broker")

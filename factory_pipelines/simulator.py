@@ -729,11 +729,9 @@ def run_simulator(
             wake.clear()
         _handle_commands(model, inbox, publisher, stats, fleet.site, stop)
     finally:
-        publisher.flush(timeout=10.0)
+        publisher.close(flush_timeout=10.0)
         stats.unacknowledged = publisher.pending
         stats.elapsed_s = time.monotonic() - started
-        client.disconnect()
-        client.loop_stop()
     if progress is not None:
         progress(stats)
     return stats
