@@ -6,13 +6,17 @@ import json
 import logging
 import signal
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
 
 from factory_pipelines.settings import FactorySettings, load_settings
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="factory",
@@ -46,14 +50,26 @@ def _stop_on_signals() -> threading.Event:
     return stop
 
 
+def _every(seconds: float, show: Callable[[T], None]) -> Callable[[T], None]:
+    """A progress callback that shows at most once per `seconds`."""
+    last = time.monotonic()
+
+    def _maybe_show(stats: T) -> None:
+        nonlocal last
+        if time.monotonic() - last >= seconds:
+            last = time.monotonic()
+            show(stats)
+
+    return _maybe_show
+
+
 def _parse_faults(values: list[str] | None) -> dict[str, str]:
-    faults: dict[str, str] = {}
-    for item in values or []:
-        asset, sep, kind = item.partition("=")
-        if not sep or not asset or not kind:
-            raise typer.BadParameter(f"--fault takes ASSET=KIND, got {item!r}")
-        faults[asset] = kind
-    return faults
+    from factory_pipelines.simulator import parse_fault_specs
+
+    try:
+        return parse_fault_specs(values or [])
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--fault") from exc
 
 
 @app.callback()
@@ -113,12 +129,14 @@ def simulate(
         machines=machines, robots=robots, cleanrooms=cleanrooms, rate_hz=rate, seed=seed, site=settings.site
     )
     stop = _stop_on_signals()
+    report = _every(10.0, lambda s: console.print(f"published {s.total:,} messages in {s.elapsed_s:.0f} s"))
     try:
-        stats = run_simulator(settings, fleet, faults=faults, duration_s=duration, stop=stop)
+        stats = run_simulator(settings, fleet, faults=faults, duration_s=duration, stop=stop, progress=report)
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
-    console.print(f"published: {stats}")
+    kinds = ", ".join(f"{kind} {count:,}" for kind, count in sorted(stats.published.items()))
+    console.print(f"published {stats.total:,} messages in {stats.elapsed_s:.1f} s ({kinds})")
 
 
 @app.command()
@@ -133,12 +151,18 @@ def replay(
 
     settings = _settings()
     stop = _stop_on_signals()
+    report = _every(10.0, lambda s: console.print(f"published {s.rows_published:,} rows in {s.elapsed_s:.0f} s"))
     try:
-        stats = replay_csv(settings, file, speed=speed or None, stop=stop)
+        stats = replay_csv(settings, file, speed=speed or None, stop=stop, progress=report)
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
-    console.print(f"replayed: {stats}")
+    console.print(
+        f"published {stats.rows_published:,} of {stats.rows_read:,} rows in {stats.elapsed_s:.1f} s; "
+        f"{stats.bad_rows:,} bad rows skipped, {stats.unacknowledged:,} unacknowledged"
+    )
+    for line, reason in stats.bad_row_examples:
+        console.print(f"  line {line}: {reason}")
 
 
 @app.command()
@@ -152,7 +176,10 @@ def collect(
 
     settings = _settings()
     stats = run_collector(settings, shared=shared, stop=_stop_on_signals())
-    console.print(f"collector stopped: {stats}")
+    console.print(
+        f"collector stopped: {stats.rows_written:,} rows in {stats.windows_sealed:,} windows, "
+        f"{stats.duplicates_dropped:,} duplicates dropped, {stats.dead_letters:,} dead letters"
+    )
 
 
 @app.command()
