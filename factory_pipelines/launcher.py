@@ -166,7 +166,15 @@ def run_platform(settings: FactorySettings, options: PlatformOptions, console: C
 
         mlflow_url = f"http://{host}:{settings.mlflow_port}"
         settings = settings.model_copy(update={"mlflow_tracking_uri": mlflow_url})
-        env = {**os.environ, **settings.child_env(), "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            **settings.child_env(),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "PYTHONUNBUFFERED": "1",
+            # MLflow's default retries make a call to a stopped tracking server hang for minutes.
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3"),
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "30"),
+        }
         os.environ.update(settings.child_env())
         write_dagster_yaml(settings)
 
