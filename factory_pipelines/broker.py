@@ -115,7 +115,8 @@ def _mosquitto_config(host: str, port: int, data_dir: Path) -> str:
             "max_queued_bytes 0",
             # In-flight QoS 1/2 messages per 3.1.1 client (v5 clients negotiate ReceiveMaximum).
             "max_inflight_messages 1000",
-            "set_tcp_nodelay true",
+            # No `set_tcp_nodelay true`: measured here, it raises a QoS 1 round trip on loopback
+            # from 0.4 ms to 44 ms (delayed ACKs), with Mosquitto 2.0.11.
             "log_dest stderr",
             "log_type error",
             "log_type warning",

@@ -43,7 +43,8 @@ def dagster_yaml_config(
         "run_coordinator": {
             "module": "dagster._core.run_coordinator",
             "class": "QueuedRunCoordinator",
-            "config": {"max_concurrent_runs": max_concurrent_runs},
+            # The default 5 s between dequeues adds 2.5 s on average to every window's latency.
+            "config": {"max_concurrent_runs": max_concurrent_runs, "dequeue_interval_seconds": 1},
         },
         "run_monitoring": {"enabled": True, "start_timeout_seconds": 180, "poll_interval_seconds": 60},
         "telemetry": {"enabled": False},
