@@ -229,9 +229,9 @@ class Prediction(BaseModel):
     model_config = ConfigDict(protected_namespaces=(), extra="allow")
 
     model_name: str
-    model_version: str
+    model_version: str = Field(description="Registered MLflow model version that produced the score.")
     asset_id: str
-    window_key: str
+    window_key: str = Field(description="The sealed data window that was scored.")
     score: float = Field(description="Model score; for anomaly models higher means more anomalous.")
     label: str = Field(description="e.g. normal / anomaly")
     produced_at: UtcDatetime

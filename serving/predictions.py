@@ -11,7 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from factory_pipelines.store import PredictionPage, ServingStore
 from factory_pipelines.telemetry import Prediction
@@ -30,22 +30,15 @@ ModelFilter = Annotated[
 AssetFilter = Annotated[str | None, Query(max_length=128, description="Only this asset.", examples=["M001"])]
 
 
-class PredictionOut(BaseModel):
-    """One prediction; model-specific extras (e.g. an interval's bounds) follow the fields below."""
+class PredictionOut(Prediction):
+    """One prediction as the API shows it: the contract's fields, times with an explicit +00:00 offset.
 
-    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    Model-specific extras (e.g. an interval's bounds) follow the contract's fields.
+    """
 
-    asset_id: str
-    window_key: str = Field(description="The sealed data window that was scored.")
-    score: float = Field(description="Model score; for anomaly models higher means more anomalous.")
-    label: str = Field(description="e.g. normal / anomaly")
-    model_name: str
-    model_version: str = Field(description="Registered MLflow model version that produced the score.")
     produced_at: IsoDatetime
     window_start: IsoDatetime | None = None
     window_end: IsoDatetime | None = None
-    mlflow_run_id: str | None = None
-    dagster_run_id: str | None = None
 
     @classmethod
     def of(cls, prediction: Prediction) -> PredictionOut:
