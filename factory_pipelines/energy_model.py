@@ -159,7 +159,7 @@ MIN_PRODUCING_SPEED = 1.0  # units/hr; below it a machine stands still and draws
 FEATURE_FRAME_SCHEMA: dict[str, pl.DataType] = {
     "window_key": pl.String(),
     "asset_id": pl.String(),
-    "n_rows": pl.UInt32(),
+    "n_rows": pl.Int64(),  # not polars' UInt32 count: MLflow's dataset schema has no unsigned ints
     **{name: pl.Float64() for name in FEATURE_COLUMNS},
 }
 
@@ -185,7 +185,7 @@ def machine_features(machines: pl.DataFrame) -> pl.DataFrame:
     expected = expected.otherwise(power.filter(moving.not_()).median().over("window_key"))
     expected = pl.coalesce(expected, power.median().over("window_key"))
     prepared = machines.with_columns(per_speed.alias("_power_per_speed"), (power - expected).alias("_power_residual"))
-    aggregates = [pl.len().alias("n_rows")]
+    aggregates = [pl.len().cast(pl.Int64).alias("n_rows")]
     for short, column in _SIGNALS.items():
         aggregates += [
             pl.col(column).mean().alias(f"{short}_mean"),
