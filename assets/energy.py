@@ -175,6 +175,6 @@ def energy_anomaly_predictions(
             "published": published,
             "anomalies": len(anomalies),
             "anomalous": dg.MetadataValue.json([f"{window}/{asset}" for window, asset in anomalies[:50]]),
-            "path": dg.MetadataValue.path(str(window_files.predictions_path(energy_model.MODEL_NAME, "x").parent)),
+            "path": dg.MetadataValue.path(str(window_files.predictions_dir(energy_model.MODEL_NAME))),
         }
     )

@@ -34,7 +34,7 @@ from pathlib import Path
 import httpx
 
 from factory_pipelines.mqtt import BoundedPublisher, connect_and_wait, make_client
-from factory_pipelines.telemetry import MachineTelemetry, dump_payload, telemetry_topic
+from factory_pipelines.telemetry import MachineTelemetry, dump_payload, first_seq, telemetry_topic
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "latency.md"
@@ -134,7 +134,7 @@ def measure(window_s: float, windows: int) -> Result:
             connect_and_wait(client, mqtt_url)
             client.loop_start()
             publisher = BoundedPublisher(client)
-            seq = time.time_ns() // 1000
+            seq = first_seq()
             while not stop.wait(0.5):
                 now = datetime.now(UTC)
                 row = MachineTelemetry(

@@ -41,6 +41,7 @@ from factory_pipelines.telemetry import (
     MACHINE_NUMERIC_FIELDS,
     MachineTelemetry,
     dump_payload,
+    first_seq,
     telemetry_topic,
 )
 
@@ -177,7 +178,7 @@ def replay_csv(
     extra_columns = [column for column in columns if column not in MACHINE_EXPORT_COLUMNS]
     stop = stop or threading.Event()
     stats = ReplayStats()
-    seq_start = time.time_ns() // 1000
+    seq_start = first_seq()
     next_seq: dict[str, int] = {}
 
     client = make_client(f"factory-replay-{uuid.uuid4().hex[:8]}")

@@ -46,7 +46,7 @@ class PartitionFilesResource(dg.ConfigurableResource):
 
     @property
     def telemetry_dir(self) -> Path:
-        return self.layout.data_path / "telemetry" / "machines"
+        return self.layout.machine_rows_dir
 
     @property
     def features_dir(self) -> Path:
@@ -54,7 +54,7 @@ class PartitionFilesResource(dg.ConfigurableResource):
 
     @property
     def baselines_dir(self) -> Path:
-        return self.layout.data_path / "baselines"
+        return self.layout.baselines_dir
 
     def read_sealed(self, key: str) -> pl.DataFrame:
         return read_window(self.windows_dir, key)

@@ -148,6 +148,16 @@ class FactorySettings(BaseSettings):
         return self.data_path / "predictions"
 
     @property
+    def machine_rows_dir(self) -> Path:
+        """Typed machine rows per window (the `telemetry_window` asset)."""
+        return self.data_path / "telemetry" / "machines"
+
+    @property
+    def baselines_dir(self) -> Path:
+        """Simulated training data for a first model, before there is history."""
+        return self.data_path / "baselines"
+
+    @property
     def features_dir(self) -> Path:
         return self.data_path / "features"
 

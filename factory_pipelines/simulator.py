@@ -75,6 +75,7 @@ from factory_pipelines.telemetry import (
     cleanroom_topic,
     command_topic,
     dump_payload,
+    first_seq,
     telemetry_topic,
 )
 
@@ -564,7 +565,7 @@ class Fleet:
             self.topics[asset_id] = (
                 cleanroom_topic(config.site) if first_cleanroom else telemetry_topic(config.site, asset_id)
             )
-        start = seq_start if seq_start is not None else time.time_ns() // 1000
+        start = seq_start if seq_start is not None else first_seq()
         self._next_seq = dict.fromkeys(self.assets, start)
         self._last_step: dict[str, datetime] = {}
 

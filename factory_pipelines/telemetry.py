@@ -12,6 +12,7 @@ measure are absent, and unknown extra fields are kept.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -37,6 +38,12 @@ UtcDatetime = Annotated[AwareDatetime, AfterValidator(_as_utc)]
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def first_seq() -> int:
+    """Where a publisher's `seq` starts: now in epoch microseconds, so a restarted publisher never
+    reuses a (asset_id, seq) the collector may still remember."""
+    return time.time_ns() // 1000
 
 
 class PayloadKind(StrEnum):
