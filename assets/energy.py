@@ -6,14 +6,17 @@ of their run (`context.partition_keys`), so a run that covers a backlog of windo
 model once and launches once.
 """
 
+from dataclasses import asdict
 from datetime import UTC, datetime
 
 import dagster as dg
 import polars as pl
 from pydantic import Field
 
+from assets.model_gate import PromotionConfig, champion_gate_spec, training_result
 from assets.telemetry import window_partitions
 from factory_pipelines import energy_model
+from factory_pipelines.datasets import load_dataset, store_dataset
 from factory_pipelines.model_registry import git_commit
 from factory_pipelines.resources import (
     MlflowResource,
@@ -23,6 +26,7 @@ from factory_pipelines.resources import (
 )
 from factory_pipelines.settings import load_settings
 from factory_pipelines.telemetry import Prediction
+from factory_pipelines.training import train_register_gate
 from factory_pipelines.windows import window_bounds
 
 ENERGY_GROUP = "energy"
@@ -55,29 +59,19 @@ def machine_features(context: dg.AssetExecutionContext, window_files: PartitionF
     )
 
 
-class EnergyIForestConfig(dg.Config):
-    """Hyper-parameters and data choice for a training run (set them in the launchpad)."""
+class EnergyDatasetConfig(dg.Config):
+    """Which rows energy_iforest trains on (set them in the launchpad)."""
 
-    n_estimators: int = Field(200, gt=0, description="Trees in the forest.")
-    contamination: float | None = Field(
-        None, gt=0, lt=0.5, description="Expected anomaly share; empty: FACTORY_ANOMALY_CONTAMINATION."
-    )
-    max_samples: int = Field(256, gt=1, description="Rows per tree (capped at the training rows).")
-    random_state: int = Field(42, description="Seed: the same data and seed give the same model.")
     min_history_windows: int = Field(
         30, ge=1, description="Train on feature history from this many windows on; below, on the simulated baseline."
     )
     max_history_windows: int = Field(5000, ge=1, description="Use at most the newest this many windows of history.")
+    validation_windows: int = Field(60, ge=10, description="Windows of labelled simulated validation data.")
 
 
-@dg.asset(group_name=ENERGY_GROUP, kinds={"sklearn", "mlflow"})
-def energy_iforest(
-    context: dg.AssetExecutionContext,
-    config: EnergyIForestConfig,
-    window_files: PartitionFilesResource,
-    mlflow: MlflowResource,
-) -> dg.MaterializeResult:
-    """IsolationForest over machine features: logged to MLflow, registered, promoted to `champion`."""
+@dg.asset(deps=[machine_features], group_name=ENERGY_GROUP, kinds={"polars", "parquet"})
+def energy_iforest_dataset(config: EnergyDatasetConfig, window_files: PartitionFilesResource) -> dg.MaterializeResult:
+    """Training rows (feature history, or the simulated baseline on a first start) and labelled validation rows."""
     history_paths = energy_model.history_paths_newest(window_files.feature_history(), config.max_history_windows)
     data = energy_model.choose_training_data(
         energy_model.read_feature_history(history_paths),
@@ -85,6 +79,62 @@ def energy_iforest(
         min_history_windows=config.min_history_windows,
         baseline=lambda: energy_model.simulated_baseline(window_files.baselines_dir, window_files.window_seconds),
     )
+    validation = energy_model.labelled_validation(
+        window_files.baselines_dir, window_files.window_seconds, windows=config.validation_windows
+    )
+    root, family = window_files.datasets_dir, energy_model.MODEL_NAME
+    training = store_dataset(
+        root, family, "training", energy_model.scoreable(data.features), source=data.source, source_uri=data.source_uri
+    )
+    checked = store_dataset(
+        root,
+        family,
+        "validation",
+        validation.features,
+        source="simulated-energy-spike",
+        source_uri=validation.source_uri,
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "training_source": training.source,
+            "training_rows": training.rows,
+            "training_digest": training.digest,
+            "validation_rows": checked.rows,
+            "validation_anomalies": int(validation.features["is_anomaly"].sum()),
+            "validation_digest": checked.digest,
+            "path": dg.MetadataValue.path(str(root / family)),
+        }
+    )
+
+
+class EnergyIForestConfig(PromotionConfig):
+    """Hyper-parameters of a training run (set them in the launchpad)."""
+
+    n_estimators: int = Field(200, gt=0, description="Trees in the forest.")
+    contamination: float | None = Field(
+        None, gt=0, lt=0.5, description="Expected anomaly share; empty: FACTORY_ANOMALY_CONTAMINATION."
+    )
+    max_samples: int = Field(256, gt=1, description="Rows per tree (capped at the training rows).")
+    random_state: int = Field(42, description="Seed: the same data and seed give the same model.")
+
+
+@dg.asset(
+    deps=[energy_iforest_dataset],
+    group_name=ENERGY_GROUP,
+    kinds={"sklearn", "mlflow"},
+    check_specs=[champion_gate_spec("energy_iforest")],
+)
+def energy_iforest(
+    context: dg.AssetExecutionContext,
+    config: EnergyIForestConfig,
+    window_files: PartitionFilesResource,
+    mlflow: MlflowResource,
+    serving_store: ServingStoreResource,
+) -> dg.MaterializeResult:
+    """IsolationForest over machine features: logged to MLflow, registered, gated against the champion."""
+    family = energy_model.FAMILY
+    training, rows = load_dataset(window_files.datasets_dir, family.name, "training")
+    validation, labelled = load_dataset(window_files.datasets_dir, family.name, "validation")
     contamination = config.contamination or load_settings().anomaly_contamination
     params = energy_model.IForestParams(
         n_estimators=config.n_estimators,
@@ -92,31 +142,31 @@ def energy_iforest(
         max_samples=config.max_samples,
         random_state=config.random_state,
     )
-    outcome = energy_model.train_and_register(
-        data,
-        params,
+    report = train_register_gate(
+        family,
+        fit=lambda: energy_model.fit_iforest(rows, params),
+        validation=labelled,
+        datasets=[training.record(rows), validation.record(labelled)],
+        params={
+            **asdict(params),
+            "training_source": training.source,
+            "features": ",".join(energy_model.MODEL_FEATURES),
+        },
         tracking_uri=mlflow.tracking_uri,
         artifacts_dir=mlflow.artifacts_path,
         dagster_run_id=context.run.run_id,
         code_version=git_commit(),
+        force=config.force_promotion,
+        tolerance=config.promotion_tolerance,
+        record_promotion=lambda record: serving_store.get_store().record_promotion(record),
+        tags={"training_source": training.source},
+        describe_fit=lambda model: energy_model.training_metrics(model, rows),
     )
     context.log.info(
-        f"energy_iforest version {outcome.version} trained on {outcome.training_source} "
-        f"({int(outcome.metrics['training_rows'])} rows); {outcome.decision.reason}"
+        f"energy_iforest v{report.version} trained on {training.source} ({training.rows} rows): "
+        f"{report.promotion.alias}; {report.promotion.reason}"
     )
-    promotion = outcome.promotion.as_dict() if outcome.promotion else None
-    return dg.MaterializeResult(
-        metadata={
-            "model_version": outcome.version,
-            "model_uri": f"models:/{energy_model.MODEL_NAME}/{outcome.version}",
-            "mlflow_run_id": outcome.run_id,
-            "training_source": outcome.training_source,
-            "dataset_digest": outcome.dataset_digest,
-            "promoted": outcome.decision.promote,
-            "promotion": dg.MetadataValue.json(promotion or {"reason": outcome.decision.reason}),
-            **{name: float(value) for name, value in outcome.metrics.items()},
-        }
-    )
+    return training_result(report, training_source=training.source)
 
 
 @dg.asset(
@@ -134,7 +184,7 @@ def energy_anomaly_predictions(
     mqtt: MqttPublisherResource,
 ) -> dg.MaterializeResult:
     """Each machine in each window scored by the champion; Parquet, serving store, MQTT (best-effort)."""
-    champion = mlflow.load_champion(energy_model.MODEL_NAME)  # once per run, whatever the number of windows
+    champion = mlflow.load_champion(energy_model.FAMILY)  # once per run, whatever the number of windows
     produced_at = datetime.now(UTC)
     predictions: list[Prediction] = []
     for key in context.partition_keys:

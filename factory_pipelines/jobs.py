@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import energy_iforest, window_assets
+from assets import energy_iforest, energy_iforest_dataset, window_assets
 
 window_predictions_job = dg.define_asset_job(
     "window_predictions_job",
@@ -16,7 +16,7 @@ window_predictions_job = dg.define_asset_job(
 
 energy_training_job = dg.define_asset_job(
     "energy_training_job",
-    selection=dg.AssetSelection.assets(energy_iforest),
-    description="Train energy_iforest, register a version in MLflow and promote it to champion.",
+    selection=dg.AssetSelection.assets(energy_iforest_dataset, energy_iforest),
+    description="Build energy_iforest's data sets, train it, register a version and gate it against the champion.",
     executor_def=dg.in_process_executor,
 )

@@ -8,6 +8,7 @@ record of the move (MLflow keeps no alias history).
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -152,73 +153,27 @@ def log_sklearn_model(
     return str(info.registered_model_version)
 
 
-@dataclass(frozen=True, slots=True)
-class PromotionDecision:
-    promote: bool
-    reason: str
-
-
-def always_promote(candidate_version: str, champion: ModelVersionInfo | None) -> PromotionDecision:
-    """This issue's policy: every new version becomes champion.
-
-    The seam for the champion-vs-challenger check: a later policy gets the same arguments and may
-    say no (the candidate then keeps only the `challenger` alias).
-    """
-    if champion is None:
-        return PromotionDecision(True, "first version: no champion yet")
-    return PromotionDecision(True, f"always promote: replaces version {champion.version}")
-
-
-@dataclass(frozen=True, slots=True)
-class PromotionRecord:
-    """One alias move; MLflow keeps no alias history, so this is written down wherever it happens."""
-
-    model_name: str
-    alias: str
-    old_version: str | None
-    new_version: str
-    promoted_at: datetime
-    promoted_by: str
-    reason: str
-
-    def as_dict(self) -> dict[str, str | None]:
-        return {
-            "model_name": self.model_name,
-            "alias": self.alias,
-            "old_version": self.old_version,
-            "new_version": self.new_version,
-            "promoted_at": self.promoted_at.isoformat(),
-            "promoted_by": self.promoted_by,
-            "reason": self.reason,
-        }
-
-
 def set_alias(
     tracking_uri: str,
     name: str,
     version: str,
     *,
-    promoted_by: str,
+    decided_by: str,
     reason: str,
     alias: str = CHAMPION_ALIAS,
-) -> PromotionRecord:
-    """Point `alias` at `version` and return the record of the move (also kept as version tags)."""
+) -> str | None:
+    """Point `alias` at `version`; the version it pointed at before (None: it was new).
+
+    The move is also left as tags on the version, so the MLflow UI shows why it holds the alias.
+    """
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     previous = champion_info(tracking_uri, name, alias)
     client.set_registered_model_alias(name, alias, version)
-    record = PromotionRecord(
-        model_name=name,
-        alias=alias,
-        old_version=previous.version if previous else None,
-        new_version=str(version),
-        promoted_at=datetime.now(UTC),
-        promoted_by=promoted_by,
-        reason=reason,
-    )
-    client.set_model_version_tag(name, str(version), f"{alias}.promoted_at", record.promoted_at.isoformat())
-    client.set_model_version_tag(name, str(version), f"{alias}.promoted_by", promoted_by)
-    client.set_model_version_tag(name, str(version), f"{alias}.replaced", record.old_version or "")
-    return record
+    client.set_model_version_tag(name, str(version), f"{alias}.since", datetime.now(UTC).isoformat())
+    client.set_model_version_tag(name, str(version), f"{alias}.by", decided_by)
+    client.set_model_version_tag(name, str(version), f"{alias}.reason", reason[:4000])
+    client.set_model_version_tag(name, str(version), f"{alias}.replaced", previous.version if previous else "")
+    return previous.version if previous else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,16 +182,16 @@ class LoadedChampion:
     info: ModelVersionInfo
 
 
-def load_sklearn_champion(tracking_uri: str, name: str, alias: str = CHAMPION_ALIAS) -> LoadedChampion:
-    """The scikit-learn model behind `alias`, loaded by version number so model and metadata agree.
+def load_champion(
+    tracking_uri: str, name: str, load: Callable[[str], Any], alias: str = CHAMPION_ALIAS
+) -> LoadedChampion:
+    """The model behind `alias`, loaded by version number so model and metadata agree.
 
-    Raises LookupError when there is no such alias yet (nothing has been trained).
+    `load` is the family's loader (models:/ URI -> its model object). Raises LookupError when
+    there is no such alias yet (nothing has been trained).
     """
     info = champion_info(tracking_uri, name, alias)
     if info is None:
         raise LookupError(f"models:/{name}@{alias} does not exist yet: materialize the {name} asset first")
-    import mlflow.sklearn
-
     use_tracking_uri(tracking_uri)
-    model = mlflow.sklearn.load_model(info.uri)
-    return LoadedChampion(model=model, info=info)
+    return LoadedChampion(model=load(info.uri), info=info)

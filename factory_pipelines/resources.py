@@ -17,11 +17,12 @@ import polars as pl
 from pydantic import PrivateAttr
 
 from factory_pipelines.durable_files import write_parquet_atomic
-from factory_pipelines.model_registry import LoadedChampion, ensure_experiment, load_sklearn_champion
+from factory_pipelines.model_registry import LoadedChampion, ensure_experiment, load_champion
 from factory_pipelines.mqtt import BoundedPublisher, connect_and_wait, make_client
 from factory_pipelines.settings import FactorySettings
 from factory_pipelines.store import ServingStore
 from factory_pipelines.telemetry import Prediction, dump_payload, prediction_topic
+from factory_pipelines.training import ModelFamily
 from factory_pipelines.windows import read_window
 
 
@@ -55,6 +56,10 @@ class PartitionFilesResource(dg.ConfigurableResource):
     @property
     def baselines_dir(self) -> Path:
         return self.layout.baselines_dir
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.layout.datasets_dir
 
     def read_sealed(self, key: str) -> pl.DataFrame:
         return read_window(self.windows_dir, key)
@@ -92,8 +97,9 @@ class MlflowResource(dg.ConfigurableResource):
     def experiment_id(self, name: str) -> str:
         return ensure_experiment(self.tracking_uri, name, self.artifacts_path)
 
-    def load_champion(self, model_name: str) -> LoadedChampion:
-        return load_sklearn_champion(self.tracking_uri, model_name)
+    def load_champion(self, family: ModelFamily) -> LoadedChampion:
+        """`models:/{family.name}@champion`, loaded once by the caller for all windows of its run."""
+        return load_champion(self.tracking_uri, family.name, family.load_model)
 
 
 class ServingStoreResource(dg.ConfigurableResource):

@@ -158,6 +158,11 @@ class FactorySettings(BaseSettings):
         return self.data_path / "baselines"
 
     @property
+    def datasets_dir(self) -> Path:
+        """Training and validation sets of every model family, with their manifests."""
+        return self.data_path / "datasets"
+
+    @property
     def features_dir(self) -> Path:
         return self.data_path / "features"
 

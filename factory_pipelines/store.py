@@ -1,4 +1,4 @@
-"""The serving store: predictions (and, in later issues, alerts) behind SQLAlchemy.
+"""The serving store: predictions, model promotions (and, in later issues, alerts) behind SQLAlchemy.
 
 SQLite in WAL mode by default, PostgreSQL or any SQLAlchemy URL in production; the schema is
 owned by Alembic migrations in `factory_pipelines/migrations`, applied when the store opens.
@@ -19,6 +19,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import (
     JSON,
+    Boolean,
     Column,
     DateTime,
     Engine,
@@ -27,6 +28,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     UniqueConstraint,
     create_engine,
     event,
@@ -36,6 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
+from factory_pipelines.promotion import PromotionRecord
 from factory_pipelines.telemetry import Prediction
 
 metadata = MetaData()
@@ -57,6 +60,28 @@ predictions_table = Table(
     Column("dagster_run_id", String(64)),
     Column("details", JSON),
     UniqueConstraint("model_name", "window_key", "asset_id", name="uq_prediction_window"),
+)
+
+model_promotions_table = Table(
+    "model_promotions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model_name", String(64), nullable=False),
+    Column("candidate_version", String(32), nullable=False),
+    Column("alias", String(32), nullable=False),
+    Column("previous_champion", String(32)),
+    Column("promoted", Boolean, nullable=False),
+    Column("forced", Boolean, nullable=False),
+    Column("metric", String(64), nullable=False),
+    Column("higher_is_better", Boolean, nullable=False),
+    Column("candidate_score", Float),
+    Column("champion_score", Float),
+    Column("reason", Text, nullable=False),
+    Column("decided_at", DateTime(timezone=True), nullable=False),
+    Column("decided_by", String(200), nullable=False),
+    Column("mlflow_run_id", String(64)),
+    Column("dagster_run_id", String(64)),
+    Column("details", JSON),
 )
 
 _MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -191,6 +216,23 @@ class ServingStore:
             )
             return PredictionPage([_row_prediction(r._mapping) for r in rows], total)
 
+    def record_promotion(self, record: PromotionRecord) -> None:
+        """Keep one champion-gate decision (MLflow itself remembers only where aliases point now)."""
+        row = record.as_dict()
+        details = {"candidate_metrics": row.pop("candidate_metrics"), "champion_metrics": row.pop("champion_metrics")}
+        row["decided_at"] = record.decided_at
+        with self.engine.begin() as conn:
+            conn.execute(model_promotions_table.insert(), [{**row, "details": details}])
+
+    def promotion_history(self, *, model_name: str | None = None, limit: int = 100) -> list[PromotionRecord]:
+        """Gate decisions, newest first."""
+        t = model_promotions_table
+        query = select(t).order_by(t.c.decided_at.desc(), t.c.id.desc()).limit(limit)
+        if model_name:
+            query = query.where(t.c.model_name == model_name)
+        with self.engine.connect() as conn:
+            return [_row_promotion(row._mapping) for row in conn.execute(query)]
+
     def count_predictions(self) -> int:
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(predictions_table)).scalar_one()
@@ -219,3 +261,15 @@ def _row_prediction(row: Any) -> Prediction:
             values[name] = values[name].replace(tzinfo=UTC)
     extra = row["details"] or {}
     return Prediction(**values, **extra)
+
+
+def _row_promotion(row: Any) -> PromotionRecord:
+    values = {name: row[name] for name in row if name not in {"id", "details"}}
+    if values["decided_at"].tzinfo is None:
+        values["decided_at"] = values["decided_at"].replace(tzinfo=UTC)
+    details = row["details"] or {}
+    return PromotionRecord(
+        **values,
+        candidate_metrics=details.get("candidate_metrics") or {},
+        champion_metrics=details.get("champion_metrics"),
+    )

@@ -54,6 +54,8 @@ class PayloadKind(StrEnum):
     MAINTENANCE = "maintenance"
     ENERGY_STATS = "energy_stats"
     NETWORK_STATS = "network_stats"
+    SAFETY = "safety"
+    CAMERA_FRAME = "camera_frame"
 
 
 class Severity(StrEnum):
@@ -192,6 +194,39 @@ class NetworkStats(_Envelope):
     packet_loss: float | None = None
 
 
+# ---- safety: zone sensors and PPE cameras ----
+
+
+class SafetyReading(_Envelope):
+    """One reading of a zone's safety sensors (asset id: the zone's sensor station)."""
+
+    kind: Literal["safety"] = "safety"
+    zone: str | None = Field(None, description="Plant zone the station watches; defaults to the asset id.")
+    gas_ppm: float | None = Field(None, ge=0, description="Combustible / toxic gas concentration (ppm).")
+    noise_db: float | None = Field(None, ge=0, description="Sound level, A-weighted (dB(A)).")
+    temperature: float | None = Field(None, description="Air temperature (degC).")
+    proximity_m: float | None = Field(None, ge=0, description="Closest person to moving machinery (m).")
+    ppe_violations: int | None = Field(None, ge=0, description="People without hard hat or vest in view.")
+    workers: int | None = Field(None, ge=0, description="People in the zone.")
+    true_hazard: bool | None = Field(None, description="Ground truth of a hazard episode; only the simulator knows it.")
+
+
+MAX_FRAME_B64_CHARS = 200_000
+
+
+class CameraFrame(_Envelope):
+    """One JPEG frame of a PPE camera, base64 in the payload (keep frames small: a few kB)."""
+
+    kind: Literal["camera_frame"] = "camera_frame"
+    zone: str | None = None
+    image_jpeg_b64: str = Field(min_length=4, max_length=MAX_FRAME_B64_CHARS, description="JPEG bytes, base64.")
+    width: int | None = Field(None, gt=0)
+    height: int | None = Field(None, gt=0)
+    true_violation: bool | None = Field(
+        None, description="Ground truth: someone in the frame lacks a hard hat or vest; only the simulator knows it."
+    )
+
+
 # ---- commands and their acknowledgement ----
 
 
@@ -218,10 +253,18 @@ class CommandAck(_Envelope):
 
 
 InboundTelemetry = (
-    MachineTelemetry | RobotTelemetry | CleanroomStatus | CommandAck | MaintenanceReading | EnergyStats | NetworkStats
+    MachineTelemetry
+    | RobotTelemetry
+    | CleanroomStatus
+    | CommandAck
+    | MaintenanceReading
+    | EnergyStats
+    | NetworkStats
+    | SafetyReading
+    | CameraFrame
 )
 TelemetryPayload = Annotated[
-    MachineTelemetry | RobotTelemetry | CleanroomStatus | CommandAck | MaintenanceReading | EnergyStats | NetworkStats,
+    InboundTelemetry,
     Field(discriminator="kind"),
 ]
 _TELEMETRY_ADAPTER: TypeAdapter[Any] = TypeAdapter(TelemetryPayload)
@@ -272,6 +315,8 @@ PUBLISHED_MODELS: dict[str, type[BaseModel]] = {
     "MaintenanceReading": MaintenanceReading,
     "EnergyStats": EnergyStats,
     "NetworkStats": NetworkStats,
+    "SafetyReading": SafetyReading,
+    "CameraFrame": CameraFrame,
     "Command": Command,
     "CommandAck": CommandAck,
     "Prediction": Prediction,

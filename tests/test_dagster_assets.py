@@ -108,8 +108,15 @@ def subscriber(mqtt_url: str) -> Iterator[PredictionSubscriber]:
     sub.close()
 
 
-def train(defs: dg.Definitions, instance: dg.DagsterInstance, **config: object) -> dg.ExecuteInProcessResult:
-    run_config = {"ops": {"energy_iforest": {"config": {"n_estimators": 50, "contamination": 0.05, **config}}}}
+def train(
+    defs: dg.Definitions, instance: dg.DagsterInstance, dataset: dict[str, object] | None = None, **config: object
+) -> dg.ExecuteInProcessResult:
+    run_config = {
+        "ops": {
+            "energy_iforest_dataset": {"config": dataset or {}},
+            "energy_iforest": {"config": {"n_estimators": 50, "contamination": 0.02, **config}},
+        }
+    }
     result = defs.resolve_job_def("energy_training_job").execute_in_process(instance=instance, run_config=run_config)
     assert result.success
     return result
@@ -133,7 +140,8 @@ def test_windows_of_one_run_are_scored_stored_published_and_retraining_promotes(
     first = metadata_of(train(defs, instance), "energy_iforest")
     assert first["training_source"] == em.TRAINING_SOURCE_BASELINE
     assert first["model_version"] == "1" and first["promoted"] is True
-    assert first["promotion"]["old_version"] is None and first["promotion"]["new_version"] == "1"  # type: ignore[index]
+    assert first["promotion"]["previous_champion"] is None  # type: ignore[index]
+    assert first["promotion"]["candidate_version"] == "1"  # type: ignore[index]
     champion = champion_info(settings.resolved_mlflow_uri, em.MODEL_NAME)
     assert champion is not None and champion.version == "1" and champion.alias == CHAMPION_ALIAS
     assert list(settings.mlflow_artifacts_dir.rglob("MLmodel")), "artifacts belong under the data dir, not ./mlruns"
@@ -193,14 +201,55 @@ def test_windows_of_one_run_are_scored_stored_published_and_retraining_promotes(
     assert rerun.success
     assert metadata_of(rerun, "energy_anomaly_predictions")["published"] == 0
 
-    # retraining on the (now sufficient) history makes version 2 the champion
-    second = metadata_of(train(defs, instance, min_history_windows=3), "energy_iforest")
+    # retraining on the (now sufficient) history, promoted by force, makes version 2 the champion
+    second = metadata_of(
+        train(defs, instance, dataset={"min_history_windows": 3}, force_promotion=True), "energy_iforest"
+    )
     assert second["training_source"] == em.TRAINING_SOURCE_HISTORY
     assert second["model_version"] == "2"
-    assert second["promotion"]["old_version"] == "1" and second["promotion"]["new_version"] == "2"  # type: ignore[index]
+    assert second["promotion"]["previous_champion"] == "1"  # type: ignore[index]
+    assert second["promotion"]["forced"] is True  # type: ignore[index]
     champion = champion_info(settings.resolved_mlflow_uri, em.MODEL_NAME)
     assert champion is not None and champion.version == "2"
     assert champion.metrics["training_rows"] == 3 * MACHINES
+
+    # and the next prediction run serves the new champion, without a restart
+    rescored = job.execute_in_process(instance=instance, partition_key=keys[2])
+    assert rescored.success
+    assert metadata_of(rescored, "energy_anomaly_predictions")["model_version"] == "2"
+
+
+def test_gate_refuses_a_worse_candidate_and_records_every_decision(
+    factory_settings: FactorySettings, instance: dg.DagsterInstance
+) -> None:
+    settings = factory_settings
+    defs = build_definitions(settings)
+    train(defs, instance)
+    # a forest told that almost half of everything is anomalous raises alarms everywhere: lower F1
+    worse = train(defs, instance, contamination=0.45)
+    meta = metadata_of(worse, "energy_iforest")
+    assert meta["model_version"] == "2" and meta["promoted"] is False and meta["alias"] == "challenger"
+    [gate] = worse.get_asset_check_evaluations()
+    assert gate.check_name == "champion_gate" and gate.passed is False
+    assert gate.severity == dg.AssetCheckSeverity.WARN
+    assert "worse than the champion" in str(gate.metadata["reason"].value)
+    assert gate.metadata["candidate_score"].value < gate.metadata["champion_score"].value  # type: ignore[operator]
+    champion = champion_info(settings.resolved_mlflow_uri, em.MODEL_NAME)
+    assert champion is not None and champion.version == "1"
+    challenger = champion_info(settings.resolved_mlflow_uri, em.MODEL_NAME, "challenger")
+    assert challenger is not None and challenger.version == "2"
+
+    store = ServingStore(settings.resolved_db_url)
+    try:
+        decisions = store.promotion_history(model_name=em.MODEL_NAME)
+    finally:
+        store.dispose()
+    assert [(d.candidate_version, d.alias, d.promoted) for d in decisions] == [
+        ("2", "challenger", False),
+        ("1", "champion", True),
+    ]
+    assert decisions[0].previous_champion == "1" and decisions[0].dagster_run_id == worse.run_id
+    assert decisions[0].champion_metrics is not None and "f1" in decisions[0].champion_metrics
 
 
 def test_training_run_is_recorded_in_mlflow(factory_settings: FactorySettings, instance: dg.DagsterInstance) -> None:
@@ -213,9 +262,11 @@ def test_training_run_is_recorded_in_mlflow(factory_settings: FactorySettings, i
     assert run.data.params["training_source"] == em.TRAINING_SOURCE_BASELINE
     assert run.data.params["n_estimators"] == "50"
     assert run.data.tags["dagster_run_id"] == result.run_id
-    assert {"threshold", "anomaly_share", "score_p99", "training_rows"} <= set(run.data.metrics)
-    inputs = run.inputs.dataset_inputs
-    assert len(inputs) == 1 and inputs[0].dataset.digest == meta["dataset_digest"]
+    assert {"threshold", "anomaly_share", "score_p99", "training_rows", "f1", "recall"} <= set(run.data.metrics)
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs if i.tags[0].key == "mlflow.data.context"}
+    assert set(inputs) == {"training", "validation"}
+    digests = meta["datasets"]
+    assert {d.digest for d in inputs.values()} == {d["digest"] for d in digests.values()}  # type: ignore[union-attr]
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.artifact_location.startswith(factory_settings.mlflow_artifacts_dir.as_uri())
     version = client.get_model_version(em.MODEL_NAME, "1")

@@ -1,0 +1,77 @@
+"""What every training asset shares: the promotion knobs and the `champion_gate` check.
+
+The gate runs inside the training asset's step (`check_specs`), because it must score the
+version that step just registered; the check result carries the decision and both scores.
+"""
+
+import dagster as dg
+from pydantic import Field
+
+from factory_pipelines.training import TrainingReport
+
+CHAMPION_GATE = "champion_gate"
+
+
+class PromotionConfig(dg.Config):
+    """Knobs of the champion gate; every training Config inherits them."""
+
+    force_promotion: bool = Field(False, description="Make the new version champion even if it scores worse.")
+    promotion_tolerance: float = Field(
+        0.0, ge=0, description="How much worse on the gate's metric still counts as 'at least as good'."
+    )
+
+
+def champion_gate_spec(asset_name: str) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(
+        CHAMPION_GATE,
+        asset=asset_name,
+        blocking=True,
+        description=(
+            "Scores the new version and the current champion on the same validation data; only a version "
+            "at least as good takes the `champion` alias, otherwise it becomes `challenger`."
+        ),
+    )
+
+
+def training_result(report: TrainingReport, **metadata: object) -> dg.MaterializeResult:
+    """The training asset's materialization with the gate's check result in it.
+
+    A refused candidate is a failed check of WARN severity: the champion keeps serving, so what
+    runs downstream is not blocked.
+    """
+    promotion = report.promotion
+    check = dg.AssetCheckResult(
+        check_name=CHAMPION_GATE,
+        passed=promotion.promoted,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=promotion.reason,
+        metadata={
+            "candidate_version": promotion.candidate_version,
+            "alias": promotion.alias,
+            "previous_champion": promotion.previous_champion or "",
+            "metric": promotion.metric,
+            "candidate_score": promotion.candidate_score,
+            "champion_score": promotion.champion_score,
+            "forced": promotion.forced,
+            "reason": promotion.reason,
+            "candidate_metrics": dg.MetadataValue.json(promotion.candidate_metrics),
+            "champion_metrics": dg.MetadataValue.json(promotion.champion_metrics or {}),
+            "recorded_in_store": report.recorded_in_store,
+        },
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "model_version": report.version,
+            "model_uri": report.model_uri,
+            "registered_name": report.registered_name,
+            "alias": promotion.alias,
+            "promoted": promotion.promoted,
+            "mlflow_run_id": report.run_id,
+            "train_seconds": round(report.train_seconds, 3),
+            "datasets": dg.MetadataValue.json({r.name: {"digest": r.digest, "rows": r.rows} for r in report.datasets}),
+            "promotion": dg.MetadataValue.json(promotion.as_dict()),
+            **{name: float(value) for name, value in report.metrics.items()},
+            **metadata,
+        },
+        check_results=[check],
+    )
