@@ -221,5 +221,15 @@ def show_settings() -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
+def _register_model_commands() -> None:
+    from factory_pipelines import model_commands
+
+    app.command("train")(model_commands.train)
+    app.command("evaluate")(model_commands.evaluate)
+    app.add_typer(model_commands.benchmark_app, name="benchmark")
+
+
+_register_model_commands()
+
 if __name__ == "__main__":
     app()

@@ -12,6 +12,8 @@ that same instance, so the run appears in the Dagster UI like any other.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,38 +68,90 @@ def write_dagster_yaml(settings: FactorySettings, *, max_concurrent_runs: int = 
     return path
 
 
-def ensure_energy_champion(settings: FactorySettings) -> str:
-    """The version behind `models:/energy_iforest@champion`, training and promoting one if there is none.
+@dataclass(frozen=True, slots=True)
+class TrainingRun:
+    """The outcome of a training job run from the command line, as the Dagster UI shows it."""
 
-    Training runs in this process through `energy_training_job`, recorded in the instance at
-    `settings.dagster_home` (written first if it has no dagster.yaml yet).
+    run_id: str
+    success: bool
+    materialization: dict[str, Any]  # the training asset's metadata (version, alias, metrics, ...)
+    gate: dict[str, Any]  # the champion_gate check: passed, description, metadata
+
+
+def _plain(value: Any) -> Any:
+    return getattr(value, "value", value)
+
+
+def run_training_job(
+    settings: FactorySettings,
+    model_name: str,
+    *,
+    dataset_config: Mapping[str, Any] | None = None,
+    training_config: Mapping[str, Any] | None = None,
+    trigger: str = "factory train",
+) -> TrainingRun:
+    """Materialize `{model_name}_dataset` and `{model_name}` in this process, in the platform's instance.
+
+    The run is recorded in the instance at `settings.dagster_home` (written first if it has no
+    dagster.yaml yet), so it shows in the Dagster UI with its logs, like a launchpad run.
+    """
+    from dagster import DagsterInstance
+
+    from factory_pipelines.definitions import build_definitions
+    from factory_pipelines.model_catalog import catalog_entry
+
+    entry = catalog_entry(model_name)
+    settings.ensure_dirs()
+    if not (settings.dagster_home / "dagster.yaml").is_file():
+        write_dagster_yaml(settings)
+    job = build_definitions(settings).resolve_job_def(entry.training_job)
+    run_config = {
+        "ops": {
+            entry.dataset_asset: {"config": dict(dataset_config or {})},
+            entry.name: {"config": dict(training_config or {})},
+        },
+        # The run's full event log is in the Dagster UI; the terminal gets the summary.
+        "loggers": {"console": {"config": {"log_level": "INFO"}}},
+    }
+    with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        result = job.execute_in_process(
+            instance=instance, run_config=run_config, tags={"factory/trigger": trigger}, raise_on_error=False
+        )
+        materialization: dict[str, Any] = {}
+        for event in result.get_asset_materialization_events():
+            if event.asset_key.to_user_string() == entry.name:
+                materialization = {k: _plain(v) for k, v in event.materialization.metadata.items()}
+        gate: dict[str, Any] = {}
+        for evaluation in result.get_asset_check_evaluations():
+            if evaluation.asset_key.to_user_string() == entry.name:
+                gate = {
+                    "check": evaluation.check_name,
+                    "passed": evaluation.passed,
+                    "description": evaluation.description,
+                    **{k: _plain(v) for k, v in evaluation.metadata.items()},
+                }
+    return TrainingRun(run_id=result.run_id, success=result.success, materialization=materialization, gate=gate)
+
+
+def ensure_energy_champion(settings: FactorySettings) -> str:
+    """The version behind `models:/energy_iforest@champion`, training one if there is none.
+
+    Training runs in this process through `energy_iforest_training_job`, recorded in the instance
+    at `settings.dagster_home`.
     """
     tracking_uri = settings.resolved_mlflow_uri
     existing = champion_info(tracking_uri, MODEL_NAME)
     if existing is not None:
         return existing.version
-
-    from dagster import DagsterInstance
-
-    from factory_pipelines.definitions import build_definitions
-
-    settings.ensure_dirs()
-    if not (settings.dagster_home / "dagster.yaml").is_file():
-        write_dagster_yaml(settings)
-    job = build_definitions(settings).resolve_job_def("energy_training_job")
-    with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
-        result = job.execute_in_process(
-            instance=instance,
-            run_config={
-                "ops": {"energy_iforest": {"config": {"contamination": settings.anomaly_contamination}}},
-                # The run's full event log is in the Dagster UI; the terminal gets the summary.
-                "loggers": {"console": {"config": {"log_level": "INFO"}}},
-            },
-            tags={"factory/trigger": "factory up: first champion"},
-        )
-    if not result.success:
-        raise RuntimeError(f"training {MODEL_NAME} failed (Dagster run {result.run_id})")
+    run = run_training_job(
+        settings,
+        MODEL_NAME,
+        training_config={"contamination": settings.anomaly_contamination},
+        trigger="factory up: first champion",
+    )
+    if not run.success:
+        raise RuntimeError(f"training {MODEL_NAME} failed (Dagster run {run.run_id})")
     champion = champion_info(tracking_uri, MODEL_NAME)
     if champion is None:
-        raise RuntimeError(f"{MODEL_NAME} trained in run {result.run_id} but no champion alias is set")
+        raise RuntimeError(f"{MODEL_NAME} trained in run {run.run_id} but no champion alias is set")
     return champion.version

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dagster as dg
 
 from assets import all_assets, window_partitions
-from factory_pipelines.jobs import energy_training_job, window_predictions_job
+from factory_pipelines.jobs import training_jobs, window_predictions_job
 from factory_pipelines.resources import build_resources
 from factory_pipelines.settings import FactorySettings, load_settings
 from sensors.retention_sensor import build_window_retention_sensor
@@ -25,7 +25,7 @@ __all__ = ["build_definitions", "defs", "window_partitions"]
 def build_definitions(settings: FactorySettings) -> dg.Definitions:
     return dg.Definitions(
         assets=all_assets,
-        jobs=[window_predictions_job, energy_training_job],
+        jobs=[window_predictions_job, *training_jobs],
         sensors=[
             build_sealed_windows_sensor(
                 minimum_interval_seconds=settings.sensor_interval_seconds,

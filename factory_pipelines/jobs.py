@@ -1,10 +1,11 @@
-"""Asset jobs of the code location."""
+"""Asset jobs of the code location: the window pipeline, and one training job per model family."""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from assets import energy_iforest, energy_iforest_dataset, window_assets
+from assets import window_assets
+from factory_pipelines.model_catalog import CATALOG
 
 window_predictions_job = dg.define_asset_job(
     "window_predictions_job",
@@ -14,9 +15,12 @@ window_predictions_job = dg.define_asset_job(
     executor_def=dg.in_process_executor,
 )
 
-energy_training_job = dg.define_asset_job(
-    "energy_training_job",
-    selection=dg.AssetSelection.assets(energy_iforest_dataset, energy_iforest),
-    description="Build energy_iforest's data sets, train it, register a version and gate it against the champion.",
-    executor_def=dg.in_process_executor,
-)
+training_jobs = [
+    dg.define_asset_job(
+        entry.training_job,
+        selection=dg.AssetSelection.assets(entry.dataset_asset, entry.name),
+        description=f"Build {entry.name}'s data sets, train it, register a version and gate it against the champion.",
+        executor_def=dg.in_process_executor,
+    )
+    for entry in CATALOG.values()
+]

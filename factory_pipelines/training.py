@@ -38,6 +38,7 @@ class ModelFamily:
     log_model: Callable[..., str]  # (model, *, registered_name) -> version, inside an active run
     load_model: Callable[[str], Any]  # models:/... URI -> the family's model object
     evaluate: Callable[[Any, Any], Mapping[str, float]]  # (model, validation) -> metrics
+    read_data: Callable[[Path], Any] = pl.read_parquet  # given data (file or folder) -> what evaluate takes
 
 
 @dataclass(frozen=True, slots=True)

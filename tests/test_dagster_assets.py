@@ -117,7 +117,7 @@ def train(
             "energy_iforest": {"config": {"n_estimators": 50, "contamination": 0.02, **config}},
         }
     }
-    result = defs.resolve_job_def("energy_training_job").execute_in_process(instance=instance, run_config=run_config)
+    result = defs.resolve_job_def("energy_iforest_training_job").execute_in_process(instance=instance, run_config=run_config)
     assert result.success
     return result
 
@@ -284,5 +284,5 @@ def test_ensure_energy_champion_trains_once_into_the_factory_instance(factory_se
 
     with dg.DagsterInstance.from_config(str(settings.dagster_home)) as instance:
         runs = instance.get_runs()
-        assert [r.job_name for r in runs] == ["energy_training_job"]
+        assert [r.job_name for r in runs] == ["energy_iforest_training_job"]
         assert Path(instance.root_directory) == settings.dagster_home

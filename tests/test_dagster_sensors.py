@@ -196,5 +196,5 @@ def test_code_location_wires_sensors_jobs_and_resources(settings: FactorySetting
         "machine_features",
         "energy_anomaly_predictions",
     }
-    assert defs.resolve_job_def("energy_training_job")
+    assert defs.resolve_job_def("energy_iforest_training_job")
     defs.resolve_all_job_defs()  # everything resolves with its resources

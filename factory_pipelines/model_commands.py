@@ -1,0 +1,155 @@
+"""`factory train`, `factory evaluate` and `factory benchmark`: the model side of the command line.
+
+`train` runs the same Dagster job as the launchpad, in the platform's instance, so the run is in
+the Dagster UI and MLflow like any other. `evaluate` scores a registered version on given data.
+Each prints one JSON object with `--json` (progress and logs go to stderr).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+
+from factory_pipelines.model_catalog import CATALOG, catalog_entry
+from factory_pipelines.settings import FactorySettings, load_settings
+
+console = Console(stderr=True)
+benchmark_app = typer.Typer(help="Train and score a model family on a standard data set.", no_args_is_help=True)
+
+MODEL_NAMES = ", ".join(CATALOG)
+
+
+def _settings() -> FactorySettings:
+    try:
+        settings = load_settings()
+    except Exception as exc:  # a bad setting must read as one clear line, not a traceback
+        console.print(f"[red]settings error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    settings.ensure_dirs()
+    return settings
+
+
+def parse_assignments(values: list[str] | None, option: str) -> dict[str, Any]:
+    """`["epochs=3", "dataset=cmapss"]` as a config mapping; values typed as YAML scalars."""
+    config: dict[str, Any] = {}
+    for item in values or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=option)
+        config[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+    return config
+
+
+def emit(result: dict[str, Any], as_json: bool) -> None:
+    """One JSON object on stdout with --json; a readable summary on stderr otherwise."""
+    if as_json:
+        sys.stdout.write(json.dumps(result, default=str) + "\n")
+        return
+    for key, value in result.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
+        console.print(f"[bold]{key}[/bold]: {value}")
+
+
+def _known_model(name: str) -> str:
+    try:
+        catalog_entry(name)
+    except KeyError as exc:
+        raise typer.BadParameter(str(exc.args[0]), param_hint="NAME") from None
+    return name
+
+
+def train(
+    name: Annotated[str, typer.Argument(help=f"Model to train: {MODEL_NAMES}.")],
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="Training config KEY=VALUE (repeatable).")
+    ] = None,
+    data: Annotated[
+        list[str] | None, typer.Option("--data", "-d", help="Dataset config KEY=VALUE (repeatable).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Promote to champion even if the gate would refuse.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Build the model's data sets, train it, register a version and gate it, as a Dagster run."""
+    from factory_pipelines.dagster_instance import run_training_job
+
+    _known_model(name)
+    training_config = parse_assignments(param, "--param")
+    if force:
+        training_config["force_promotion"] = True
+    dataset_config = parse_assignments(data, "--data")
+    settings = _settings()
+    console.print(f"training {name} (Dagster instance {settings.dagster_home}) ...")
+    run = run_training_job(settings, name, dataset_config=dataset_config, training_config=training_config)
+    meta = run.materialization
+    result = {
+        "model": name,
+        "success": run.success,
+        "dagster_run_id": run.run_id,
+        "registered_name": meta.get("registered_name"),
+        "version": meta.get("model_version"),
+        "alias": meta.get("alias"),
+        "promoted": meta.get("promoted"),
+        "reason": run.gate.get("reason"),
+        "mlflow_run_id": meta.get("mlflow_run_id"),
+        "train_seconds": meta.get("train_seconds"),
+        "metrics": run.gate.get("candidate_metrics", {}),
+        "champion_metrics": run.gate.get("champion_metrics", {}),
+    }
+    emit(result, as_json)
+    if not run.success:
+        console.print(f"[red]the training run failed[/red]: see run {run.run_id} in the Dagster UI")
+        raise typer.Exit(1)
+
+
+def evaluate(
+    name: Annotated[str, typer.Argument(help=f"Registered model: {MODEL_NAMES} (or a benchmark variant).")],
+    version: Annotated[str | None, typer.Option(help="Version number; default: the alias.")] = None,
+    alias: Annotated[str, typer.Option(help="Alias to score when no --version is given.")] = "champion",
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Data to score on (Parquet in the validation layout, or the family's own format); "
+            "default: the validation set the dataset asset stored."
+        ),
+    ] = None,
+    family_name: Annotated[
+        str | None, typer.Option("--family", help="Model family, when NAME is a variant (e.g. rul_lstm_cmapss_fd001).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Score an already registered version on given data."""
+    from factory_pipelines.datasets import load_dataset
+    from factory_pipelines.model_registry import champion_info, use_tracking_uri
+
+    entry = catalog_entry(_known_model(family_name or name))
+    family = entry.family()
+    settings = _settings()
+    tracking_uri = settings.resolved_mlflow_uri
+    if version is None:
+        info = champion_info(tracking_uri, name, alias)
+        if info is None:
+            console.print(f"[red]models:/{name}@{alias} does not exist[/red]: train it first (`factory train {name}`)")
+            raise typer.Exit(1)
+        version = info.version
+    if data is None:
+        try:
+            _stored, validation = load_dataset(settings.datasets_dir, entry.name, "validation")
+        except FileNotFoundError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from exc
+        source = str(settings.datasets_dir / entry.name / "validation.parquet")
+    else:
+        if not data.exists():
+            raise typer.BadParameter(f"{data} does not exist", param_hint="--data")
+        validation, source = family.read_data(data), str(data)
+    use_tracking_uri(tracking_uri)
+    model = family.load_model(f"models:/{name}/{version}")
+    metrics = {k: float(v) for k, v in family.evaluate(model, validation).items()}
+    emit({"model": name, "version": version, "data": source, "metrics": metrics}, as_json)
