@@ -1,0 +1,64 @@
+"""`factory train` and `factory evaluate` as a data scientist runs them: JSON out, runs in the Dagster instance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from typer.testing import CliRunner
+
+from factory_pipelines.cli import app
+from factory_pipelines.settings import load_settings
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FACTORY_DATA_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("FACTORY_WINDOW_SECONDS", "10")
+    monkeypatch.setenv("COLUMNS", "300")  # error boxes on one line, so messages can be matched
+    return tmp_path / "state"
+
+
+def _json(args: list[str]) -> dict[str, object]:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_train_gates_and_evaluate_scores_registered_versions(data_dir: Path) -> None:
+    first = _json(["train", "energy_iforest", "-p", "n_estimators=30", "--json"])
+    assert first["success"] is True and first["version"] == "1" and first["alias"] == "champion"
+    assert first["metrics"]["f1"] > 0.5  # type: ignore[index]
+
+    worse = _json(["train", "energy_iforest", "-p", "n_estimators=30", "-p", "contamination=0.45", "--json"])
+    assert worse["version"] == "2" and worse["alias"] == "challenger" and worse["promoted"] is False
+    assert "worse than the champion" in str(worse["reason"])
+
+    forced = _json(["train", "energy_iforest", "-p", "contamination=0.45", "--force", "--json"])
+    assert forced["version"] == "3" and forced["alias"] == "champion" and "forced" in str(forced["reason"])
+
+    champion = _json(["evaluate", "energy_iforest", "--json"])
+    assert champion["version"] == "3"
+    assert champion["metrics"] == pytest.approx(forced["metrics"])  # same version, same data, same figures
+    by_number = _json(["evaluate", "energy_iforest", "--version", "1", "--json"])
+    assert by_number["metrics"]["f1"] == pytest.approx(first["metrics"]["f1"])  # type: ignore[index]
+
+    # the runs are in the platform's Dagster instance, so the UI shows them
+    with dg.DagsterInstance.from_config(str(load_settings().dagster_home)) as instance:
+        runs = instance.get_runs()
+    assert {r.run_id for r in runs} == {first["dagster_run_id"], worse["dagster_run_id"], forced["dagster_run_id"]}
+    assert {r.job_name for r in runs} == {"energy_iforest_training_job"}
+
+
+def test_clear_errors_for_unknown_model_bad_config_and_missing_alias(data_dir: Path) -> None:
+    unknown = runner.invoke(app, ["train", "no_such_model"])
+    assert unknown.exit_code == 2 and "known models: energy_iforest" in unknown.output
+    malformed = runner.invoke(app, ["train", "energy_iforest", "-p", "n_estimators"])
+    assert malformed.exit_code == 2 and "KEY=VALUE" in malformed.output
+    missing = runner.invoke(app, ["evaluate", "energy_iforest"])
+    assert missing.exit_code == 1 and "does not exist" in missing.output
