@@ -1,4 +1,4 @@
-"""The window partitions and the first asset on them: a sealed window's machine rows, typed.
+"""The window partitions and the first asset on them: a sealed window's rows, typed per kind.
 
 Assets here do their own file I/O through `PartitionFilesResource` and return
 `MaterializeResult` with metadata, instead of going through an IO manager: one run covers many
@@ -13,6 +13,10 @@ import dagster as dg
 
 from factory_pipelines.energy_model import machine_frame_problems, type_machine_rows
 from factory_pipelines.resources import PartitionFilesResource
+from factory_pipelines.window_rows import TypedRows, camera_rows, robot_rows, safety_rows
+
+TYPED_KINDS = {"robots": robot_rows, "safety": safety_rows, "cameras": camera_rows}
+"""Besides machines: the typed-row files each window gets, by directory name under telemetry/."""
 
 window_partitions = dg.DynamicPartitionsDefinition(name="telemetry_windows")
 """One partition per sealed window key, added by `sealed_windows_sensor`, removed by retention."""
@@ -37,13 +41,15 @@ TELEMETRY_GROUP = "telemetry"
 def telemetry_window(
     context: dg.AssetExecutionContext, window_files: PartitionFilesResource
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-    """The machine rows of each sealed window, validated and typed, as Parquet per window."""
+    """The rows of each sealed window, validated and typed per kind (machines, robots, safety, cameras)."""
     rows_by_kind: Counter[str] = Counter()
+    typed_by_kind: Counter[str] = Counter()
     assets: set[str] = set()
     invalid = duplicates = machine_rows = 0
     problems: dict[str, list[str]] = {}
     for key in context.partition_keys:
-        typed = type_machine_rows(window_files.read_sealed(key), key)
+        window = window_files.read_sealed(key)
+        typed = type_machine_rows(window, key)
         window_files.write(typed.machines, window_files.telemetry_path(key))
         rows_by_kind.update(typed.rows_by_kind)
         assets.update(typed.machines["asset_id"].unique().to_list())
@@ -52,6 +58,15 @@ def telemetry_window(
         machine_rows += typed.machines.height
         if typed.invalid_reasons:
             context.log.warning(f"{key}: {typed.invalid_rows} invalid machine rows, e.g. {typed.invalid_reasons[0]}")
+        for kind, type_kind in TYPED_KINDS.items():
+            rows: TypedRows = type_kind(window, key)
+            if rows.frame.height or window_files.rows_path(kind, key).exists():
+                window_files.write(rows.frame, window_files.rows_path(kind, key))
+            typed_by_kind[kind] += rows.frame.height
+            invalid += rows.invalid_rows
+            duplicates += rows.duplicate_rows
+            if rows.invalid_reasons:
+                context.log.warning(f"{key}: {rows.invalid_rows} invalid {kind} rows, e.g. {rows.invalid_reasons[0]}")
         found = machine_frame_problems(typed.machines)
         if found:
             problems[key] = found
@@ -60,6 +75,7 @@ def telemetry_window(
             "windows": len(context.partition_keys),
             "machine_rows": machine_rows,
             "rows_by_kind": dg.MetadataValue.json(dict(sorted(rows_by_kind.items()))),
+            "typed_rows": dg.MetadataValue.json({"machines": machine_rows, **typed_by_kind}),
             "assets": dg.MetadataValue.json(sorted(assets)),
             "asset_count": len(assets),
             "invalid_rows": invalid,

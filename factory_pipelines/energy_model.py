@@ -11,7 +11,6 @@ at training time, so `label == "anomaly"` exactly when scikit-learn's `predict` 
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from pydantic import ValidationError
 from sklearn.ensemble import IsolationForest
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
@@ -35,6 +33,7 @@ from factory_pipelines.telemetry import (
     Prediction,
 )
 from factory_pipelines.training import ModelFamily
+from factory_pipelines.window_rows import type_rows
 
 MODEL_NAME = "energy_iforest"
 EXPERIMENT_NAME = "energy_iforest"
@@ -67,49 +66,20 @@ class TypedWindow:
     invalid_reasons: list[str] = field(default_factory=list)
 
 
-def type_machine_rows(window: pl.DataFrame, window_key: str) -> TypedWindow:
-    """Validate the machine rows of a sealed window against `MachineTelemetry` into a typed frame.
+def _flatten_machine(row: MachineTelemetry) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in (*MACHINE_TEXT_FIELDS, *MACHINE_NUMERIC_FIELDS)}
 
-    The envelope (asset_id, ts, seq) comes from the window's columns, the measurements from the
-    payload. Rows that fail validation are counted, not raised (the collector validated them
-    already, so this only guards against a contract drift). Redelivered rows (same asset_id and
-    seq) are kept once; rows without seq are all kept, as the contract says.
-    """
+
+def type_machine_rows(window: pl.DataFrame, window_key: str) -> TypedWindow:
+    """The machine rows of a sealed window, validated against `MachineTelemetry` and typed."""
     rows_by_kind = {str(k): int(n) for k, n in window.group_by("kind").len().iter_rows()}
-    records: list[dict[str, Any]] = []
-    invalid = 0
-    reasons: list[str] = []
-    machine_rows = window.filter(pl.col("kind") == PayloadKind.MACHINE.value)
-    for asset_id, ts, seq, payload in machine_rows.select("asset_id", "ts", "seq", "payload").iter_rows():
-        try:
-            data = json.loads(payload) if payload else {}
-            data.update(asset_id=asset_id, ts=ts, seq=seq)
-            data["kind"] = PayloadKind.MACHINE.value
-            row = MachineTelemetry.model_validate(data)
-        except (ValueError, ValidationError) as exc:
-            invalid += 1
-            if len(reasons) < 5:
-                reasons.append(f"{asset_id}/{seq}: {str(exc).splitlines()[0]}")
-            continue
-        records.append(
-            {
-                "window_key": window_key,
-                "asset_id": row.asset_id,
-                "ts": row.ts,
-                "seq": row.seq,
-                **{name: getattr(row, name) for name in MACHINE_TEXT_FIELDS},
-                **{name: getattr(row, name) for name in MACHINE_NUMERIC_FIELDS},
-            }
-        )
-    frame = pl.DataFrame(records, schema=MACHINE_FRAME_SCHEMA)
-    first_delivery = pl.col("seq").is_null() | pl.struct("asset_id", "seq").is_first_distinct()
-    deduplicated = frame.filter(first_delivery).sort("asset_id", "ts", "seq", nulls_last=True)
+    typed = type_rows(window, window_key, PayloadKind.MACHINE, MACHINE_FRAME_SCHEMA, _flatten_machine)
     return TypedWindow(
-        machines=deduplicated,
+        machines=typed.frame,
         rows_by_kind=rows_by_kind,
-        invalid_rows=invalid,
-        duplicate_rows=frame.height - deduplicated.height,
-        invalid_reasons=reasons,
+        invalid_rows=typed.invalid_rows,
+        duplicate_rows=typed.duplicate_rows,
+        invalid_reasons=typed.invalid_reasons,
     )
 
 

@@ -67,6 +67,21 @@ class PartitionFilesResource(dg.ConfigurableResource):
     def telemetry_path(self, key: str) -> Path:
         return self.telemetry_dir / f"{key}.parquet"
 
+    def rows_path(self, kind: str, key: str) -> Path:
+        """Typed rows of one payload kind (robots, safety, cameras, ...) of one window."""
+        return self.layout.typed_rows_dir / kind / f"{key}.parquet"
+
+    def rows_history(self, kind: str, up_to: str, windows: int) -> list[Path]:
+        """The typed-row files of `kind` for the newest `windows` windows up to key `up_to` (included).
+
+        Window keys sort by time, so file names do too.
+        """
+        directory = self.layout.typed_rows_dir / kind
+        if not directory.is_dir():
+            return []
+        names = sorted(p for p in directory.glob("*.parquet") if p.stem <= up_to)
+        return names[-windows:]
+
     def features_path(self, key: str) -> Path:
         return self.features_dir / f"{key}.parquet"
 

@@ -148,9 +148,13 @@ class FactorySettings(BaseSettings):
         return self.data_path / "predictions"
 
     @property
+    def typed_rows_dir(self) -> Path:
+        """Typed rows per payload kind and window (the `telemetry_window` asset)."""
+        return self.data_path / "telemetry"
+
+    @property
     def machine_rows_dir(self) -> Path:
-        """Typed machine rows per window (the `telemetry_window` asset)."""
-        return self.data_path / "telemetry" / "machines"
+        return self.typed_rows_dir / "machines"
 
     @property
     def baselines_dir(self) -> Path:
