@@ -1,12 +1,22 @@
 """Dagster asset and asset-check definitions, one module per domain."""
 
 from assets.energy import energy_anomaly_predictions, energy_iforest, energy_iforest_dataset, machine_features
+from assets.safety import safety_features, safety_hazard, safety_hazard_dataset, safety_hazard_predictions
 from assets.telemetry import telemetry_window, window_partitions
 
-window_assets = [telemetry_window, machine_features, energy_anomaly_predictions]
+window_assets = [
+    telemetry_window,
+    machine_features,
+    energy_anomaly_predictions,
+    safety_features,
+    safety_hazard_predictions,
+]
 """The assets partitioned by sealed window, in pipeline order (what the sensor's job runs)."""
 
-all_assets = [*window_assets, energy_iforest_dataset, energy_iforest]
+training_assets = [energy_iforest_dataset, energy_iforest, safety_hazard_dataset, safety_hazard]
+"""Each model family's dataset and training asset (what `factory train` and the launchpad run)."""
+
+all_assets = [*window_assets, *training_assets]
 
 __all__ = [
     "all_assets",
@@ -14,7 +24,12 @@ __all__ = [
     "energy_iforest",
     "energy_iforest_dataset",
     "machine_features",
+    "safety_features",
+    "safety_hazard",
+    "safety_hazard_dataset",
+    "safety_hazard_predictions",
     "telemetry_window",
+    "training_assets",
     "window_assets",
     "window_partitions",
 ]

@@ -6,6 +6,7 @@ of their run (`context.partition_keys`), so a run that covers a backlog of windo
 model once and launches once.
 """
 
+from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime
 
@@ -14,6 +15,7 @@ import polars as pl
 from pydantic import Field
 
 from assets.model_gate import PromotionConfig, champion_gate_spec, training_result
+from assets.prediction_output import champion_or_none
 from assets.telemetry import window_partitions
 from factory_pipelines import energy_model
 from factory_pipelines.datasets import load_dataset, store_dataset
@@ -175,6 +177,7 @@ def energy_iforest(
     deps=[machine_features, energy_iforest],
     group_name=ENERGY_GROUP,
     kinds={"sklearn", "parquet"},
+    output_required=False,
 )
 def energy_anomaly_predictions(
     context: dg.AssetExecutionContext,
@@ -182,9 +185,11 @@ def energy_anomaly_predictions(
     mlflow: MlflowResource,
     serving_store: ServingStoreResource,
     mqtt: MqttPublisherResource,
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult]:
     """Each machine in each window scored by the champion; Parquet, serving store, MQTT (best-effort)."""
-    champion = mlflow.load_champion(energy_model.FAMILY)  # once per run, whatever the number of windows
+    champion = champion_or_none(context, mlflow, energy_model.FAMILY)
+    if champion is None:
+        return
     produced_at = datetime.now(UTC)
     predictions: list[Prediction] = []
     for key in context.partition_keys:
@@ -215,7 +220,7 @@ def energy_anomaly_predictions(
     stored = serving_store.get_store().upsert_predictions(predictions)
     published = mqtt.publish_predictions(predictions, context.log)
     anomalies = sorted({(p.window_key, p.asset_id) for p in predictions if p.label == energy_model.ANOMALY})
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata={
             "windows": len(context.partition_keys),
             "model_version": champion.info.version,

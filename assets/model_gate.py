@@ -4,12 +4,19 @@ The gate runs inside the training asset's step (`check_specs`), because it must 
 version that step just registered; the check result carries the decision and both scores.
 """
 
+import dataclasses
+import inspect
+import re
+import typing
+from typing import Any, TypeVar
+
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, create_model
 
 from factory_pipelines.training import TrainingReport
 
 CHAMPION_GATE = "champion_gate"
+P = TypeVar("P")
 
 
 class PromotionConfig(dg.Config):
@@ -75,3 +82,36 @@ def training_result(report: TrainingReport, **metadata: object) -> dg.Materializ
         },
         check_results=[check],
     )
+
+
+def _field_comments(params_cls: type) -> dict[str, str]:
+    """`name: type = default  # meaning` lines of a params dataclass, as {name: meaning}."""
+    comments: dict[str, str] = {}
+    for line in inspect.getsource(params_cls).splitlines():
+        match = re.match(r"\s+(\w+)\s*:[^=]+=[^#]*#\s*(.+)$", line)
+        if match:
+            comments[match.group(1)] = match.group(2).strip()
+    return comments
+
+
+def training_config(name: str, params_cls: type, doc: str) -> type[PromotionConfig]:
+    """A launchpad Config with every field of a family's params dataclass, plus the gate's knobs.
+
+    Derived, so the family's dataclass stays the one place where a hyper-parameter, its default
+    and its meaning are written down.
+    """
+    hints = typing.get_type_hints(params_cls)
+    comments = _field_comments(params_cls)
+    fields: dict[str, Any] = {
+        f.name: (hints[f.name], Field(f.default, description=comments.get(f.name)))
+        for f in dataclasses.fields(params_cls)
+        if f.default is not dataclasses.MISSING
+    }
+    config = create_model(name, __base__=PromotionConfig, __doc__=doc, **fields)
+    config.__module__ = params_cls.__module__
+    return config
+
+
+def params_from_config(params_cls: type[P], config: PromotionConfig) -> P:
+    names = {f.name for f in dataclasses.fields(params_cls)}  # type: ignore[arg-type]
+    return params_cls(**{k: v for k, v in config.model_dump().items() if k in names})

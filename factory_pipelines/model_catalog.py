@@ -42,6 +42,7 @@ CATALOG: dict[str, CatalogEntry] = {
     entry.name: entry
     for entry in (
         CatalogEntry("energy_iforest", "factory_pipelines.energy_model", "power-consumption anomalies per machine"),
+        CatalogEntry("safety_hazard", "factory_pipelines.safety_model", "calibrated hazard probability per zone"),
     )
 }
 

@@ -91,6 +91,14 @@ class PartitionFilesResource(dg.ConfigurableResource):
     def predictions_path(self, model_name: str, key: str) -> Path:
         return self.predictions_dir(model_name) / f"{key}.parquet"
 
+    def model_features_path(self, model_name: str, key: str) -> Path:
+        """Per-window features of a model family other than energy (energy's live at the top level)."""
+        return self.features_dir / model_name / f"{key}.parquet"
+
+    def model_feature_history(self, model_name: str) -> list[Path]:
+        directory = self.features_dir / model_name
+        return sorted(directory.glob("*.parquet")) if directory.is_dir() else []
+
     def feature_history(self) -> list[Path]:
         """Every machine_features partition file (window keys sort by time, so do the names)."""
         return sorted(self.features_dir.glob("*.parquet")) if self.features_dir.is_dir() else []

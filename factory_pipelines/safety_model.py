@@ -45,6 +45,7 @@ from threadpoolctl import ThreadpoolController
 from factory_pipelines import window_rows
 from factory_pipelines.model_registry import SKOPS_TRUSTED_TYPES, pinned_requirements
 from factory_pipelines.safety_sim import LOUD_DB, safety_zone_models
+from factory_pipelines.training import ModelFamily
 from factory_pipelines.windows import window_key as make_window_key
 
 log = logging.getLogger(__name__)
@@ -678,3 +679,13 @@ def load_model(model_uri: str) -> SafetyModel:
         calibration_scores={str(k): float(v) for k, v in (meta.get("calibration_scores") or {}).items()},
         feature_columns=columns,
     )
+
+
+FAMILY = ModelFamily(
+    name=MODEL_NAME,
+    primary_metric=PRIMARY_METRIC,
+    higher_is_better=HIGHER_IS_BETTER,
+    log_model=log_model,
+    load_model=load_model,
+    evaluate=evaluate,
+)
