@@ -1,5 +1,6 @@
 """Dagster asset and asset-check definitions, one module per domain."""
 
+from assets.cyber import cyber_detector, cyber_detector_dataset, cyber_detector_predictions, network_features
 from assets.energy import energy_anomaly_predictions, energy_iforest, energy_iforest_dataset, machine_features
 from assets.safety import safety_features, safety_hazard, safety_hazard_dataset, safety_hazard_predictions
 from assets.telemetry import telemetry_window, window_partitions
@@ -10,20 +11,33 @@ window_assets = [
     energy_anomaly_predictions,
     safety_features,
     safety_hazard_predictions,
+    network_features,
+    cyber_detector_predictions,
 ]
 """The assets partitioned by sealed window, in pipeline order (what the sensor's job runs)."""
 
-training_assets = [energy_iforest_dataset, energy_iforest, safety_hazard_dataset, safety_hazard]
+training_assets = [
+    energy_iforest_dataset,
+    energy_iforest,
+    safety_hazard_dataset,
+    safety_hazard,
+    cyber_detector_dataset,
+    cyber_detector,
+]
 """Each model family's dataset and training asset (what `factory train` and the launchpad run)."""
 
 all_assets = [*window_assets, *training_assets]
 
 __all__ = [
     "all_assets",
+    "cyber_detector",
+    "cyber_detector_dataset",
+    "cyber_detector_predictions",
     "energy_anomaly_predictions",
     "energy_iforest",
     "energy_iforest_dataset",
     "machine_features",
+    "network_features",
     "safety_features",
     "safety_hazard",
     "safety_hazard_dataset",

@@ -9,7 +9,8 @@ to the exact rows it saw.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import polars as pl
@@ -27,6 +28,8 @@ class StoredDataset:
     digest: str
     rows: int
     path: str
+    registered_name: str = ""  # the registered model this set trains / validates (e.g. a benchmark variant)
+    attributes: dict[str, str] = field(default_factory=dict)  # what the family needs to read the rows back
 
     def record(self, frame: pl.DataFrame) -> DatasetRecord:
         """The MLflow input record of this set (context: its name)."""
@@ -45,12 +48,30 @@ def dataset_path(root: Path, family: str, name: str) -> Path:
 
 
 def store_dataset(
-    root: Path, family: str, name: str, frame: pl.DataFrame, *, source: str, source_uri: str
+    root: Path,
+    family: str,
+    name: str,
+    frame: pl.DataFrame,
+    *,
+    source: str,
+    source_uri: str,
+    registered_name: str | None = None,
+    attributes: Mapping[str, str] | None = None,
 ) -> StoredDataset:
     """Write the set and then its manifest (a reader that finds the manifest finds the rows)."""
     path = dataset_path(root, family, name)
     write_parquet_atomic(frame, path)
-    stored = StoredDataset(family, name, source, source_uri, frame_digest(frame), frame.height, str(path))
+    stored = StoredDataset(
+        family,
+        name,
+        source,
+        source_uri,
+        frame_digest(frame),
+        frame.height,
+        str(path),
+        registered_name or family,
+        dict(attributes or {}),
+    )
     write_bytes_atomic(path.with_suffix(".json"), json.dumps(asdict(stored), indent=2).encode())
     return stored
 

@@ -43,6 +43,7 @@ CATALOG: dict[str, CatalogEntry] = {
     for entry in (
         CatalogEntry("energy_iforest", "factory_pipelines.energy_model", "power-consumption anomalies per machine"),
         CatalogEntry("safety_hazard", "factory_pipelines.safety_model", "calibrated hazard probability per zone"),
+        CatalogEntry("cyber_detector", "factory_pipelines.cyber_model", "network attacks per machine and window"),
     )
 }
 

@@ -140,11 +140,17 @@ def evaluate(
         version = info.version
     if data is None:
         try:
-            _stored, validation = load_dataset(settings.datasets_dir, entry.name, "validation")
+            stored, frame = load_dataset(settings.datasets_dir, entry.name, "validation")
         except FileNotFoundError as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from exc
-        source = str(settings.datasets_dir / entry.name / "validation.parquet")
+        if stored.registered_name != name:
+            console.print(
+                f"[red]the stored validation set is {stored.registered_name}'s ({stored.source})[/red]: "
+                f"pass --data, or rebuild {entry.dataset_asset} for {name}"
+            )
+            raise typer.Exit(1)
+        validation, source = family.from_stored(frame, stored.attributes), stored.path
     else:
         if not data.exists():
             raise typer.BadParameter(f"{data} does not exist", param_hint="--data")

@@ -28,6 +28,10 @@ logger = logging.getLogger(__name__)
 MAX_PARAM_CHARS = 6000  # MLflow's limit on one parameter value
 
 
+def frame_as_is(frame: pl.DataFrame, _attributes: Mapping[str, str]) -> pl.DataFrame:
+    return frame
+
+
 @dataclass(frozen=True, slots=True)
 class ModelFamily:
     """What the training run and the gate need to know about one kind of model."""
@@ -39,6 +43,7 @@ class ModelFamily:
     load_model: Callable[[str], Any]  # models:/... URI -> the family's model object
     evaluate: Callable[[Any, Any], Mapping[str, float]]  # (model, validation) -> metrics
     read_data: Callable[[Path], Any] = pl.read_parquet  # given data (file or folder) -> what evaluate takes
+    from_stored: Callable[[pl.DataFrame, Mapping[str, str]], Any] = frame_as_is  # stored set + attributes -> same
 
 
 @dataclass(frozen=True, slots=True)
