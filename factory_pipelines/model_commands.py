@@ -159,3 +159,98 @@ def evaluate(
     model = family.load_model(f"models:/{name}/{version}")
     metrics = {k: float(v) for k, v in family.evaluate(model, validation).items()}
     emit({"model": name, "version": version, "data": source, "metrics": metrics}, as_json)
+
+
+def _train_for_benchmark(
+    settings: FactorySettings, name: str, dataset_config: dict[str, Any], training_config: dict[str, Any]
+) -> dict[str, Any]:
+    """Run the model's training job (so the run is in Dagster and MLflow); its materialization metadata."""
+    from factory_pipelines.dagster_instance import run_training_job
+
+    console.print(f"training {name} through its Dagster assets ...")
+    run = run_training_job(
+        settings, name, dataset_config=dataset_config, training_config=training_config, trigger="factory benchmark"
+    )
+    if not run.success:
+        console.print(f"[red]the training run failed[/red]: see run {run.run_id} in the Dagster UI")
+        raise typer.Exit(1)
+    return {**run.materialization, "dagster_run_id": run.run_id, "gate": run.gate}
+
+
+PER_TYPE_PREFIXES = ("precision_", "recall_", "f1_", "support_", "detect_recall_")
+
+
+@benchmark_app.command("cyber")
+def benchmark_cyber(
+    ton_iot_dir: Annotated[Path, typer.Option(help="Folder with TON_IoT's Train_Test_IoT_*.csv.", exists=True)],
+    devices: Annotated[str, typer.Option(help="Comma-separated device files; empty: all seven.")] = "",
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Training config KEY=VALUE.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Train cyber_detector_ton_iot on TON_IoT (de-duplicated, earlier rows) and score the later rows."""
+    settings = _settings()
+    meta = _train_for_benchmark(
+        settings,
+        "cyber_detector",
+        {"source": "ton_iot", "ton_iot_dir": str(ton_iot_dir.resolve()), "ton_iot_devices": devices},
+        parse_assignments(param, "--param"),
+    )
+    metrics = meta["gate"].get("candidate_metrics", {})
+    emit(
+        {
+            "model": meta.get("registered_name"),
+            "version": meta.get("model_version"),
+            "f1": metrics.get("f1"),
+            "precision": metrics.get("precision"),
+            "recall": metrics.get("recall"),
+            "baseline_f1": metrics.get("baseline_f1"),
+            "per_type": {
+                k: v for k, v in metrics.items() if k.split("_")[0] in {"precision", "recall", "f1"} and "_" in k
+            },
+            "n_test": metrics.get("n_rows"),
+            "train_seconds": meta.get("train_seconds"),
+            "dagster_run_id": meta["dagster_run_id"],
+        },
+        as_json,
+    )
+
+
+@benchmark_app.command("safety")
+def benchmark_safety(
+    zones: Annotated[int, typer.Option(help="Simulated zones.")] = 12,
+    windows: Annotated[int, typer.Option(help="Windows per zone (24 h at 60 s windows).")] = 1440,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated history.")] = 42,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Train safety_hazard on simulated labelled hazard episodes; ROC AUC, Brier and a reliability table."""
+    from factory_pipelines import safety_model
+    from factory_pipelines.datasets import load_dataset
+    from factory_pipelines.model_registry import use_tracking_uri
+
+    settings = _settings()
+    meta = _train_for_benchmark(
+        settings,
+        "safety_hazard",
+        {"simulated_zones": zones, "simulated_windows": windows, "seed": seed, "min_history_windows": 10**9},
+        {},
+    )
+    use_tracking_uri(settings.resolved_mlflow_uri)
+    model = safety_model.load_model(str(meta["model_uri"]))
+    _stored, validation = load_dataset(settings.datasets_dir, "safety_hazard", "validation")
+    metrics = safety_model.evaluate(model, validation)
+    table = safety_model.reliability_table(model, validation)
+    emit(
+        {
+            "model": "safety_hazard",
+            "version": meta.get("model_version"),
+            "roc_auc": metrics["roc_auc"],
+            "brier": metrics["brier"],
+            "brier_prevalence": metrics["brier_prevalence"],
+            "ece": metrics.get("ece"),
+            "n_rows": metrics["n_rows"],
+            "reliability": table.to_dicts(),
+            "train_seconds": meta.get("train_seconds"),
+            "dagster_run_id": meta["dagster_run_id"],
+        },
+        as_json,
+    )
