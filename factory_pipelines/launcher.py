@@ -53,8 +53,10 @@ class ManagedProcess:
     env: dict[str, str]
     log_path: Path
     restartable: bool = True
+    one_shot: bool = False  # a job that finishes (e.g. first trainings): its exit is reported, not fatal
     popen: subprocess.Popen[bytes] | None = None
     restarts: int = 0
+    reported: bool = False
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -178,8 +180,8 @@ def run_platform(settings: FactorySettings, options: PlatformOptions, console: C
         os.environ.update(settings.child_env())
         write_dagster_yaml(settings)
 
-        def spawn(name: str, argv: list[str], restartable: bool = True) -> ManagedProcess:
-            process = ManagedProcess(name, argv, env, settings.logs_dir / f"{name}.log", restartable)
+        def spawn(name: str, argv: list[str], restartable: bool = True, one_shot: bool = False) -> ManagedProcess:
+            process = ManagedProcess(name, argv, env, settings.logs_dir / f"{name}.log", restartable, one_shot)
             process.start()
             processes.append(process)
             return process
@@ -210,6 +212,10 @@ def run_platform(settings: FactorySettings, options: PlatformOptions, console: C
         console.print("energy_iforest: checking for a champion (trains the first model if there is none)...")
         version = ensure_energy_champion(settings)
         console.print(f"energy_iforest: champion is version {version}")
+        # The other families' first versions train in the background, one after the other; until
+        # each has a champion its prediction partitions are skipped, then backfillable.
+        spawn("first-champions", _cli("train", "--missing"), restartable=False, one_shot=True)
+        console.print("other models: first versions train in the background (logs/first-champions.log)")
 
         dagster = spawn(
             "dagster",
@@ -260,7 +266,12 @@ def _supervise(
     while not stop.wait(1.0):
         for process in processes:
             code = process.exit_code
-            if code is None:
+            if code is None or process.reported:
+                continue
+            if process.one_shot:
+                process.reported = True
+                outcome = "[green]finished[/green]" if code == 0 else f"[yellow]exited with {code}[/yellow]"
+                console.print(f"{process.name} {outcome} (log: {process.log_path})")
                 continue
             console.print(f"[red]{process.name} exited with {code}[/red]; last lines of its log:")
             console.print(process.log_tail())

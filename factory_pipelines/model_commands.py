@@ -65,30 +65,17 @@ def _known_model(name: str) -> str:
     return name
 
 
-def train(
-    name: Annotated[str, typer.Argument(help=f"Model to train: {MODEL_NAMES}.")],
-    param: Annotated[
-        list[str] | None, typer.Option("--param", "-p", help="Training config KEY=VALUE (repeatable).")
-    ] = None,
-    data: Annotated[
-        list[str] | None, typer.Option("--data", "-d", help="Dataset config KEY=VALUE (repeatable).")
-    ] = None,
-    force: Annotated[bool, typer.Option(help="Promote to champion even if the gate would refuse.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-) -> None:
-    """Build the model's data sets, train it, register a version and gate it, as a Dagster run."""
+def _train_one(
+    settings: FactorySettings, name: str, dataset_config: dict[str, Any], training_config: dict[str, Any]
+) -> dict[str, Any]:
     from factory_pipelines.dagster_instance import run_training_job
 
-    _known_model(name)
-    training_config = parse_assignments(param, "--param")
-    if force:
-        training_config["force_promotion"] = True
-    dataset_config = parse_assignments(data, "--data")
-    settings = _settings()
     console.print(f"training {name} (Dagster instance {settings.dagster_home}) ...")
     run = run_training_job(settings, name, dataset_config=dataset_config, training_config=training_config)
     meta = run.materialization
-    result = {
+    if not run.success:
+        console.print(f"[red]training {name} failed[/red]: see run {run.run_id} in the Dagster UI")
+    return {
         "model": name,
         "success": run.success,
         "dagster_run_id": run.run_id,
@@ -102,9 +89,47 @@ def train(
         "metrics": run.gate.get("candidate_metrics", {}),
         "champion_metrics": run.gate.get("champion_metrics", {}),
     }
+
+
+def train(
+    name: Annotated[str | None, typer.Argument(help=f"Model to train: {MODEL_NAMES}.")] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="Training config KEY=VALUE (repeatable).")
+    ] = None,
+    data: Annotated[
+        list[str] | None, typer.Option("--data", "-d", help="Dataset config KEY=VALUE (repeatable).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Promote to champion even if the gate would refuse.")] = False,
+    missing: Annotated[
+        bool, typer.Option("--missing", help="Train every model that has no champion yet, with its defaults.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Build the model's data sets, train it, register a version and gate it, as a Dagster run."""
+    if missing:
+        if name or param or data:
+            raise typer.BadParameter(
+                "--missing trains every model without a champion, with defaults: no NAME, -p or -d"
+            )
+        from factory_pipelines.model_registry import champion_info
+
+        settings = _settings()
+        todo = [n for n in CATALOG if champion_info(settings.resolved_mlflow_uri, n) is None]
+        console.print(f"models without a champion: {', '.join(todo) or 'none'}")
+        results = [_train_one(settings, n, {}, {}) for n in todo]
+        emit({"trained": results}, as_json)
+        if not all(r["success"] for r in results):
+            raise typer.Exit(1)
+        return
+    if name is None:
+        raise typer.BadParameter(f"name a model ({MODEL_NAMES}) or pass --missing", param_hint="NAME")
+    _known_model(name)
+    training_config = parse_assignments(param, "--param")
+    if force:
+        training_config["force_promotion"] = True
+    result = _train_one(_settings(), name, parse_assignments(data, "--data"), training_config)
     emit(result, as_json)
-    if not run.success:
-        console.print(f"[red]the training run failed[/red]: see run {run.run_id} in the Dagster UI")
+    if not result["success"]:
         raise typer.Exit(1)
 
 
