@@ -2,6 +2,8 @@
 
 from assets.cyber import cyber_detector, cyber_detector_dataset, cyber_detector_predictions, network_features
 from assets.energy import energy_anomaly_predictions, energy_iforest, energy_iforest_dataset, machine_features
+from assets.ppe import ppe_vision, ppe_vision_dataset, ppe_vision_predictions
+from assets.rul import rul_lstm, rul_lstm_dataset, rul_predictions
 from assets.safety import safety_features, safety_hazard, safety_hazard_dataset, safety_hazard_predictions
 from assets.telemetry import telemetry_window, window_partitions
 
@@ -13,6 +15,8 @@ window_assets = [
     safety_hazard_predictions,
     network_features,
     cyber_detector_predictions,
+    ppe_vision_predictions,
+    rul_predictions,
 ]
 """The assets partitioned by sealed window, in pipeline order (what the sensor's job runs)."""
 
@@ -23,6 +27,10 @@ training_assets = [
     safety_hazard,
     cyber_detector_dataset,
     cyber_detector,
+    ppe_vision_dataset,
+    ppe_vision,
+    rul_lstm_dataset,
+    rul_lstm,
 ]
 """Each model family's dataset and training asset (what `factory train` and the launchpad run)."""
 
@@ -38,6 +46,12 @@ __all__ = [
     "energy_iforest_dataset",
     "machine_features",
     "network_features",
+    "ppe_vision",
+    "ppe_vision_dataset",
+    "ppe_vision_predictions",
+    "rul_lstm",
+    "rul_lstm_dataset",
+    "rul_predictions",
     "safety_features",
     "safety_hazard",
     "safety_hazard_dataset",

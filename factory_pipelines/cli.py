@@ -109,6 +109,8 @@ def simulate(
     machines: Annotated[int, typer.Option(help="Number of machines.")] = 5,
     robots: Annotated[int, typer.Option(help="Number of robots.")] = 3,
     cleanrooms: Annotated[int, typer.Option(help="Number of cleanrooms (0 or 1).")] = 1,
+    safety_stations: Annotated[int, typer.Option(help="Number of zone safety stations.")] = 2,
+    cameras: Annotated[int, typer.Option(help="Number of PPE cameras (a frame every 5 s each).")] = 1,
     rate: Annotated[float, typer.Option(help="Messages per asset per second.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same fleet.")] = 42,
     fault: Annotated[list[str] | None, typer.Option(help="Inject a fault: ASSET=KIND (repeatable).")] = None,
@@ -126,7 +128,14 @@ def simulate(
         return
     settings = _settings()
     fleet = FleetConfig(
-        machines=machines, robots=robots, cleanrooms=cleanrooms, rate_hz=rate, seed=seed, site=settings.site
+        machines=machines,
+        robots=robots,
+        cleanrooms=cleanrooms,
+        safety_stations=safety_stations,
+        cameras=cameras,
+        rate_hz=rate,
+        seed=seed,
+        site=settings.site,
     )
     stop = _stop_on_signals()
     report = _every(10.0, lambda s: console.print(f"published {s.total:,} messages in {s.elapsed_s:.0f} s"))

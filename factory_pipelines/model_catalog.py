@@ -40,10 +40,12 @@ class CatalogEntry:
 
 CATALOG: dict[str, CatalogEntry] = {
     entry.name: entry
-    for entry in (
+    for entry in (  # quick ones first: `factory train --missing` goes in this order
         CatalogEntry("energy_iforest", "factory_pipelines.energy_model", "power-consumption anomalies per machine"),
         CatalogEntry("safety_hazard", "factory_pipelines.safety_model", "calibrated hazard probability per zone"),
         CatalogEntry("cyber_detector", "factory_pipelines.cyber_model", "network attacks per machine and window"),
+        CatalogEntry("rul_lstm", "factory_pipelines.rul_family", "robot bearing remaining useful life, with interval"),
+        CatalogEntry("ppe_vision", "factory_pipelines.ppe_family", "hard-hat and vest compliance per camera frame"),
     )
 }
 

@@ -279,3 +279,103 @@ def benchmark_safety(
         },
         as_json,
     )
+
+
+@benchmark_app.command("rul")
+def benchmark_rul(
+    cmapss_dir: Annotated[Path, typer.Option(help="Folder with train_FD00x.txt.", exists=True, file_okay=False)],
+    test_dir: Annotated[
+        Path, typer.Option(help="Folder with test_FD00x.txt and RUL_FD00x.txt.", exists=True, file_okay=False)
+    ],
+    subset: Annotated[str, typer.Option(help="FD001, FD002, FD003 or FD004.")] = "FD001",
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Training config KEY=VALUE.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Train rul_lstm on TRAIN_DIR/train_FD00x.txt through its assets; score each test engine at its last cycle."""
+    from factory_pipelines import rul_model
+    from factory_pipelines.model_registry import use_tracking_uri
+
+    subset = subset.upper()
+    test_file, rul_file = test_dir / f"test_{subset}.txt", test_dir / f"RUL_{subset}.txt"
+    for path in (test_file, rul_file):
+        if not path.is_file():
+            raise typer.BadParameter(f"{path} not found", param_hint="--test-dir")
+    settings = _settings()
+    meta = _train_for_benchmark(
+        settings,
+        "rul_lstm",
+        {"source": "cmapss", "cmapss_dir": str(cmapss_dir.resolve()), "subset": subset},
+        parse_assignments(param, "--param"),
+    )
+    use_tracking_uri(settings.resolved_mlflow_uri)
+    model = rul_model.load_model(str(meta["model_uri"]))
+    metrics = rul_model.evaluate(model, rul_model.cmapss_test_dataset(test_file, rul_file))
+    emit(
+        {
+            "model": meta.get("registered_name"),
+            "version": meta.get("model_version"),
+            "subset": subset,
+            "rmse": metrics["rmse"],
+            "phm08_score": metrics["phm08_score"],
+            "coverage": metrics["coverage"],
+            "mean_interval_width": metrics["mean_interval_width"],
+            "confidence": metrics.get("confidence"),
+            "n_engines": int(metrics["n_engines"]),
+            "train_seconds": meta.get("train_seconds"),
+            "dagster_run_id": meta["dagster_run_id"],
+        },
+        as_json,
+    )
+
+
+@benchmark_app.command("ppe")
+def benchmark_ppe(
+    train_dir: Annotated[Path, typer.Option(help="YOLO folder (or its train_subset/ valid/ folders).", exists=True)],
+    test_dir: Annotated[Path, typer.Option(help="YOLO folder to score (images/, labels/).", exists=True)],
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Training config KEY=VALUE.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Train ppe_vision on TRAIN_DIR through its assets; per-frame violation P/R/F1 and crop accuracy on TEST_DIR."""
+    from factory_pipelines import ppe_model
+    from factory_pipelines.model_registry import use_tracking_uri
+
+    settings = _settings()
+    meta = _train_for_benchmark(
+        settings,
+        "ppe_vision",
+        {"source": "folders", "train_dir": str(train_dir.resolve()), "validation_fraction": 0.1},
+        parse_assignments(param, "--param"),
+    )
+    use_tracking_uri(settings.resolved_mlflow_uri)
+    model = ppe_model.load_model(str(meta["model_uri"]))
+    metrics = ppe_model.evaluate(model, ppe_model.load_frames(test_dir))
+    emit(
+        {
+            "model": meta.get("registered_name"),
+            "version": meta.get("model_version"),
+            "precision": metrics["precision"],
+            "recall": metrics["recall"],
+            "f1": metrics["f1"],
+            "crop_accuracy": metrics.get("crop_accuracy"),
+            "n_frames": int(metrics["n_frames"]),
+            "train_seconds": meta.get("train_seconds"),
+            "dagster_run_id": meta["dagster_run_id"],
+        },
+        as_json,
+    )
+
+
+@benchmark_app.command("anomaly")
+def benchmark_anomaly(
+    skab_dir: Annotated[Path, typer.Option(help="Folder searched for labelled SKAB runs.", exists=True)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """energy_iforest's detector under the SKAB protocol: fit each run's first 400 rows, score the rest."""
+    from factory_pipelines import skab
+
+    runs = skab.find_labelled_runs(skab_dir)
+    if not runs:
+        raise typer.BadParameter(f"no labelled SKAB runs (CSV with an `anomaly` column) under {skab_dir}")
+    console.print(f"scoring {len(runs)} labelled runs under {skab_dir} ...")
+    result = skab.benchmark_skab(skab_dir, skab.SkabParams())
+    emit(result if as_json else {k: v for k, v in result.items() if k != "runs"}, as_json)

@@ -36,12 +36,18 @@ counts of a 1 m^3 sample drawn from the ISO power law), the ISO 14644-1 class co
 (`iso_class_from_counts`, limits rounded as the standard rounds them), temperature, humidity and
 differential pressure. Fault `excursion`: particles x30, pressure collapses, humidity rises.
 
+Safety stations (`safety_sim.SafetyZoneModel`, one per zone) report gas, noise, temperature,
+proximity to moving machinery, PPE violations and head count, with labelled hazard episodes
+(`true_hazard`). Cameras send a small synthetic JPEG every 5 s (`ppe_images`), people with or
+without hard hats and vests, with the truth in `true_violation`.
+
 Every message carries asset_id, ts (UTC) and seq; seq counts up per asset from the wall-clock
 epoch in microseconds at start, so it never repeats across restarts (at < 1e6 messages/s/asset).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import math
@@ -61,16 +67,25 @@ import polars as pl
 from pydantic import BaseModel, ValidationError
 
 from factory_pipelines.mqtt import BoundedPublisher, connect_and_wait, make_client
+from factory_pipelines.safety_sim import (
+    SAFETY_FAULTS,
+    SafetyZoneModel,
+    safety_asset_id,
+    safety_zone_models,
+    safety_zone_name,
+)
 from factory_pipelines.settings import FactorySettings
 from factory_pipelines.telemetry import (
     MACHINE_EXPORT_COLUMNS,
     MACHINE_FIELD_BY_COLUMN,
     PARTICLE_SIZES_UM,
+    CameraFrame,
     CleanroomStatus,
     Command,
     CommandAck,
     MachineTelemetry,
     RobotTelemetry,
+    SafetyReading,
     VibrationFeatures,
     cleanroom_topic,
     command_topic,
@@ -84,6 +99,7 @@ log = logging.getLogger(__name__)
 MACHINE_FAULTS = ("energy_spike", "overheat", "network")
 ROBOT_FAULTS = ("bearing_outer", "bearing_inner")
 CLEANROOM_FAULTS = ("excursion",)
+CAMERA_FAULTS: tuple[str, ...] = ()
 COMMANDS = ("stop", "slow", "resume")
 MAX_PENDING_PUBLISHES = 1000
 EXPORT_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -98,12 +114,14 @@ class FleetConfig:
     machines: int = 5
     robots: int = 3
     cleanrooms: int = 1
+    safety_stations: int = 2
+    cameras: int = 1
     rate_hz: float = 1.0
     seed: int = 42
     site: str = "main"
 
     def __post_init__(self) -> None:
-        for name in ("machines", "robots", "cleanrooms"):
+        for name in ("machines", "robots", "cleanrooms", "safety_stations", "cameras"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.rate_hz > 0:
@@ -118,6 +136,10 @@ def machine_asset_id(number: int) -> str:
 
 def robot_asset_id(number: int) -> str:
     return f"robot-{number:02d}"
+
+
+def camera_asset_id(number: int) -> str:
+    return f"camera-{number:02d}"
 
 
 def cleanroom_asset_id(site: str, number: int = 1) -> str:
@@ -497,6 +519,46 @@ class CleanroomModel(_SimulatedAsset):
         }
 
 
+class CameraModel(_SimulatedAsset):
+    """A PPE camera: a small synthetic JPEG every FRAME_INTERVAL_S, with its ground truth.
+
+    Frames come from `ppe_images.synthetic_camera_frame` (people with or without hard hats and
+    vests), seeded per camera and frame, so the same fleet seed shows the same pictures.
+    """
+
+    kind = "camera_frame"
+    faults = CAMERA_FAULTS
+    FRAME_INTERVAL_S = 5.0
+    FRAME_WIDTH = 128
+
+    def __init__(self, asset_id: str, rng: np.random.Generator, fault: str | None, *, zone: str) -> None:
+        super().__init__(asset_id, rng, fault)
+        self.zone = zone
+        self.frames = 0
+        self.since_last_s = self.FRAME_INTERVAL_S  # the first tick shows a frame
+
+    def command(self, command: Command) -> tuple[Literal["done", "rejected"], str]:
+        return "rejected", "cameras take no commands; machines and robots accept stop, slow, resume"
+
+    def step(self, dt: float) -> dict[str, Any] | None:
+        """The next frame as CameraFrame field values when one is due, else None."""
+        self.since_last_s += dt
+        if self.since_last_s < self.FRAME_INTERVAL_S:
+            return None
+        self.since_last_s = 0.0
+        from factory_pipelines.ppe_images import synthetic_camera_frame  # Pillow: only when cameras run
+
+        frame = synthetic_camera_frame(int(self.rng.integers(2**31)), width=self.FRAME_WIDTH)
+        self.frames += 1
+        return {
+            "zone": self.zone,
+            "image_jpeg_b64": base64.b64encode(frame.jpeg).decode("ascii"),
+            "width": frame.width,
+            "height": frame.height,
+            "true_violation": frame.violation,
+        }
+
+
 # ---- the fleet ----
 
 
@@ -527,6 +589,8 @@ def fault_options(config: FleetConfig) -> dict[str, tuple[str, ...]]:
     options |= {machine_asset_id(n): MACHINE_FAULTS for n in range(1, config.machines + 1)}
     options |= {robot_asset_id(n): ROBOT_FAULTS for n in range(1, config.robots + 1)}
     options |= {cleanroom_asset_id(config.site, n): CLEANROOM_FAULTS for n in range(1, config.cleanrooms + 1)}
+    options |= {safety_asset_id(n): SAFETY_FAULTS for n in range(1, config.safety_stations + 1)}
+    options |= {camera_asset_id(n): CAMERA_FAULTS for n in range(1, config.cameras + 1)}
     return options
 
 
@@ -550,7 +614,7 @@ class Fleet:
         self.config = config
         faults = dict(faults or {})
         validate_faults(fault_options(config), faults)
-        self.assets: dict[str, _SimulatedAsset] = {}
+        self.assets: dict[str, _SimulatedAsset | SafetyZoneModel] = {}
         self.topics: dict[str, str] = {}
         for machine in _machine_models(config.machines, config.seed, faults):
             self.assets[machine.asset_id] = machine
@@ -560,6 +624,14 @@ class Fleet:
         for n in range(1, config.cleanrooms + 1):
             asset_id = cleanroom_asset_id(config.site, n)
             self.assets[asset_id] = CleanroomModel(asset_id, _asset_rng(config.seed, 2, n), faults.get(asset_id))
+        station_ids = {safety_asset_id(n) for n in range(1, config.safety_stations + 1)}
+        station_faults = {asset_id: fault for asset_id, fault in faults.items() if asset_id in station_ids}
+        for station in safety_zone_models(config.safety_stations, config.seed, station_faults):
+            self.assets[station.asset_id] = station
+        for n in range(1, config.cameras + 1):
+            asset_id = camera_asset_id(n)
+            zone = safety_zone_name(n) if n <= config.safety_stations else asset_id
+            self.assets[asset_id] = CameraModel(asset_id, _asset_rng(config.seed, 4, n), None, zone=zone)
         for asset_id in self.assets:
             first_cleanroom = asset_id == cleanroom_asset_id(config.site)
             self.topics[asset_id] = (
@@ -589,12 +661,18 @@ class Fleet:
             dt = min(max(dt, 0.0), 3600.0)
             self._last_step[asset_id] = now
             values = asset.step(dt)
+            if values is None:  # a camera between frames
+                continue
             envelope = {"asset_id": asset_id, "ts": now, "seq": self.next_seq(asset_id)}
             payload: BaseModel
             if isinstance(asset, MachineModel):
                 payload = MachineTelemetry(**envelope, **values)
             elif isinstance(asset, RobotModel):
                 payload = RobotTelemetry(**envelope, **values)
+            elif isinstance(asset, SafetyZoneModel):
+                payload = SafetyReading(**envelope, **values)
+            elif isinstance(asset, CameraModel):
+                payload = CameraFrame(**envelope, **values)
             else:
                 payload = CleanroomStatus(**envelope, **values)
             out.append((self.topics[asset_id], payload))

@@ -117,7 +117,9 @@ def train(
             "energy_iforest": {"config": {"n_estimators": 50, "contamination": 0.02, **config}},
         }
     }
-    result = defs.resolve_job_def("energy_iforest_training_job").execute_in_process(instance=instance, run_config=run_config)
+    result = defs.resolve_job_def("energy_iforest_training_job").execute_in_process(
+        instance=instance, run_config=run_config
+    )
     assert result.success
     return result
 

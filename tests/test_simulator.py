@@ -24,11 +24,13 @@ from factory_pipelines.simulator import (
 )
 from factory_pipelines.telemetry import (
     PARTICLE_SIZES_UM,
+    CameraFrame,
     CleanroomStatus,
     Command,
     CommandAck,
     MachineTelemetry,
     RobotTelemetry,
+    SafetyReading,
     command_topic,
     dump_payload,
     parse_telemetry,
@@ -66,7 +68,7 @@ def test_same_seed_same_fleet_and_another_seed_differs() -> None:
 
 
 def test_every_payload_validates_against_the_contract_on_its_topic() -> None:
-    fleet = Fleet(FleetConfig(machines=2, robots=2, cleanrooms=2), seq_start=100)
+    fleet = Fleet(FleetConfig(machines=2, robots=2, cleanrooms=2, safety_stations=2, cameras=1), seq_start=100)
     seen: dict[str, type] = {}
     for tick in range(3):
         for topic, payload in fleet.step(T0 + timedelta(seconds=tick)):
@@ -81,14 +83,17 @@ def test_every_payload_validates_against_the_contract_on_its_topic() -> None:
         "factory/main/robot-02/telemetry": RobotTelemetry,
         "cleanroom/main/status": CleanroomStatus,
         "factory/main/cleanroom-main-02/telemetry": CleanroomStatus,
+        "factory/main/safety-01/telemetry": SafetyReading,
+        "factory/main/safety-02/telemetry": SafetyReading,
+        "factory/main/camera-01/telemetry": CameraFrame,
     }
 
 
 def test_seq_counts_up_per_asset_and_never_repeats_across_restarts() -> None:
-    first = Fleet(FleetConfig(machines=1, robots=0, cleanrooms=0))
+    first = Fleet(FleetConfig(machines=1, robots=0, cleanrooms=0, safety_stations=0, cameras=0))
     seqs = [payload.seq for i in range(3) for _, payload in first.step(T0 + timedelta(seconds=i))]
     assert seqs == [seqs[0], seqs[0] + 1, seqs[0] + 2]
-    restarted = Fleet(FleetConfig(machines=1, robots=0, cleanrooms=0))
+    restarted = Fleet(FleetConfig(machines=1, robots=0, cleanrooms=0, safety_stations=0, cameras=0))
     (_, payload), *_ = restarted.step(T0)
     assert payload.seq > seqs[-1]
 
@@ -352,7 +357,7 @@ def test_run_simulator_stops_at_max_messages_and_every_message_arrives(
     factory_settings: FactorySettings, mqtt_recorder: Callable[..., Any]
 ) -> None:
     recorder = mqtt_recorder("factory/main/+/telemetry", "cleanroom/main/status")
-    fleet = FleetConfig(machines=2, robots=1, cleanrooms=1, rate_hz=50, seed=3)
+    fleet = FleetConfig(machines=2, robots=1, cleanrooms=1, safety_stations=0, cameras=0, rate_hz=50, seed=3)
     progress: list[int] = []
     stats = run_simulator(factory_settings, fleet, max_messages=40, progress=lambda s: progress.append(s.telemetry))
     assert stats.telemetry == 40 and stats.unacknowledged == 0

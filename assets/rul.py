@@ -1,0 +1,198 @@
+"""Remaining useful life: robot bearings scored by `rul_lstm`, an LSTM trained in Dagster.
+
+Thin: the work is in `factory_pipelines.rul_model` (tested without Dagster). A prediction needs
+the robot's recent history, not only its latest window, so each window is scored with the typed
+robot rows of the windows before it too.
+"""
+
+import math
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Literal
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from assets.model_gate import champion_gate_spec, params_from_config, training_config, training_result
+from assets.prediction_output import champion_or_none, record_predictions
+from assets.telemetry import window_partitions
+from factory_pipelines import rul_family, rul_model
+from factory_pipelines.datasets import load_dataset, store_dataset
+from factory_pipelines.model_registry import git_commit
+from factory_pipelines.resources import (
+    MlflowResource,
+    MqttPublisherResource,
+    PartitionFilesResource,
+    ServingStoreResource,
+)
+from factory_pipelines.simulator import RobotModel
+from factory_pipelines.telemetry import Prediction
+from factory_pipelines.training import train_register_gate
+from factory_pipelines.window_rows import ROBOT_ROWS_SCHEMA
+from factory_pipelines.windows import window_bounds
+
+RUL_GROUP = "rul"
+MODEL = rul_model.MODEL_NAME
+RUL_LOW_CYCLES = 200.0  # label a robot `rul_low` when its interval's lower end falls below this
+MAX_HISTORY_WINDOWS = 200
+
+
+class RulDatasetConfig(dg.Config):
+    """Which run-to-failure histories rul_lstm trains on."""
+
+    source: Literal["robots", "cmapss"] = Field(
+        "robots", description="robots: the simulator's bearings (served); cmapss: NASA C-MAPSS (benchmark)."
+    )
+    cmapss_dir: str = Field("", description="source cmapss: folder with train_FD00x.txt.")
+    subset: str = Field("FD001", description="source cmapss: FD001, FD002, FD003 or FD004.")
+    n_robots: int = Field(24, ge=4, description="source robots: simulated robots, each run to failure.")
+    lives_per_robot: int = Field(2, ge=1, description="source robots: bearing lives per robot.")
+    seed: int = Field(42, description="Seed of the simulated histories, the unit split and the validation cuts.")
+    validation_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Units held out, cut at random cycles like NASA's test split."
+    )
+
+
+@dg.asset(group_name=RUL_GROUP, kinds={"polars", "parquet"})
+def rul_lstm_dataset(config: RulDatasetConfig, window_files: PartitionFilesResource) -> dg.MaterializeResult:
+    """Run-to-failure series: training units, and held-out units cut at random cycles for validation."""
+    if config.source == rul_family.SOURCE_CMAPSS:
+        if not config.cmapss_dir:
+            raise ValueError("source cmapss needs cmapss_dir (the folder with train_FD00x.txt)")
+        dataset = rul_model.cmapss_dataset(rul_family.cmapss_train_file(config.cmapss_dir, config.subset))
+    else:
+        dataset = rul_model.robot_dataset(config.n_robots, config.seed, lives_per_robot=config.lives_per_robot)
+    registered_name = rul_family.registered_name_for(config.source, config.subset)
+    train, validation = rul_model.train_validation_split(
+        dataset, validation_fraction=config.validation_fraction, seed=config.seed
+    )
+    stored = {
+        name: store_dataset(
+            window_files.datasets_dir,
+            MODEL,
+            name,
+            split.frame,
+            source=config.source if config.source == "robots" else f"cmapss-{config.subset.upper()}",
+            source_uri=split.source_uri,
+            registered_name=registered_name,
+            attributes=rul_family.stored_attributes(split),
+        )
+        for name, split in (("training", train), ("validation", validation))
+    }
+    return dg.MaterializeResult(
+        metadata={
+            "source": config.source,
+            "registered_name": registered_name,
+            "training_units": train.n_units,
+            "validation_units": validation.n_units,
+            "training_rows": stored["training"].rows,
+            "features": dg.MetadataValue.json(list(dataset.feature_columns)),
+        }
+    )
+
+
+RulLstmConfig = training_config(
+    "RulLstmConfig", rul_model.RulParams, "Hyper-parameters of rul_lstm (set them in the launchpad)."
+)
+
+
+@dg.asset(
+    deps=[rul_lstm_dataset],
+    group_name=RUL_GROUP,
+    kinds={"tensorflow", "mlflow"},
+    check_specs=[champion_gate_spec(MODEL)],
+)
+def rul_lstm(
+    context: dg.AssetExecutionContext,
+    config: RulLstmConfig,  # type: ignore[valid-type]
+    window_files: PartitionFilesResource,
+    mlflow: MlflowResource,
+    serving_store: ServingStoreResource,
+) -> dg.MaterializeResult:
+    """LSTM RUL model with a conformal interval: logged to MLflow, registered, gated against the champion."""
+    params = params_from_config(rul_model.RulParams, config)
+    training, train_frame = load_dataset(window_files.datasets_dir, MODEL, "training")
+    validation, validation_frame = load_dataset(window_files.datasets_dir, MODEL, "validation")
+    train = rul_family.from_stored(train_frame, training.attributes)
+    checked = rul_family.from_stored(validation_frame, validation.attributes)
+    report = train_register_gate(
+        rul_family.FAMILY,
+        fit=lambda: rul_model.fit(train, params, progress=context.log.info),
+        validation=checked,
+        datasets=[training.record(train_frame), validation.record(validation_frame)],
+        params={**{f: getattr(params, f) for f in params.__dataclass_fields__}, "training_source": training.source},
+        tracking_uri=mlflow.tracking_uri,
+        artifacts_dir=mlflow.artifacts_path,
+        dagster_run_id=context.run.run_id,
+        code_version=git_commit(),
+        registered_name=training.registered_name,
+        force=config.force_promotion,
+        tolerance=config.promotion_tolerance,
+        record_promotion=lambda record: serving_store.get_store().record_promotion(record),
+        tags={"training_source": training.source},
+    )
+    context.log.info(f"{report.registered_name} v{report.version}: {report.promotion.alias}; {report.promotion.reason}")
+    return training_result(report, training_source=training.source)
+
+
+def history_windows(model: rul_model.RulModel, window_seconds: float) -> int:
+    """Windows of robot rows that hold the model's window of steps at the robots' full speed."""
+    cycles_per_step = float(model.attributes.get("cycles_per_step", rul_model.ROBOT_CYCLES_PER_STEP))
+    seconds = model.window * cycles_per_step / RobotModel.CYCLES_PER_S
+    return min(MAX_HISTORY_WINDOWS, math.ceil(seconds / window_seconds) + 1)
+
+
+@dg.asset(
+    partitions_def=window_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=["telemetry_window", rul_lstm],
+    group_name=RUL_GROUP,
+    kinds={"tensorflow", "parquet"},
+    output_required=False,
+)
+def rul_predictions(
+    context: dg.AssetExecutionContext,
+    window_files: PartitionFilesResource,
+    mlflow: MlflowResource,
+    serving_store: ServingStoreResource,
+    mqtt: MqttPublisherResource,
+) -> Iterator[dg.MaterializeResult]:
+    """Per robot and window: RUL in cycles with its conformal interval, from the robot's recent history."""
+    champion = champion_or_none(context, mlflow, rul_family.FAMILY)
+    if champion is None:
+        return
+    model: rul_model.RulModel = champion.model
+    lookback = history_windows(model, window_files.window_seconds)
+    produced_at = datetime.now(UTC)
+    by_window: dict[str, list[Prediction]] = {}
+    for key in context.partition_keys:
+        if not window_files.rows_path("robots", key).exists():
+            by_window[key] = []
+            continue
+        paths = window_files.rows_history("robots", key, lookback)
+        rows = pl.concat([pl.read_parquet(p) for p in paths], how="vertical_relaxed") if paths else None
+        rows = rows if rows is not None else pl.DataFrame(schema=ROBOT_ROWS_SCHEMA)
+        start, end = window_bounds(key, window_files.window_seconds)
+        by_window[key] = [
+            Prediction(
+                model_name=MODEL,
+                model_version=champion.info.version,
+                asset_id=row["asset_id"],
+                window_key=key,
+                score=row["rul"],
+                label="rul_low" if row["lower"] < RUL_LOW_CYCLES else "normal",
+                produced_at=produced_at,
+                window_start=start,
+                window_end=end,
+                mlflow_run_id=champion.info.run_id,
+                dagster_run_id=context.run.run_id,
+                rul_lower=row["lower"],
+                rul_upper=row["upper"],
+                confidence=row["confidence"],
+                history_steps=row["steps"],
+            )
+            for row in rul_model.predict_robot_rul(model, rows).iter_rows(named=True)
+        ]
+    metadata = record_predictions(context, MODEL, by_window, window_files, serving_store, mqtt)
+    yield dg.MaterializeResult(metadata={**metadata, "model_version": champion.info.version, "lookback": lookback})

@@ -1,0 +1,668 @@
+"""The `ppe_vision` model: hard-hat and safety-vest compliance from a camera frame.
+
+A small fully-convolutional Keras network, trained from scratch, turns a frame into five
+probability maps at 1/8 of its resolution: hard hat, no hard hat, safety vest, no safety vest and
+person. It learns them from the YOLO boxes of the labelled frames (each box paints its cells), so
+every labelled box is a training signal, not just the frame's verdict. Trained on random
+zoomed/flipped crops, it is run on the whole frame at inference, where:
+
+- the frame's no-hard-hat (no-vest) probability is the highest cell of that map, lightly smoothed,
+  and the violation probability the larger of the two; the verdict compares it with a threshold
+  chosen at training time on held-out training frames (the F1-best cut);
+- regions are the connected blobs of the person map, each with its own hard-hat and vest verdict
+  from the maps inside it (and blobs of a "no" map that no person blob covers);
+- a labelled box is classified (the crop classifier that `crop_accuracy` scores) as the PPE map
+  with the highest mean inside the box.
+
+Plain functions and one model class, no Dagster. TensorFlow is imported only where a network is
+built, trained or loaded.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd  # the pyfunc boundary: MLflow hands frames over as pandas
+import polars as pl
+from scipy import ndimage
+
+from factory_pipelines.model_registry import pinned_requirements
+from factory_pipelines.ppe_images import (
+    FrameInput,
+    LabelledFrames,
+    PpeClass,
+    dataset_folders,
+    decode_image,
+    load_square_images,
+    read_yolo_folders,
+    resize_square,
+    synthetic_camera_frame,
+)
+
+if TYPE_CHECKING:
+    import keras
+
+MODEL_NAME = "ppe_vision"
+PRIMARY_METRIC = "f1"
+HIGHER_IS_BETTER = True
+
+# Output channels of the network, in order.
+MAP_CLASSES: tuple[PpeClass, ...] = (
+    PpeClass.HARDHAT,
+    PpeClass.NO_HARDHAT,
+    PpeClass.SAFETY_VEST,
+    PpeClass.NO_SAFETY_VEST,
+    PpeClass.PERSON,
+)
+CROP_CLASSES: tuple[PpeClass, ...] = MAP_CLASSES[:4]  # what the crop classifier tells apart
+CHANNEL = {cls: index for index, cls in enumerate(MAP_CLASSES)}
+OUTPUT_STRIDE = 8
+TARGET_STRIDE = 4  # targets are painted at this stride, then pooled to OUTPUT_STRIDE after augmentation
+# Share of a box's width/height that paints target cells: people overlap, so only the middle of a
+# person box counts as "person"; PPE boxes are small and tight, so nearly all of them counts.
+PAINTED_SHARE: dict[PpeClass, tuple[float, float]] = {
+    PpeClass.HARDHAT: (0.8, 0.8),
+    PpeClass.NO_HARDHAT: (0.8, 0.8),
+    PpeClass.SAFETY_VEST: (0.8, 0.8),
+    PpeClass.NO_SAFETY_VEST: (0.8, 0.8),
+    PpeClass.PERSON: (0.5, 0.7),
+}
+WORN, MISSING, UNKNOWN = "worn", "missing", "unknown"
+CONFIG_FILE = "ppe_config.json"
+NETWORK_FILE = "ppe_network.keras"
+
+
+@dataclass(frozen=True)
+class PpeParams:
+    """Hyper-parameters of `ppe_vision` (all shown in the launchpad)."""
+
+    image_size: int = 320  # side (px) a whole frame is resized to for inference
+    crop_size: int = 256  # side (px) of the random training crops (cost grows with its square)
+    zoom_min: float = 0.8  # training crops see the frame at zoom_min..zoom_max x the inference scale
+    zoom_max: float = 1.4
+    base_filters: int = 16  # width of the first convolution; later stages use 2x, 4x, 8x
+    epochs: int = 30  # passes over the training frames
+    batch_size: int = 16  # crops per gradient step
+    learning_rate: float = 2e-3  # Adam's initial rate, cosine-decayed to zero over the epochs
+    positive_weight: float = 3.0  # weight of a painted (positive) cell in the loss, against 1 for background
+    smoothing_cells: int = 2  # frame score = max of the map averaged over this many cells square
+    calibration_fraction: float = 0.2  # share of training frames held out to choose the threshold (0: none)
+    threshold: float = 0.5  # verdict threshold used when calibration_fraction is 0
+    region_threshold: float = 0.4  # person-map level that outlines a person region
+    seed: int = 42  # seeds the split, the crops and the initial weights
+
+
+# ---- data -----------------------------------------------------------------------------------
+
+
+def load_frames(data_dir: Path) -> LabelledFrames:
+    """The labelled frames of a YOLO folder, or of its split folders (train, train_subset, valid)."""
+    return read_yolo_folders(dataset_folders(Path(data_dir)))
+
+
+def split_frames(
+    data: LabelledFrames, validation_fraction: float = 0.2, seed: int = 42
+) -> tuple[LabelledFrames, LabelledFrames]:
+    """A seeded train/validation split, stratified on the frame verdict so both keep its share."""
+    rng = np.random.default_rng(seed)
+    held_out: list[str] = []
+    for verdict in (False, True):
+        ids = sorted(data.frames.filter(pl.col("violation") == verdict)["frame_id"].to_list())
+        count = int(round(len(ids) * validation_fraction))
+        held_out += [ids[i] for i in rng.permutation(len(ids))[:count]]
+    held = set(held_out)
+    kept = [frame_id for frame_id in data.frames["frame_id"] if frame_id not in held]
+    validation = [frame_id for frame_id in data.frames["frame_id"] if frame_id in held]
+    return data.select(kept), data.select(validation)
+
+
+def target_maps(boxes: np.ndarray, grid: int) -> np.ndarray:
+    """(grid, grid, len(MAP_CLASSES)) maps: 1 on cells whose centre lies in the painted part of a box.
+
+    A box too small to cover any cell centre still paints the cell holding its centre, so far-away
+    heads are not lost.
+    """
+    maps = np.zeros((grid, grid, len(MAP_CLASSES)), np.float32)
+    centres = (np.arange(grid, dtype=np.float32) + 0.5) / grid
+    for class_id, x, y, w, h in boxes:
+        cls = PpeClass(int(class_id))
+        if cls not in CHANNEL:
+            continue
+        share_w, share_h = PAINTED_SHARE[cls]
+        cols = np.abs(centres - x) <= w * share_w / 2
+        rows = np.abs(centres - y) <= h * share_h / 2
+        channel = maps[:, :, CHANNEL[cls]]
+        channel[np.ix_(rows, cols)] = 1.0
+        channel[min(int(y * grid), grid - 1), min(int(x * grid), grid - 1)] = 1.0
+    return maps
+
+
+# ---- the network ----------------------------------------------------------------------------
+
+
+def build_network(params: PpeParams) -> keras.Model:
+    """Conv stages down to 1/32 (people are large: the person map needs the field of view), then a
+    small feature pyramid back up to 1/8, where five sigmoid maps come out.
+
+    Any input side that is a multiple of 32 works: inference runs on whole frames, training on crops.
+    """
+    import keras
+    from keras import layers
+
+    def conv(x: Any, filters: int, strides: int = 1, kernel: int = 3) -> Any:
+        x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        return layers.ReLU()(x)
+
+    def up_and_merge(coarse: Any, fine: Any, filters: int) -> Any:
+        coarse = layers.UpSampling2D(interpolation="bilinear")(conv(coarse, filters, kernel=1))
+        merged = layers.Add()([coarse, conv(fine, filters, kernel=1)])
+        return conv(merged, filters)
+
+    width = params.base_filters
+    frames = keras.Input((None, None, 3), name="frames")
+    x = layers.Rescaling(1.0 / 255)(frames)
+    x = conv(x, width, 2)
+    x = conv(x, 2 * width, 2)
+    x = conv(x, 2 * width)
+    x = conv(x, 4 * width, 2)
+    eighth = conv(x, 4 * width)
+    x = conv(eighth, 8 * width, 2)
+    sixteenth = conv(x, 8 * width)
+    x = conv(sixteenth, 8 * width, 2)
+    x = conv(x, 8 * width)
+    x = conv(x, 8 * width)
+    x = up_and_merge(x, sixteenth, 8 * width)
+    x = up_and_merge(x, eighth, 4 * width)
+    maps = layers.Conv2D(len(MAP_CLASSES), 1, activation="sigmoid", name="maps")(x)
+    return keras.Model(frames, maps, name=MODEL_NAME)
+
+
+def weighted_map_loss(positive_weight: float) -> Callable[[Any, Any], Any]:
+    """Binary cross-entropy per cell and map, painted cells weighted up (they are a small minority)."""
+    from keras import ops
+
+    def loss(target: Any, predicted: Any) -> Any:
+        predicted = ops.clip(predicted, 1e-6, 1.0 - 1e-6)
+        per_cell = -(positive_weight * target * ops.log(predicted) + (1.0 - target) * ops.log(1.0 - predicted))
+        return ops.mean(per_cell)
+
+    return loss
+
+
+def _augmented_crops(
+    images: np.ndarray, targets: np.ndarray, params: PpeParams
+) -> Any:  # a tf.data.Dataset of (crop, target) batches, endless
+    """Random zoom (in or out), offset and mirror, with mild brightness/contrast/saturation changes.
+
+    A crop at zoom 1 sees the frame at the scale inference sees it (`image_size`); crops reaching
+    past the frame are padded with grey. Targets are resampled with the same box and pooled to
+    the output stride, so a cell's target is the painted share of it.
+    """
+    import tensorflow as tf
+
+    crop, out = params.crop_size, params.crop_size // OUTPUT_STRIDE
+    base_fraction = params.crop_size / params.image_size
+    n = images.shape[0]
+
+    def one(index: Any, seed: Any) -> tuple[Any, Any]:
+        seeds = tf.random.split(seed, 6)
+        zoom = tf.random.stateless_uniform([], seeds[0], params.zoom_min, params.zoom_max)
+        fraction = base_fraction / zoom
+        offset = tf.random.stateless_uniform([2], seeds[1], 0.0, 1.0) * (1.0 - fraction)
+        y0, x0 = offset[0], offset[1]
+        x_start, x_end = x0, x0 + fraction
+        mirror = tf.random.stateless_uniform([], seeds[2]) < 0.5
+        x_start, x_end = tf.where(mirror, x_end, x_start), tf.where(mirror, x_start, x_end)
+        box = tf.stack([y0, x_start, y0 + fraction, x_end])[None]
+        image = tf.cast(tf.gather(images_tensor, index), tf.float32)[None]
+        crop_image = tf.image.crop_and_resize(image, box, [0], [crop, crop], extrapolation_value=127.0)[0]
+        target = tf.gather(targets_tensor, index)[None]
+        crop_target = tf.image.crop_and_resize(target, box, [0], [2 * out, 2 * out], extrapolation_value=0.0)
+        crop_target = tf.nn.avg_pool2d(crop_target, 2, 2, "VALID")[0]
+        pixels = crop_image / 255.0
+        pixels = tf.image.stateless_random_brightness(pixels, 0.12, seeds[3])
+        pixels = tf.image.stateless_random_contrast(pixels, 0.75, 1.25, seeds[4])
+        pixels = tf.image.stateless_random_saturation(pixels, 0.7, 1.3, seeds[5])
+        return tf.clip_by_value(pixels, 0.0, 1.0) * 255.0, crop_target
+
+    images_tensor = tf.constant(images)
+    targets_tensor = tf.constant(targets)
+    indices = tf.data.Dataset.range(n).shuffle(n, seed=params.seed, reshuffle_each_iteration=True).repeat()
+    seeds = tf.data.Dataset.counter().map(lambda i: tf.stack([tf.cast(params.seed, tf.int64), i]))
+    pairs = tf.data.Dataset.zip((indices, seeds)).map(one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return pairs.batch(params.batch_size, drop_remainder=True).prefetch(2)
+
+
+def _train_network(
+    data: LabelledFrames, params: PpeParams, progress: Callable[[str], None] | None
+) -> tuple[keras.Model, float]:
+    """The fitted network and the seconds its training took (image loading excluded)."""
+    import keras
+
+    keras.utils.set_random_seed(params.seed)
+    load_size = _multiple_of(params.image_size * max(params.zoom_max, 1.0), TARGET_STRIDE * 2)
+    images = load_square_images(data.frames["image_path"].to_list(), load_size)
+    grid = load_size // TARGET_STRIDE
+    targets = np.stack([target_maps(boxes, grid) for boxes in data.boxes_by_frame()])
+    dataset = _augmented_crops(images, targets, params)
+    steps = max(1, math.ceil(data.n_frames / params.batch_size))
+    network = build_network(params)
+    schedule = keras.optimizers.schedules.CosineDecay(params.learning_rate, decay_steps=steps * params.epochs)
+    network.compile(optimizer=keras.optimizers.Adam(schedule), loss=weighted_map_loss(params.positive_weight))
+    callbacks = []
+    if progress is not None:
+
+        def report(epoch: int, logs: dict[str, float] | None) -> None:
+            progress(f"epoch {epoch + 1}/{params.epochs}: loss {(logs or {}).get('loss', float('nan')):.4f}")
+
+        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=report))
+    started = time.perf_counter()
+    network.fit(dataset, epochs=params.epochs, steps_per_epoch=steps, verbose=0, callbacks=callbacks)
+    return network, time.perf_counter() - started
+
+
+def _multiple_of(value: float, step: int) -> int:
+    return max(step, int(round(value / step)) * step)
+
+
+# ---- verdicts ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PersonRegion:
+    """One person (or one unexplained violation blob) in a frame, with its own PPE verdicts."""
+
+    box: tuple[float, float, float, float]  # x_min, y_min, x_max, y_max as fractions of the frame
+    person_score: float
+    hardhat_probability: float
+    no_hardhat_probability: float
+    vest_probability: float
+    no_vest_probability: float
+    hardhat: str  # WORN, MISSING or UNKNOWN
+    vest: str
+
+
+@dataclass(frozen=True, slots=True)
+class FrameVerdict:
+    """The model's answer for one frame."""
+
+    violation_probability: float
+    violation: bool
+    no_hardhat_probability: float
+    no_hardhat: bool
+    no_vest_probability: float
+    no_vest: bool
+    threshold: float
+    regions: tuple[PersonRegion, ...] = field(default_factory=tuple)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PpeModel:
+    """The trained network with what turns its maps into verdicts."""
+
+    network: keras.Model
+    params: PpeParams
+    threshold: float
+    calibration: dict[str, float] = field(default_factory=dict)  # figures from choosing the threshold
+
+    # -- maps and scores --
+
+    def frame_batch(self, images: Sequence[FrameInput]) -> np.ndarray:
+        """Frames (arrays, JPEG/PNG bytes or paths) as one (N, S, S, 3) batch at the inference size."""
+        size = self.params.image_size
+        batch = np.zeros((len(images), size, size, 3), np.uint8)
+        for index, image in enumerate(images):
+            batch[index] = resize_square(decode_image(image), size)
+        return batch
+
+    def predict_maps(self, batch: np.ndarray, chunk: int = 16) -> np.ndarray:
+        """(N, S/8, S/8, 5) probability maps for a (N, S, S, 3) batch."""
+        outputs = [
+            np.asarray(self.network.predict_on_batch(batch[start : start + chunk].astype(np.float32)))
+            for start in range(0, len(batch), chunk)
+        ]
+        grid = self.params.image_size // OUTPUT_STRIDE
+        return np.concatenate(outputs) if outputs else np.zeros((0, grid, grid, len(MAP_CLASSES)), np.float32)
+
+    def map_scores(self, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per frame: no-hard-hat and no-vest scores, the top of each smoothed map."""
+        cells = self.params.smoothing_cells
+        smoothed = _box_smooth(maps, cells) if cells > 1 else maps
+        top = smoothed.max(axis=(1, 2))
+        return top[:, CHANNEL[PpeClass.NO_HARDHAT]], top[:, CHANNEL[PpeClass.NO_SAFETY_VEST]]
+
+    def frame_scores(self, data: LabelledFrames) -> np.ndarray:
+        """Violation probability of each frame of `data`, in order."""
+        no_hardhat, no_vest = self.map_scores(self.predict_maps(self._load(data)))
+        return np.maximum(no_hardhat, no_vest)
+
+    def _load(self, data: LabelledFrames) -> np.ndarray:
+        return load_square_images(data.frames["image_path"].to_list(), self.params.image_size)
+
+    # -- verdicts --
+
+    def predict_frames(self, images: Sequence[FrameInput]) -> list[FrameVerdict]:
+        """One verdict per frame (HxWx3 uint8 arrays, JPEG/PNG bytes or paths), with person regions."""
+        maps = self.predict_maps(self.frame_batch(images))
+        return self.verdicts_from_maps(maps)
+
+    def verdicts_from_maps(self, maps: np.ndarray) -> list[FrameVerdict]:
+        no_hardhat, no_vest = self.map_scores(maps)
+        verdicts = []
+        for index in range(len(maps)):
+            violation_probability = float(max(no_hardhat[index], no_vest[index]))
+            verdicts.append(
+                FrameVerdict(
+                    violation_probability=violation_probability,
+                    violation=violation_probability >= self.threshold,
+                    no_hardhat_probability=float(no_hardhat[index]),
+                    no_hardhat=bool(no_hardhat[index] >= self.threshold),
+                    no_vest_probability=float(no_vest[index]),
+                    no_vest=bool(no_vest[index] >= self.threshold),
+                    threshold=self.threshold,
+                    regions=self.regions(maps[index]),
+                )
+            )
+        return verdicts
+
+    def regions(self, maps: np.ndarray) -> tuple[PersonRegion, ...]:
+        """Blobs of the person map, then blobs of a "no" map outside every person blob."""
+        level = self.params.region_threshold
+        found: list[PersonRegion] = []
+        person = maps[:, :, CHANNEL[PpeClass.PERSON]] >= level
+        labels, count = ndimage.label(person)
+        covered = person.copy()
+        for blob in ndimage.find_objects(labels)[:count]:
+            rows, cols = _grown(blob, maps.shape[:2], up=2)  # a head sits above the middle of its body
+            covered[rows, cols] = True
+            found.append(self._region(maps, rows, cols))
+        no_maps = maps[:, :, [CHANNEL[PpeClass.NO_HARDHAT], CHANNEL[PpeClass.NO_SAFETY_VEST]]].max(axis=2)
+        stray, stray_count = ndimage.label((no_maps >= self.threshold) & ~covered)
+        for blob in ndimage.find_objects(stray)[:stray_count]:
+            found.append(self._region(maps, *_grown(blob, maps.shape[:2], up=1)))
+        return tuple(found)
+
+    def _region(self, maps: np.ndarray, rows: slice, cols: slice) -> PersonRegion:
+        inside = maps[rows, cols].reshape(-1, len(MAP_CLASSES)).max(axis=0)
+        grid_h, grid_w = maps.shape[:2]
+
+        def verdict(worn: float, missing: float) -> str:
+            if missing >= self.threshold:
+                return MISSING
+            return WORN if worn >= 0.5 else UNKNOWN
+
+        hardhat, no_hardhat = float(inside[CHANNEL[PpeClass.HARDHAT]]), float(inside[CHANNEL[PpeClass.NO_HARDHAT]])
+        vest, no_vest = float(inside[CHANNEL[PpeClass.SAFETY_VEST]]), float(inside[CHANNEL[PpeClass.NO_SAFETY_VEST]])
+        return PersonRegion(
+            box=(cols.start / grid_w, rows.start / grid_h, cols.stop / grid_w, rows.stop / grid_h),
+            person_score=float(inside[CHANNEL[PpeClass.PERSON]]),
+            hardhat_probability=hardhat,
+            no_hardhat_probability=no_hardhat,
+            vest_probability=vest,
+            no_vest_probability=no_vest,
+            hardhat=verdict(hardhat, no_hardhat),
+            vest=verdict(vest, no_vest),
+        )
+
+    # -- the crop classifier --
+
+    def classify_boxes(self, maps: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        """Class ids (of CROP_CLASSES) for boxes `class, x, y, w, h` of one frame: the PPE map highest inside."""
+        grid = maps.shape[0]
+        predicted = np.zeros(len(boxes), np.int64)
+        for index, (_, x, y, w, h) in enumerate(boxes):
+            rows, cols = _box_cells(x, y, w, h, grid)
+            means = maps[rows, cols, : len(CROP_CLASSES)].reshape(-1, len(CROP_CLASSES)).mean(axis=0)
+            predicted[index] = int(CROP_CLASSES[int(np.argmax(means))])
+        return predicted
+
+    # -- persistence --
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "model_name": MODEL_NAME,
+            "params": asdict(self.params),
+            "threshold": self.threshold,
+            "calibration": self.calibration,
+            "map_classes": [int(c) for c in MAP_CLASSES],
+            "output_stride": OUTPUT_STRIDE,
+        }
+
+    def save(self, directory: Path) -> tuple[Path, Path]:
+        """Writes the network and the JSON config into `directory`; their paths."""
+        directory.mkdir(parents=True, exist_ok=True)
+        network_path, config_path = directory / NETWORK_FILE, directory / CONFIG_FILE
+        self.network.save(network_path)
+        config_path.write_text(json.dumps(self.config(), indent=2))
+        return network_path, config_path
+
+    @classmethod
+    def load(cls, network_path: Path, config_path: Path) -> PpeModel:
+        import keras
+
+        config = json.loads(Path(config_path).read_text())
+        known = {f.name for f in fields(PpeParams)}
+        params = PpeParams(**{k: v for k, v in config["params"].items() if k in known})
+        network = keras.models.load_model(network_path, compile=False)
+        return cls(
+            network=network, params=params, threshold=float(config["threshold"]), calibration=config["calibration"]
+        )
+
+
+def _box_smooth(maps: np.ndarray, cells: int) -> np.ndarray:
+    """Mean over a cells x cells window (valid positions only), per frame and channel."""
+    return ndimage.uniform_filter(maps, size=(1, cells, cells, 1), mode="nearest")
+
+
+def _grown(blob: tuple[slice, slice], shape: tuple[int, int], up: int) -> tuple[slice, slice]:
+    rows, cols = blob
+    return slice(max(rows.start - up, 0), rows.stop), slice(cols.start, min(cols.stop, shape[1]))
+
+
+def _box_cells(x: float, y: float, w: float, h: float, grid: int) -> tuple[slice, slice]:
+    """Cells whose centre lies in the box; the cell holding its centre when there is none."""
+
+    def span(centre: float, extent: float) -> slice:
+        first = math.ceil((centre - extent / 2) * grid - 0.5)
+        last = math.floor((centre + extent / 2) * grid - 0.5)
+        if first > last:
+            first = last = int(centre * grid)
+        first, last = min(max(first, 0), grid - 1), min(max(last, 0), grid - 1)
+        return slice(first, last + 1)
+
+    return span(y, h), span(x, w)
+
+
+# ---- fit and evaluate -------------------------------------------------------------------------
+
+
+def best_f1_threshold(scores: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """The cut on `scores` with the best F1 against `truth` (ties: the higher cut), and that F1.
+
+    The cut is placed half-way between neighbouring scores, so it does not hinge on one frame.
+    """
+    if not truth.any():
+        return 0.5, 0.0
+    order = np.sort(np.unique(scores))
+    candidates = np.concatenate([[order[0] - 1e-6], (order[1:] + order[:-1]) / 2, [order[-1] + 1e-6]])
+    best, best_f1 = 0.5, -1.0
+    for cut in candidates:
+        f1 = violation_metrics(scores >= cut, truth)["f1"]
+        if f1 >= best_f1:
+            best, best_f1 = float(cut), f1
+    return best, best_f1
+
+
+def violation_metrics(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Precision, recall and F1 of the frame verdict `violation` (1 = the frame violates)."""
+    predicted, truth = predicted.astype(bool), truth.astype(bool)
+    true_positive = float(np.sum(predicted & truth))
+    precision = true_positive / max(float(predicted.sum()), 1.0)
+    recall = true_positive / max(float(truth.sum()), 1.0)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def fit(train: LabelledFrames, params: PpeParams, progress: Callable[[str], None] | None = None) -> PpeModel:
+    """Train the network on `train`; the threshold comes from a held-out slice of it (F1-best)."""
+    say = progress or (lambda _message: None)
+    if params.image_size % 32 or params.crop_size % 32:
+        raise ValueError("image_size and crop_size must be multiples of 32")
+    calibration: dict[str, float] = {}
+    threshold = params.threshold
+    fitting = train
+    if params.calibration_fraction > 0:
+        fitting, held_out = split_frames(train, params.calibration_fraction, params.seed)
+    say(f"training on {fitting.n_frames} frames ({params.epochs} epochs, crops {params.crop_size} px)")
+    network, seconds = _train_network(fitting, params, progress)
+    model = PpeModel(network=network, params=params, threshold=threshold)
+    if params.calibration_fraction > 0 and held_out.n_frames:
+        scores = model.frame_scores(held_out)
+        threshold, f1 = best_f1_threshold(scores, held_out.frames["violation"].to_numpy())
+        model.threshold = threshold
+        calibration = {"calibration_frames": float(held_out.n_frames), "calibration_f1": f1}
+        say(f"threshold {threshold:.3f} (F1 {f1:.3f} on {held_out.n_frames} held-out training frames)")
+    model.calibration = {**calibration, "training_frames": float(fitting.n_frames), "network_seconds": seconds}
+    return model
+
+
+def evaluate(model: PpeModel, validation: LabelledFrames) -> dict[str, float]:
+    """Frame-level violation precision/recall/F1, crop-classifier accuracy, and their counts."""
+    maps = model.predict_maps(model._load(validation))
+    no_hardhat, no_vest = model.map_scores(maps)
+    scores = np.maximum(no_hardhat, no_vest)
+    frames = validation.frames
+    metrics = violation_metrics(scores >= model.threshold, frames["violation"].to_numpy())
+    hardhat_truth, vest_truth = frames["no_hardhat"].to_numpy(), frames["no_vest"].to_numpy()
+    metrics["no_hardhat_f1"] = violation_metrics(no_hardhat >= model.threshold, hardhat_truth)["f1"]
+    metrics["no_vest_f1"] = violation_metrics(no_vest >= model.threshold, vest_truth)["f1"]
+    truth_classes, predicted_classes = [], []
+    crop_ids = [int(c) for c in CROP_CLASSES]
+    for frame_maps, boxes in zip(maps, validation.boxes_by_frame(), strict=True):
+        labelled = boxes[np.isin(boxes[:, 0].astype(np.int64), crop_ids)]
+        truth_classes.append(labelled[:, 0].astype(np.int64))
+        predicted_classes.append(model.classify_boxes(frame_maps, labelled))
+    truth_all = np.concatenate(truth_classes) if truth_classes else np.zeros(0, np.int64)
+    predicted_all = np.concatenate(predicted_classes) if predicted_classes else np.zeros(0, np.int64)
+    metrics["crop_accuracy"] = float(np.mean(truth_all == predicted_all)) if truth_all.size else 0.0
+    metrics["n_crops"] = float(truth_all.size)
+    metrics["n_frames"] = float(frames.height)
+    metrics["violation_share"] = float(frames["violation"].mean() or 0.0) if frames.height else 0.0
+    metrics["threshold"] = model.threshold
+    return metrics
+
+
+def benchmark_ppe(train_dir: Path, test_dir: Path, params: PpeParams | None = None) -> dict[str, float]:
+    """Train on `train_dir` (a YOLO folder or its split folders), score frames and boxes of `test_dir`."""
+    params = params or PpeParams()
+    train = load_frames(Path(train_dir))
+    test = load_frames(Path(test_dir))
+    started = time.perf_counter()
+    model = fit(train, params)
+    train_seconds = time.perf_counter() - started
+    metrics = evaluate(model, test)
+    return {**metrics, "train_seconds": train_seconds, "train_frames": float(train.n_frames)}
+
+
+# ---- MLflow ---------------------------------------------------------------------------------
+
+PYFUNC_OUTPUT_COLUMNS: tuple[str, ...] = (
+    "violation_probability",
+    "violation",
+    "no_hardhat_probability",
+    "no_hardhat",
+    "no_vest_probability",
+    "no_vest",
+    "regions_json",
+)
+
+
+class PpeVisionPyfunc(mlflow.pyfunc.PythonModel):
+    """Frames in (a column `image` of JPEG/PNG bytes), one verdict row out per frame."""
+
+    def load_context(self, context: Any) -> None:
+        self.model = PpeModel.load(Path(context.artifacts["network"]), Path(context.artifacts["config"]))
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        images = [_as_bytes(value) for value in model_input["image"]]
+        return verdict_frame(self.model.predict_frames(images)).to_pandas()
+
+
+def _as_bytes(value: Any) -> bytes:
+    """Bytes as given, or base64 text (how JSON payloads and stored input examples carry them)."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    return base64.b64decode(value)
+
+
+def verdict_frame(verdicts: Sequence[FrameVerdict]) -> pl.DataFrame:
+    """Verdicts as rows (regions as JSON text), the pyfunc's output."""
+    return pl.DataFrame(
+        {
+            "violation_probability": [v.violation_probability for v in verdicts],
+            "violation": [v.violation for v in verdicts],
+            "no_hardhat_probability": [v.no_hardhat_probability for v in verdicts],
+            "no_hardhat": [v.no_hardhat for v in verdicts],
+            "no_vest_probability": [v.no_vest_probability for v in verdicts],
+            "no_vest": [v.no_vest for v in verdicts],
+            "regions_json": [json.dumps([asdict(r) for r in v.regions]) for v in verdicts],
+        },
+        schema={
+            "violation_probability": pl.Float64(),
+            "violation": pl.Boolean(),
+            "no_hardhat_probability": pl.Float64(),
+            "no_hardhat": pl.Boolean(),
+            "no_vest_probability": pl.Float64(),
+            "no_vest": pl.Boolean(),
+            "regions_json": pl.String(),
+        },
+    )
+
+
+def example_input() -> pd.DataFrame:
+    """A one-frame input (a small synthetic JPEG) for the signature and the stored input example."""
+    return pd.DataFrame({"image": [synthetic_camera_frame(seed=7).jpeg]})
+
+
+def log_model(model: PpeModel, *, registered_name: str) -> str:
+    """Log `model` as a pyfunc (network + JSON config) into the active run, register it; the version."""
+    from mlflow.models import infer_signature
+
+    example = example_input()
+    output = verdict_frame(model.predict_frames(list(example["image"]))).to_pandas()
+    with tempfile.TemporaryDirectory() as tmp:
+        network_path, config_path = model.save(Path(tmp))
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=PpeVisionPyfunc(),
+            artifacts={"network": str(network_path), "config": str(config_path)},
+            signature=infer_signature(example, output),
+            input_example=example,
+            pip_requirements=pinned_requirements(
+                "tensorflow-cpu", "keras", "numpy", "scipy", "pillow", "polars", "pandas", "mlflow"
+            ),
+            registered_model_name=registered_name,
+        )
+    if info.registered_model_version is None:
+        raise RuntimeError(f"MLflow did not register a version of {registered_name}")
+    return str(info.registered_model_version)
+
+
+def load_model(model_uri: str) -> PpeModel:
+    """The `PpeModel` behind a model URI (`models:/ppe_vision/3`, `models:/ppe_vision@champion`, runs:/...)."""
+    wrapper = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    return wrapper.model  # type: ignore[no-any-return]

@@ -1,0 +1,1073 @@
+"""The `rul_lstm` model: remaining useful life from multivariate run-to-failure series, with a calibrated interval.
+
+One generic sequence model serves every source. Its input is a long frame, one row per unit per
+cycle (or time step): `unit` (String), `cycle` (Int64, only its order matters), optionally
+`condition` (String, the operating regime each sensor is normalised within), the declared
+feature columns (Float64) and, for training and evaluation, `rul`, the true remaining life in
+that source's cycles. NASA C-MAPSS (`cmapss_dataset`) and the simulator's robots
+(`robot_run_to_failure_history`, `robot_sequences_from_rows`) both arrive in this shape, so the
+same fit, evaluate, predict and MLflow code serves both; the model records its feature columns.
+
+The network is an ensemble of small Keras LSTMs over the last `window` rows of a unit (units with
+fewer rows are padded with their first row), trained on the piecewise-linear target capped at
+`rul_cap` (the usual C-MAPSS protocol: 125 cycles), each member early-stopped on its own slice
+of the training units. The interval is split conformal: the ensemble predicts engines it never
+saw, cut at random cycles the way the official test split is made, and the nonconformity scores
+of those predictions give the interval at any confidence (the scores are kept in the model, so
+a caller may ask for another confidence at prediction time).
+
+TensorFlow is imported only where a network is built, trained or loaded: importing this module
+(the Dagster code location does) stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd  # the pyfunc boundary; imported at run time so MLflow can read predict's type hints
+import polars as pl
+
+from factory_pipelines.cmapss import (
+    CMAPSS_RUL_CAP,
+    cmapss_long_frame,
+    read_cmapss_file,
+    read_rul_file,
+    write_cmapss_file,
+    write_rul_file,
+)
+from factory_pipelines.model_registry import pinned_requirements
+
+if TYPE_CHECKING:
+    import keras
+
+MODEL_NAME = "rul_lstm"
+PRIMARY_METRIC = "rmse"
+HIGHER_IS_BETTER = False
+
+UNIT, CYCLE, CONDITION, RUL = "unit", "cycle", "condition", "rul"
+RESERVED_COLUMNS: tuple[str, ...] = (UNIT, CYCLE, CONDITION, RUL)
+PREDICTION_SCHEMA: dict[str, pl.DataType] = {
+    UNIT: pl.String(),
+    "rul": pl.Float64(),
+    "lower": pl.Float64(),
+    "upper": pl.Float64(),
+}
+NORMALISED_CLIP = 10.0  # z-scores beyond this are sensor faults, not wear: clipped so they cannot dominate
+
+# How evaluation (and calibration) cuts a unit, like the official C-MAPSS test split: the true RUL
+# at the cut is drawn uniformly between these fractions of the cap (5 and 150 cycles at a cap of
+# 125; NASA's FD001 test engines have 7 to 145), leaving at least CUT_MIN_PREFIX rows.
+CUT_MIN_RUL_FRACTION = 0.04
+CUT_MAX_RUL_FRACTION = 1.2
+CUT_MIN_PREFIX = 20
+
+
+# ---- data -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RulDataset:
+    """A long frame of run-to-failure (or cut) series and what the model needs to know about it.
+
+    `rul_cap` is the source's natural cap, in its own cycles (125 for C-MAPSS); it also scales
+    the evaluation cuts. `attributes` travel into the trained model (e.g. a robot's cycles per
+    step, which live rows must be binned with).
+    """
+
+    frame: pl.DataFrame
+    feature_columns: tuple[str, ...]
+    rul_cap: float
+    name: str
+    source_uri: str
+    attributes: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_frame(
+        cls,
+        frame: pl.DataFrame,
+        *,
+        rul_cap: float,
+        name: str,
+        source_uri: str,
+        attributes: Mapping[str, str] | None = None,
+    ) -> RulDataset:
+        """A dataset from a stored long frame: every float column that is not reserved is a feature."""
+        return cls(frame, infer_feature_columns(frame), rul_cap, name, source_uri, dict(attributes or {}))
+
+    @property
+    def n_units(self) -> int:
+        return int(self.frame[UNIT].n_unique())
+
+    def with_frame(self, frame: pl.DataFrame, name: str | None = None) -> RulDataset:
+        return replace(self, frame=frame, name=name or self.name)
+
+
+def infer_feature_columns(frame: pl.DataFrame) -> tuple[str, ...]:
+    return tuple(name for name, dtype in frame.schema.items() if name not in RESERVED_COLUMNS and dtype.is_float())
+
+
+def cmapss_dataset(train_file: Path) -> RulDataset:
+    """A C-MAPSS training file (run to failure) as a dataset with the 21 sensors as features."""
+    frame = cmapss_long_frame(read_cmapss_file(train_file))
+    return RulDataset(
+        frame=frame,
+        feature_columns=infer_feature_columns(frame),
+        rul_cap=CMAPSS_RUL_CAP,
+        name=f"cmapss-{Path(train_file).stem}",
+        source_uri=Path(train_file).resolve().as_uri(),
+        attributes={"source": "cmapss"},
+    )
+
+
+def cmapss_test_dataset(test_file: Path, rul_file: Path) -> RulDataset:
+    """A C-MAPSS test file with its RUL file: `rul` at each engine's last cycle is the RUL-file value."""
+    frame = cmapss_long_frame(read_cmapss_file(test_file), read_rul_file(rul_file))
+    return RulDataset(
+        frame=frame,
+        feature_columns=infer_feature_columns(frame),
+        rul_cap=CMAPSS_RUL_CAP,
+        name=f"cmapss-{Path(test_file).stem}",
+        source_uri=Path(test_file).resolve().as_uri(),
+        attributes={"source": "cmapss"},
+    )
+
+
+def split_units(dataset: RulDataset, fraction: float, seed: int) -> tuple[RulDataset, RulDataset]:
+    """(kept, held out): a seeded `fraction` of the units, whole, held out (at least one each side)."""
+    units = dataset.frame[UNIT].unique().sort().to_list()
+    if len(units) < 2:
+        raise ValueError(f"{dataset.name}: need at least 2 units to split, found {len(units)}")
+    order = np.random.default_rng(seed).permutation(len(units))
+    n_held = min(max(1, round(fraction * len(units))), len(units) - 1)
+    held = {units[i] for i in order[:n_held]}
+    is_held = pl.col(UNIT).is_in(sorted(held))
+    return (
+        dataset.with_frame(dataset.frame.filter(~is_held), f"{dataset.name}-kept"),
+        dataset.with_frame(dataset.frame.filter(is_held), f"{dataset.name}-held-out"),
+    )
+
+
+def eligible_cut_rows(rul: np.ndarray, rul_cap: float, min_prefix: int = CUT_MIN_PREFIX) -> np.ndarray:
+    """Positions in one unit's rows where a test-like cut may fall.
+
+    Rows whose true RUL lies between CUT_MIN_RUL_FRACTION and CUT_MAX_RUL_FRACTION of `rul_cap`
+    and which leave at least `min_prefix` rows (fewer when the unit is that short); any row that
+    leaves enough rows when none qualifies.
+    """
+    position = np.arange(rul.size)
+    enough = position >= min(min_prefix, rul.size) - 1
+    in_range = (rul >= CUT_MIN_RUL_FRACTION * rul_cap) & (rul <= CUT_MAX_RUL_FRACTION * rul_cap)
+    eligible = np.flatnonzero(enough & in_range)
+    return eligible if eligible.size else np.flatnonzero(enough)
+
+
+def cut_at_random_cycles(
+    frame: pl.DataFrame,
+    *,
+    rul_cap: float,
+    seed: int,
+    cuts_per_unit: int = 1,
+    min_prefix: int = CUT_MIN_PREFIX,
+) -> pl.DataFrame:
+    """Each unit stopped at a random row, the way the C-MAPSS test split is made.
+
+    The cut falls uniformly on the unit's `eligible_cut_rows`, so the true RUL at the cut (the
+    `rul` of the last row kept) is about uniform between 5 and 150 cycles at C-MAPSS's cap of
+    125. With several cuts per unit, the copies are units of their own, named `unit~k`.
+    """
+    ordered = frame.sort(UNIT, CYCLE)
+    rng = np.random.default_rng(seed)
+    pieces: list[pl.DataFrame] = []
+    for (unit,), rows in ordered.group_by(UNIT, maintain_order=True):
+        eligible = eligible_cut_rows(rows[RUL].to_numpy(), rul_cap, min_prefix)
+        for k in range(cuts_per_unit):
+            end = int(rng.choice(eligible))
+            name = str(unit) if cuts_per_unit == 1 else f"{unit}~{k}"
+            pieces.append(rows.head(end + 1).with_columns(pl.lit(name).alias(UNIT)))
+    return pl.concat(pieces) if pieces else frame.clear()
+
+
+def cut_dataset(dataset: RulDataset, *, seed: int, cuts_per_unit: int = 1) -> RulDataset:
+    frame = cut_at_random_cycles(dataset.frame, rul_cap=dataset.rul_cap, seed=seed, cuts_per_unit=cuts_per_unit)
+    return dataset.with_frame(frame, f"{dataset.name}-cut")
+
+
+def train_validation_split(
+    dataset: RulDataset, *, validation_fraction: float = 0.2, seed: int = 0, cuts_per_unit: int = 1
+) -> tuple[RulDataset, RulDataset]:
+    """(training units, held-out units cut at random cycles): the data `fit` and `evaluate` take."""
+    train, held = split_units(dataset, validation_fraction, seed)
+    return train, cut_dataset(held, seed=seed + 1, cuts_per_unit=cuts_per_unit)
+
+
+# ---- parameters -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RulParams:
+    """Hyper-parameters of `rul_lstm`; the defaults are the C-MAPSS setting measured in benchmarks/."""
+
+    window: int = 50  # rows of history per prediction (shorter units are padded with their first row)
+    rul_cap: float = 0.0  # cap of the piecewise-linear target; 0 = the dataset's own (125 C-MAPSS cycles)
+    lstm_units: int = 32  # units of the first LSTM layer; each further layer has half as many
+    lstm_layers: int = 2  # stacked LSTM layers
+    conv_filters: int = 0  # 1-D convolution front-end filters (kernel 5) before the LSTMs; 0 = none
+    unroll: bool = True  # unroll the LSTMs over the window: slower to build, several times faster per epoch on CPU
+    dense_units: int = 32  # the dense layer between the LSTMs and the output
+    dropout: float = 0.2  # dropout after the LSTMs and after the dense layer
+    input_noise: float = 0.0  # Gaussian noise (in standard deviations) added to the inputs while training
+    learning_rate: float = 0.001  # Adam's initial rate (cosine decay; with early stopping: halved on a stall)
+    batch_size: int = 256  # windows per gradient step
+    max_epochs: int = 30  # epochs per member (fewer when early stopping is on and the monitor loss stalls)
+    patience: int = 8  # with early stopping: epochs without a better monitor loss before a member stops
+    ensemble_size: int = 3  # members (different seeds, and monitor units if any) whose predictions are averaged
+    smoothing: float = 0.0  # exponential smoothing inside each window: weight of the past (0 = off)
+    monitor_fraction: float = 0.0  # share of a member's fitting units kept aside for early stopping; 0 = none,
+    # every fitting unit trains for max_epochs on a cosine learning-rate schedule (better on C-MAPSS)
+    calibration_fraction: float = 0.2  # share of the training units never fitted, for the conformal interval
+    confidence: float = 0.9  # default confidence of the interval (another may be asked at prediction)
+    interval_score: str = "scaled"  # conformal score: "absolute" |y-p| or "scaled" |y-p|/(p + floor)
+    interval_floor: float = 0.1  # the scaled score's floor, as a share of the cap (keeps it finite at p=0)
+    seed: int = 42  # seeds the calibration split and every member's initialisation and shuffling
+
+
+INTERVAL_SCORES = ("absolute", "scaled")
+
+
+def check_params(params: RulParams) -> None:
+    """ValueError for settings that cannot train, named, before minutes are spent on them."""
+    problems = []
+    if params.window < 1:
+        problems.append(f"window must be >= 1, got {params.window}")
+    if params.lstm_units < 1 or params.lstm_layers < 1:
+        problems.append("lstm_units and lstm_layers must be >= 1")
+    if params.ensemble_size < 1 or params.max_epochs < 1:
+        problems.append("ensemble_size and max_epochs must be >= 1")
+    if not 0.0 <= params.smoothing < 1.0:
+        problems.append(f"smoothing must be in [0, 1), got {params.smoothing}")
+    if not 0.0 < params.calibration_fraction < 1.0 or not 0.0 <= params.monitor_fraction < 1.0:
+        problems.append("calibration_fraction must be in (0, 1) and monitor_fraction in [0, 1)")
+    if not 0.0 < params.confidence < 1.0:
+        problems.append(f"confidence must be in (0, 1), got {params.confidence}")
+    if params.interval_score not in INTERVAL_SCORES:
+        problems.append(f"interval_score must be one of {INTERVAL_SCORES}, got {params.interval_score!r}")
+    if params.rul_cap < 0 or params.interval_floor <= 0:
+        problems.append("rul_cap must be >= 0 and interval_floor > 0")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+# ---- normalisation and windows ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureScaling:
+    """Mean and standard deviation of each feature, per operating condition and over all rows."""
+
+    mean: dict[str, list[float]]  # condition -> per feature; "" holds the statistics over all rows
+    std: dict[str, list[float]]
+
+    @classmethod
+    def fit(cls, frame: pl.DataFrame, features: Sequence[str]) -> FeatureScaling:
+        mean = {"": [float(frame[c].mean() or 0.0) for c in features]}  # type: ignore[arg-type]
+        std = {"": [float(frame[c].std() or 0.0) for c in features]}  # type: ignore[arg-type]
+        if CONDITION in frame.columns:
+            grouped = frame.group_by(CONDITION).agg(
+                *(pl.col(c).mean().alias(f"mean:{c}") for c in features),
+                *(pl.col(c).std().fill_null(0.0).alias(f"std:{c}") for c in features),
+            )
+            for row in grouped.iter_rows(named=True):
+                mean[str(row[CONDITION])] = [float(row[f"mean:{c}"] or 0.0) for c in features]
+                std[str(row[CONDITION])] = [float(row[f"std:{c}"] or 0.0) for c in features]
+        return cls(mean, std)
+
+    def informative(self) -> np.ndarray:
+        """Features that vary within at least one condition (constant sensors carry nothing)."""
+        stds = np.array([values for key, values in self.std.items() if key or len(self.std) == 1])
+        return (stds > 1e-9).any(axis=0)
+
+    def select(self, keep: np.ndarray) -> FeatureScaling:
+        return FeatureScaling(
+            {k: [v for v, kept in zip(vs, keep, strict=True) if kept] for k, vs in self.mean.items()},
+            {k: [v for v, kept in zip(vs, keep, strict=True) if kept] for k, vs in self.std.items()},
+        )
+
+    def transform(self, frame: pl.DataFrame, features: Sequence[str]) -> np.ndarray:
+        """z-scores (float32, rows x features) within each row's condition; unknown conditions and
+        frames without one use the overall statistics; missing values become the mean (0)."""
+        values = frame.select(pl.col(c).cast(pl.Float64) for c in features).to_numpy().astype(np.float64)
+        if CONDITION in frame.columns and len(self.mean) > 1:
+            conditions = frame[CONDITION].cast(pl.String).fill_null("").to_list()
+            keys = [c if c in self.mean else "" for c in conditions]
+        else:
+            keys = [""] * frame.height
+        names = sorted(set(keys))
+        index = np.array([names.index(k) for k in keys], dtype=np.int64) if keys else np.zeros(0, np.int64)
+        means = np.array([self.mean[k] for k in names]).reshape(len(names), len(features))
+        stds = np.array([self.std[k] for k in names]).reshape(len(names), len(features))
+        stds = np.where(stds > 1e-9, stds, 1.0)
+        z = (values - means[index]) / stds[index]
+        z = np.nan_to_num(z, nan=0.0, posinf=NORMALISED_CLIP, neginf=-NORMALISED_CLIP)
+        return np.clip(z, -NORMALISED_CLIP, NORMALISED_CLIP).astype(np.float32)
+
+
+def _row_layout(frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """For a frame sorted by unit and cycle: each row's unit start row, and each unit's last row."""
+    positions = frame.with_row_index("_row").select(
+        pl.col("_row").min().over(UNIT).cast(pl.Int64).alias("start"),
+        (pl.col(UNIT) != pl.col(UNIT).shift(-1)).fill_null(True).alias("last"),
+    )
+    return positions["start"].to_numpy(), np.flatnonzero(positions["last"].to_numpy())
+
+
+def window_tensor(
+    values: np.ndarray, starts: np.ndarray, ends: np.ndarray, window: int, smoothing: float
+) -> np.ndarray:
+    """Windows (samples x window x features) ending at rows `ends`, padded with each unit's first row.
+
+    Smoothing runs inside the window only, so a prediction from a unit's last `window` rows
+    sees exactly what training saw, however much history the caller passed.
+    """
+    offsets = np.arange(window - 1, -1, -1)
+    rows = np.maximum(ends[:, None] - offsets[None, :], starts[:, None])
+    windows = values[rows]
+    if smoothing > 0:
+        for t in range(1, window):
+            windows[:, t] = (1 - smoothing) * windows[:, t] + smoothing * windows[:, t - 1]
+    return windows
+
+
+# ---- the model --------------------------------------------------------------------------------
+
+
+def conformal_quantile(scores: np.ndarray, confidence: float) -> float:
+    """The split-conformal quantile: the ceil((n+1)c)-th smallest score (the largest when n is too small)."""
+    if scores.size == 0:
+        return math.inf
+    ordered = np.sort(scores)
+    rank = math.ceil((ordered.size + 1) * confidence)
+    return float(ordered[min(rank, ordered.size) - 1])
+
+
+@dataclass
+class RulModel:
+    """The trained network(s) and everything a prediction needs besides them."""
+
+    network: keras.Model  # the ensemble as one Keras model: windows -> RUL / rul_cap
+    feature_columns: tuple[str, ...]
+    scaling: FeatureScaling
+    window: int
+    rul_cap: float
+    smoothing: float
+    interval_score: str
+    interval_floor: float
+    calibration_scores: np.ndarray  # nonconformity scores of the calibration predictions
+    confidence: float
+    dropped_columns: tuple[str, ...] = ()
+    attributes: dict[str, str] = field(default_factory=dict)
+    summary: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def uses_conditions(self) -> bool:
+        return len(self.scaling.mean) > 1
+
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        """The columns `predict` reads."""
+        return (UNIT, CYCLE, *((CONDITION,) if self.uses_conditions else ()), *self.feature_columns)
+
+    def half_width_factor(self, confidence: float | None = None) -> float:
+        return conformal_quantile(self.calibration_scores, self.confidence if confidence is None else confidence)
+
+    def interval(self, predicted: np.ndarray, confidence: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(lower, upper) around predictions; lower never below 0."""
+        factor = self.half_width_factor(confidence)
+        half = factor * self._score_scale(predicted)
+        return np.maximum(predicted - half, 0.0), predicted + half
+
+    def _score_scale(self, predicted: np.ndarray) -> np.ndarray:
+        if self.interval_score == "absolute":
+            return np.ones_like(predicted)
+        return np.clip(predicted, 0.0, self.rul_cap) + self.interval_floor * self.rul_cap
+
+    def scores(self, truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+        return np.abs(truth - predicted) / self._score_scale(predicted)
+
+    def predict_windows(self, windows: np.ndarray) -> np.ndarray:
+        """RUL (cycles, >= 0) for a batch of prepared windows; batched, never one call per unit."""
+        if windows.shape[0] == 0:
+            return np.zeros(0)
+        out = [
+            np.asarray(self.network.predict_on_batch(windows[i : i + 4096])).reshape(-1)
+            for i in range(0, windows.shape[0], 4096)
+        ]
+        return np.maximum(np.concatenate(out).astype(np.float64) * self.rul_cap, 0.0)
+
+    def last_windows(self, frame: pl.DataFrame) -> tuple[list[str], np.ndarray]:
+        """Units (in order) and the window ending at each unit's last row."""
+        missing = [c for c in self.input_columns if c not in frame.columns]
+        if missing:
+            raise ValueError(f"the frame lacks columns {missing}; rul_lstm reads {list(self.input_columns)}")
+        recent = frame.with_columns(pl.col(UNIT).cast(pl.String)).sort(UNIT, CYCLE)
+        recent = recent.group_by(UNIT, maintain_order=True).tail(self.window)
+        values = self.scaling.transform(recent, self.feature_columns)
+        starts, ends = _row_layout(recent)
+        units = recent[UNIT].gather(ends).to_list() if ends.size else []
+        return units, window_tensor(values, starts[ends], ends, self.window, self.smoothing)
+
+    def predict(self, frame: pl.DataFrame, confidence: float | None = None) -> pl.DataFrame:
+        """One row per unit (unit, rul, lower, upper) from each unit's last `window` rows."""
+        if frame.is_empty():
+            return pl.DataFrame(schema=PREDICTION_SCHEMA)
+        units, windows = self.last_windows(frame)
+        predicted = self.predict_windows(windows)
+        lower, upper = self.interval(predicted, confidence)
+        return pl.DataFrame({UNIT: units, "rul": predicted, "lower": lower, "upper": upper}, schema=PREDICTION_SCHEMA)
+
+    # -- persistence: the network as a .keras file, the rest as JSON --
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "feature_columns": list(self.feature_columns),
+            "dropped_columns": list(self.dropped_columns),
+            "scaling": {"mean": self.scaling.mean, "std": self.scaling.std},
+            "window": self.window,
+            "rul_cap": self.rul_cap,
+            "smoothing": self.smoothing,
+            "interval_score": self.interval_score,
+            "interval_floor": self.interval_floor,
+            "calibration_scores": [float(s) for s in self.calibration_scores],
+            "confidence": self.confidence,
+            "attributes": self.attributes,
+            "summary": self.summary,
+        }
+
+    def save(self, directory: Path) -> tuple[Path, Path]:
+        directory.mkdir(parents=True, exist_ok=True)
+        network_path, state_path = directory / "network.keras", directory / "rul_model.json"
+        self.network.save(network_path)
+        state_path.write_text(json.dumps(self.state(), indent=1))
+        return network_path, state_path
+
+    @classmethod
+    def load(cls, network_path: Path, state_path: Path) -> RulModel:
+        import keras
+
+        state = json.loads(Path(state_path).read_text())
+        network = keras.models.load_model(network_path, compile=False)
+        return cls(
+            network=network,
+            feature_columns=tuple(state["feature_columns"]),
+            scaling=FeatureScaling(state["scaling"]["mean"], state["scaling"]["std"]),
+            window=int(state["window"]),
+            rul_cap=float(state["rul_cap"]),
+            smoothing=float(state["smoothing"]),
+            interval_score=str(state["interval_score"]),
+            interval_floor=float(state["interval_floor"]),
+            calibration_scores=np.asarray(state["calibration_scores"], dtype=np.float64),
+            confidence=float(state["confidence"]),
+            dropped_columns=tuple(state["dropped_columns"]),
+            attributes=dict(state["attributes"]),
+            summary={k: float(v) for k, v in state["summary"].items()},
+        )
+
+
+# ---- training ---------------------------------------------------------------------------------
+
+
+def _build_member(window: int, n_features: int, params: RulParams) -> keras.Model:
+    import keras
+
+    inputs = keras.Input(shape=(window, n_features), name="windows")
+    x = inputs
+    if params.input_noise > 0:
+        x = keras.layers.GaussianNoise(params.input_noise)(x)
+    if params.conv_filters > 0:
+        x = keras.layers.Conv1D(params.conv_filters, 5, padding="causal", activation="relu")(x)
+    for layer in range(params.lstm_layers):
+        units = max(params.lstm_units // 2**layer, 4)
+        x = keras.layers.LSTM(units, return_sequences=layer < params.lstm_layers - 1, unroll=params.unroll)(x)
+    x = keras.layers.Dropout(params.dropout)(x)
+    x = keras.layers.Dense(params.dense_units, activation="relu")(x)
+    x = keras.layers.Dropout(params.dropout)(x)
+    outputs = keras.layers.Dense(1)(x)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.Adam(params.learning_rate), loss="mse")
+    return model
+
+
+def _ensemble(members: list[keras.Model], window: int, n_features: int) -> keras.Model:
+    """The members as one model (their mean): one file to save, one call per batch to predict."""
+    import keras
+
+    if len(members) == 1:
+        return members[0]
+    inputs = keras.Input(shape=(window, n_features), name="windows")
+    return keras.Model(inputs, keras.layers.Average()([member(inputs) for member in members]), name="rul_ensemble")
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """Training windows of some units, built once and sliced per member."""
+
+    units: np.ndarray  # unit of each window
+    windows: np.ndarray
+    targets: np.ndarray  # capped RUL / cap
+
+
+def _prepare(
+    frame: pl.DataFrame, features: Sequence[str], scaling: FeatureScaling, params: RulParams, cap: float
+) -> _Prepared:
+    ordered = frame.sort(UNIT, CYCLE)
+    values = scaling.transform(ordered, features)
+    starts, _ = _row_layout(ordered)
+    ends = np.arange(ordered.height)
+    windows = window_tensor(values, starts, ends, params.window, params.smoothing)
+    targets = (np.minimum(ordered[RUL].to_numpy(), cap) / cap).astype(np.float32)
+    return _Prepared(ordered[UNIT].to_numpy(), windows, targets)
+
+
+def _epoch_reporter(member: int, members: int, cap: float, progress: Callable[[str], None] | None) -> Any:
+    """A Keras callback: progress per epoch, and the member's losses (in cycles) to an active MLflow run."""
+    import keras
+    import mlflow
+
+    logging_to_mlflow = mlflow.active_run() is not None
+
+    class EpochReporter(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            logs = logs or {}
+            fit_rmse = math.sqrt(logs.get("loss", math.nan)) * cap
+            monitor_rmse = math.sqrt(logs.get("val_loss", math.nan)) * cap
+            if progress is not None:
+                progress(
+                    f"member {member + 1}/{members} epoch {epoch + 1}: fit RMSE {fit_rmse:.2f}, "
+                    f"monitor RMSE {monitor_rmse:.2f} cycles"
+                )
+            if logging_to_mlflow:
+                mlflow.log_metrics(
+                    {f"member{member + 1}_fit_rmse": fit_rmse, f"member{member + 1}_monitor_rmse": monitor_rmse},
+                    step=epoch,
+                )
+
+    return EpochReporter()
+
+
+def _cosine_schedule(params: RulParams) -> Callable[[int, float], float]:
+    """Learning rate per epoch: cosine from the initial rate down to 1 % of it at the last epoch."""
+
+    def rate(epoch: int, _current: float) -> float:
+        progress = epoch / max(params.max_epochs - 1, 1)
+        return params.learning_rate * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    return rate
+
+
+def fit(train: RulDataset, params: RulParams, progress: Callable[[str], None] | None = None) -> RulModel:
+    """Train the ensemble on most of `train`'s units and calibrate its interval on the rest.
+
+    Units split three ways, all by unit so no engine leaks across: calibration units are never
+    fitted (split conformal); each member keeps its own `monitor_fraction` of the fitting units
+    for early stopping, which also makes the members differ beyond their seeds.
+    """
+    import keras
+
+    check_params(params)
+    started = time.perf_counter()
+    say = progress or (lambda _message: None)
+    cap = params.rul_cap or train.rul_cap
+    fitting, calibration = split_units(train, params.calibration_fraction, params.seed)
+    scaling = FeatureScaling.fit(fitting.frame, train.feature_columns)
+    keep = scaling.informative()
+    features = tuple(c for c, kept in zip(train.feature_columns, keep, strict=True) if kept)
+    dropped = tuple(c for c, kept in zip(train.feature_columns, keep, strict=True) if not kept)
+    scaling = scaling.select(keep)
+    say(
+        f"{fitting.n_units} units to fit, {calibration.n_units} to calibrate; {len(features)} features "
+        f"(constant, dropped: {', '.join(dropped) or 'none'})"
+    )
+    prepared = _prepare(fitting.frame, features, scaling, params, cap)
+    fit_units = np.unique(prepared.units)
+    members: list[keras.Model] = []
+    epochs: list[int] = []
+    for member in range(params.ensemble_size):
+        keras.utils.set_random_seed(params.seed + 1000 * member)
+        order = np.random.default_rng([params.seed, member]).permutation(fit_units.size)
+        n_monitor = min(max(1, round(params.monitor_fraction * fit_units.size)), fit_units.size - 1)
+        network = _build_member(params.window, len(features), params)
+        reporter = _epoch_reporter(member, params.ensemble_size, cap, progress)
+        if params.monitor_fraction > 0:
+            monitored = np.isin(prepared.units, fit_units[order[:n_monitor]])
+            validation = (prepared.windows[monitored], prepared.targets[monitored])
+            callbacks = [
+                keras.callbacks.EarlyStopping(patience=params.patience, restore_best_weights=True),
+                keras.callbacks.ReduceLROnPlateau(factor=0.5, patience=max(params.patience // 2, 1), min_lr=1e-5),
+                reporter,
+            ]
+        else:  # every fitting unit trains; a fixed cosine schedule instead of a noisy early stop
+            monitored = np.zeros(prepared.units.size, dtype=bool)
+            validation = None
+            callbacks = [keras.callbacks.LearningRateScheduler(_cosine_schedule(params)), reporter]
+        history = network.fit(
+            prepared.windows[~monitored],
+            prepared.targets[~monitored],
+            validation_data=validation,
+            batch_size=params.batch_size,
+            epochs=params.max_epochs,
+            shuffle=True,
+            verbose=0,
+            callbacks=callbacks,
+        )
+        members.append(network)
+        epochs.append(len(history.history["loss"]))
+    model = RulModel(
+        network=_ensemble(members, params.window, len(features)),
+        feature_columns=features,
+        scaling=scaling,
+        window=params.window,
+        rul_cap=cap,
+        smoothing=params.smoothing,
+        interval_score=params.interval_score,
+        interval_floor=params.interval_floor,
+        calibration_scores=np.zeros(0),
+        confidence=params.confidence,
+        dropped_columns=dropped,
+        attributes=dict(train.attributes),
+    )
+    truth, predicted = every_cut_truth_and_prediction(model, calibration.frame, train.rul_cap)
+    model.calibration_scores = np.sort(model.scores(truth, predicted))
+    model.summary = {
+        "train_seconds": time.perf_counter() - started,
+        "fit_units": float(fitting.n_units),
+        "calibration_units": float(calibration.n_units),
+        "calibration_samples": float(truth.size),
+        "calibration_rmse": float(np.sqrt(np.mean((truth - predicted) ** 2))) if truth.size else math.nan,
+        "epochs_mean": float(np.mean(epochs)),
+        "training_windows": float(prepared.windows.shape[0]),
+    }
+    say(
+        f"calibrated on {truth.size} cuts of {calibration.n_units} units: "
+        f"RMSE {model.summary['calibration_rmse']:.2f}; trained in {model.summary['train_seconds']:.0f} s"
+    )
+    return model
+
+
+def every_cut_truth_and_prediction(
+    model: RulModel, frame: pl.DataFrame, rul_cap: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """True RUL and prediction at every row where a test-like cut may fall (`eligible_cut_rows`).
+
+    What calibration uses: every cut the test split could make of these units, instead of a few
+    random ones, so the scores carry no sampling noise of the cuts themselves.
+    """
+    ordered = frame.with_columns(pl.col(UNIT).cast(pl.String)).sort(UNIT, CYCLE)
+    values = model.scaling.transform(ordered, model.feature_columns)
+    starts, lasts = _row_layout(ordered)
+    rul = ordered[RUL].to_numpy().astype(np.float64)
+    firsts = np.concatenate([[0], lasts[:-1] + 1]) if lasts.size else lasts
+    ends = np.concatenate(
+        [first + eligible_cut_rows(rul[first : last + 1], rul_cap) for first, last in zip(firsts, lasts, strict=True)]
+        or [np.zeros(0, dtype=np.int64)]
+    ).astype(np.int64)
+    windows = window_tensor(values, starts[ends], ends, model.window, model.smoothing)
+    return rul[ends], model.predict_windows(windows)
+
+
+def last_cycle_truth_and_prediction(model: RulModel, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """True RUL at each unit's last row, and the model's prediction there (same unit order)."""
+    units, windows = model.last_windows(frame)
+    truth_by_unit = dict(
+        frame.with_columns(pl.col(UNIT).cast(pl.String))
+        .sort(UNIT, CYCLE)
+        .group_by(UNIT, maintain_order=True)
+        .agg(pl.col(RUL).last())
+        .iter_rows()
+    )
+    truth = np.array([truth_by_unit[u] for u in units], dtype=np.float64)
+    return truth, model.predict_windows(windows)
+
+
+def phm08_score(truth: np.ndarray, predicted: np.ndarray) -> float:
+    """The PHM08 challenge score: late predictions cost more than early ones (lower is better)."""
+    d = predicted - truth
+    return float(np.sum(np.where(d < 0, np.exp(-d / 13.0) - 1.0, np.exp(d / 10.0) - 1.0)))
+
+
+def evaluate(model: RulModel, validation: RulDataset, confidence: float | None = None) -> dict[str, float]:
+    """Metrics at each unit's last row against its true RUL (as given, not capped).
+
+    `rmse_capped` also caps the truth at the model's cap, the convention of part of the
+    C-MAPSS literature; `coverage` and `mean_interval_width` are at `confidence` (default: the
+    model's).
+    """
+    truth, predicted = last_cycle_truth_and_prediction(model, validation.frame)
+    if truth.size == 0:
+        raise ValueError(f"{validation.name} has no units to evaluate")
+    lower, upper = model.interval(predicted, confidence)
+    errors = predicted - truth
+    return {
+        "rmse": float(np.sqrt(np.mean(errors**2))),
+        "mae": float(np.mean(np.abs(errors))),
+        "rmse_capped": float(np.sqrt(np.mean((predicted - np.minimum(truth, model.rul_cap)) ** 2))),
+        "phm08_score": phm08_score(truth, predicted),
+        "coverage": float(np.mean((truth >= lower) & (truth <= upper))),
+        "mean_interval_width": float(np.mean(upper - lower)),
+        "confidence": float(model.confidence if confidence is None else confidence),
+        "n_engines": float(truth.size),
+    }
+
+
+# ---- MLflow -----------------------------------------------------------------------------------
+
+
+class RulPyfunc(mlflow.pyfunc.PythonModel):
+    """The MLflow face of a RulModel: a long frame in, one row per unit (unit, rul, lower, upper) out."""
+
+    def __init__(self) -> None:
+        self.rul_model: RulModel | None = None
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        self.rul_model = RulModel.load(Path(context.artifacts["network"]), Path(context.artifacts["state"]))
+
+    def predict(
+        self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        if self.rul_model is None:
+            raise RuntimeError("the RUL model was not loaded (load_context did not run)")
+        confidence = (params or {}).get("confidence")
+        frame = pl.from_pandas(model_input)
+        return self.rul_model.predict(frame, None if confidence is None else float(confidence)).to_pandas()
+
+
+def input_example(model: RulModel, frame: pl.DataFrame) -> pl.DataFrame:
+    """A small input: the last `window` rows of the first unit, only the columns the model reads."""
+    first = frame.sort(UNIT, CYCLE)[UNIT][0]
+    rows = frame.filter(pl.col(UNIT) == first).sort(CYCLE).tail(model.window)
+    return rows.select(
+        pl.col(UNIT).cast(pl.String),
+        pl.col(CYCLE).cast(pl.Int64),
+        *((pl.col(CONDITION).cast(pl.String),) if model.uses_conditions else ()),
+        *(pl.col(c).cast(pl.Float64) for c in model.feature_columns),
+    )
+
+
+def _example_rows(model: RulModel) -> pl.DataFrame:
+    """Synthetic rows at the training means (the model keeps no training data): `window` rows of one unit."""
+    condition = next((k for k in model.scaling.mean if k), "")
+    means = model.scaling.mean[condition]
+    return pl.DataFrame(
+        {
+            UNIT: ["unit-1"] * model.window,
+            CYCLE: list(range(1, model.window + 1)),
+            **({CONDITION: [condition] * model.window} if model.uses_conditions else {}),
+            **{c: [float(m)] * model.window for c, m in zip(model.feature_columns, means, strict=True)},
+        },
+        schema={
+            UNIT: pl.String(),
+            CYCLE: pl.Int64(),
+            **({CONDITION: pl.String()} if model.uses_conditions else {}),
+            **dict.fromkeys(model.feature_columns, pl.Float64()),
+        },
+    )
+
+
+def log_model(model: RulModel, *, registered_name: str, example: pl.DataFrame | None = None) -> str:
+    """Log `model` into the active MLflow run as a pyfunc and register it; the new version.
+
+    The network travels as a .keras artifact and the rest as JSON; `load_model` puts them back
+    together. The signature has a `confidence` parameter, so a pyfunc caller may ask for another
+    interval too.
+    """
+    from mlflow.models import infer_signature
+
+    rows = input_example(model, example) if example is not None else _example_rows(model)
+    output = model.predict(rows)
+    signature = infer_signature(rows.to_pandas(), output.to_pandas(), params={"confidence": model.confidence})
+    with tempfile.TemporaryDirectory(prefix="rul-model-") as tmp:
+        network_path, state_path = model.save(Path(tmp))
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=RulPyfunc(),
+            artifacts={"network": str(network_path), "state": str(state_path)},
+            signature=signature,
+            input_example=rows.to_pandas(),
+            pip_requirements=pinned_requirements("tensorflow-cpu", "keras", "polars", "numpy", "pandas", "mlflow"),
+            registered_model_name=registered_name,
+        )
+    if info.registered_model_version is None:
+        raise RuntimeError(f"MLflow did not register a version of {registered_name}")
+    return str(info.registered_model_version)
+
+
+def load_model(model_uri: str) -> RulModel:
+    """The RulModel behind `model_uri` (models:/NAME/3, models:/NAME@champion, runs:/...)."""
+    wrapper = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    if not isinstance(wrapper, RulPyfunc) or wrapper.rul_model is None:
+        raise TypeError(f"{model_uri} is not a {MODEL_NAME} model")
+    return wrapper.rul_model
+
+
+# ---- C-MAPSS benchmark ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CmapssSplitFiles:
+    train_file: Path
+    test_file: Path
+    rul_file: Path
+    held_out_engines: int
+    test_engines: int
+
+
+def write_cmapss_dev_split(
+    train_file: Path, out_dir: Path, *, held_out_fraction: float = 0.2, seed: int = 0, cuts_per_engine: int = 1
+) -> CmapssSplitFiles:
+    """A development stand-in for the held-out official test split, written in NASA's layout.
+
+    A seeded `held_out_fraction` of the training engines is removed from the training file; each
+    is cut at random cycles (`cut_at_random_cycles`) `cuts_per_engine` times, and the cut copies,
+    numbered 1.., form the test file with their true RUL in the RUL file.
+    """
+    raw = read_cmapss_file(train_file)
+    stem = Path(train_file).stem.replace("train_", "")
+    engines = raw["unit"].unique().sort().to_list()
+    order = np.random.default_rng(seed).permutation(len(engines))
+    n_held = min(max(1, round(held_out_fraction * len(engines))), len(engines) - 1)
+    held = sorted(engines[i] for i in order[:n_held])
+    with_rul = raw.filter(pl.col("unit").is_in(held)).with_columns(
+        pl.col("unit").cast(pl.String),
+        (pl.col("cycle").max().over("unit") - pl.col("cycle")).cast(pl.Float64).alias(RUL),
+    )
+    cut = cut_at_random_cycles(with_rul, rul_cap=CMAPSS_RUL_CAP, seed=seed + 1, cuts_per_unit=cuts_per_engine)
+    # Number the cut copies 1..n in the order they were cut (engine, then cut).
+    numbering = cut.select(UNIT).unique(maintain_order=True).with_row_index("_number", offset=1)
+    cut = cut.join(numbering, on=UNIT).with_columns(pl.col("_number").cast(pl.Int64).alias("unit"))
+    truth = cut.group_by("unit").agg(pl.col(RUL).last()).sort("unit")[RUL].to_list()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return CmapssSplitFiles(
+        train_file=write_cmapss_file(raw.filter(~pl.col("unit").is_in(held)), out_dir / f"train_{stem}.txt"),
+        test_file=write_cmapss_file(cut, out_dir / f"test_{stem}.txt"),
+        rul_file=write_rul_file(truth, out_dir / f"RUL_{stem}.txt"),
+        held_out_engines=len(held),
+        test_engines=len(truth),
+    )
+
+
+def benchmark_cmapss(
+    train_file: Path,
+    test_file: Path,
+    rul_file: Path,
+    params: RulParams,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, float]:
+    """Train on a C-MAPSS training file, score every test engine at its last cycle against the RUL file.
+
+    Keys: rmse, phm08_score, coverage, mean_interval_width, n_engines, train_seconds (and mae,
+    rmse_capped, calibration figures). RMSE is against the RUL file's values as they are.
+    """
+    train = cmapss_dataset(train_file)
+    started = time.perf_counter()
+    model = fit(train, params, progress)
+    train_seconds = time.perf_counter() - started
+    metrics = evaluate(model, cmapss_test_dataset(test_file, rul_file))
+    return {
+        **metrics,
+        "train_seconds": train_seconds,
+        "epochs_mean": model.summary["epochs_mean"],
+        "calibration_samples": model.summary["calibration_samples"],
+        "calibration_rmse": model.summary["calibration_rmse"],
+    }
+
+
+# ---- robots: run-to-failure histories from the simulator, and live rows -----------------------
+
+ROBOT_ROW_SCHEMA: dict[str, pl.DataType] = {
+    "asset_id": pl.String(),
+    "ts": pl.Datetime("us", "UTC"),
+    "cycle_count": pl.Int64(),
+    "temperature": pl.Float64(),
+    "motor_current": pl.Float64(),
+    "health_score": pl.Float64(),
+    "vibration_rms": pl.Float64(),
+    "vibration_kurtosis": pl.Float64(),
+    "vibration_bpfo": pl.Float64(),
+    "vibration_bpfi": pl.Float64(),
+    "vibration_bsf": pl.Float64(),
+    "vibration_ftf": pl.Float64(),
+    "true_rul_cycles": pl.Float64(),
+}
+"""RobotTelemetry flattened, as the prediction asset collects it from windows (and as the generator writes it)."""
+
+ROBOT_BAND_COLUMNS: tuple[str, ...] = ("vibration_bpfo", "vibration_bpfi", "vibration_bsf", "vibration_ftf")
+ROBOT_FEATURE_COLUMNS: tuple[str, ...] = (
+    "temperature",
+    "motor_current",
+    "vibration_rms",
+    "vibration_kurtosis",
+    *(f"{c}_log10" for c in ROBOT_BAND_COLUMNS),
+)
+"""What the model sees of a robot. Not health_score: only the simulator sends it, and it is the
+simulator's own wear state; not cycle_count: it runs on across bearing replacements."""
+
+ROBOT_CYCLES_PER_STEP = 10  # one model time step per this many robot cycles (20 s at full speed)
+ROBOT_RUL_CAP = 1000.0  # cycles; bearings live 1500-4000 cycles (a third of that with a bearing fault)
+ROBOT_REPLACEMENT_HEALTH_JUMP = 20.0  # health_score rising this much between readings: a new bearing
+ROBOT_BAND_FLOOR = 1e-12  # g^2; band energies are logged, and a silent band is not minus infinity
+
+
+def robot_run_to_failure_rows(
+    n_robots: int,
+    seed: int,
+    *,
+    cycles_per_step: float = ROBOT_CYCLES_PER_STEP,
+    lives_per_robot: int = 1,
+    fault_share: float = 0.25,
+    start: datetime = datetime(2026, 1, 1, tzinfo=UTC),
+) -> pl.DataFrame:
+    """Readings (ROBOT_ROW_SCHEMA) of simulated robots whose bearings run to failure, no MQTT.
+
+    Each robot is the simulator's `RobotModel`, stepped by `cycles_per_step` cycles at a time
+    until `lives_per_robot` bearings have failed; the first bearing starts part-way through its
+    life, as in the simulator. A seeded `fault_share` of the robots carries a bearing fault (3x
+    faster wear). Deterministic for a seed.
+    """
+    from factory_pipelines.simulator import ROBOT_FAULTS, RobotModel, robot_asset_id
+
+    fault_rng = np.random.default_rng([seed, 99])
+    dt = cycles_per_step / RobotModel.CYCLES_PER_S
+    records: list[dict[str, Any]] = []
+    for number in range(1, n_robots + 1):
+        fault = str(fault_rng.choice(ROBOT_FAULTS)) if fault_rng.random() < fault_share else None
+        asset_id = robot_asset_id(number)
+        robot = RobotModel(asset_id, np.random.default_rng([seed, 1, number]), fault)
+        ts = start
+        while robot.replacements < lives_per_robot:
+            values = robot.step(dt)
+            ts += timedelta(seconds=dt)
+            if robot.replacements >= lives_per_robot:
+                break  # the reading after the last failure belongs to a bearing we do not follow
+            vibration = values["vibration"]
+            records.append(
+                {
+                    "asset_id": asset_id,
+                    "ts": ts,
+                    "cycle_count": values["cycle_count"],
+                    "temperature": values["temperature"],
+                    "motor_current": values["motor_current"],
+                    "health_score": values["health_score"],
+                    **{
+                        f"vibration_{k}": getattr(vibration, k)
+                        for k in ("rms", "kurtosis", "bpfo", "bpfi", "bsf", "ftf")
+                    },
+                    "true_rul_cycles": values["true_rul_cycles"],
+                }
+            )
+    return pl.DataFrame(records, schema=ROBOT_ROW_SCHEMA)
+
+
+def robot_sequences_from_rows(
+    rows: pl.DataFrame, *, cycles_per_step: float = ROBOT_CYCLES_PER_STEP, latest_life_only: bool = False
+) -> pl.DataFrame:
+    """Robot readings as the model's long frame: one row per robot bearing life per step of cycles.
+
+    A unit is one bearing life (`asset_id/life-n`); a new life starts where health_score jumps
+    up or true_rul_cycles rises (a replacement). Readings are binned by `cycle_count` into
+    steps of `cycles_per_step` cycles and the last reading of each step kept, so live telemetry
+    at any rate looks like the training history (one reading per step). Band energies enter as
+    log10. Rows without asset_id or cycle_count cannot be placed and are dropped.
+    """
+    present = rows.select(
+        [pl.col(c).cast(t) if c in rows.columns else pl.lit(None, t).alias(c) for c, t in ROBOT_ROW_SCHEMA.items()]
+    )
+    present = present.filter(pl.col("asset_id").is_not_null() & pl.col("cycle_count").is_not_null())
+    ordered = present.sort("asset_id", "ts", "cycle_count", nulls_last=True)
+    new_life = (pl.col("health_score").diff() > ROBOT_REPLACEMENT_HEALTH_JUMP).fill_null(False) | (
+        pl.col("true_rul_cycles").diff() > 0
+    ).fill_null(False)
+    ordered = ordered.with_columns(new_life.cum_sum().over("asset_id").alias("_life"))
+    if latest_life_only:
+        ordered = ordered.filter(pl.col("_life") == pl.col("_life").max().over("asset_id"))
+    step = (pl.col("cycle_count") // cycles_per_step).cast(pl.Int64)
+    binned = ordered.with_columns(step.alias(CYCLE)).group_by("asset_id", "_life", CYCLE, maintain_order=True).last()
+    return binned.select(
+        (pl.format("{}/life-{}", "asset_id", "_life") if not latest_life_only else pl.col("asset_id")).alias(UNIT),
+        pl.col(CYCLE),
+        pl.col("temperature"),
+        pl.col("motor_current"),
+        pl.col("vibration_rms"),
+        pl.col("vibration_kurtosis"),
+        *(pl.col(c).clip(lower_bound=ROBOT_BAND_FLOOR).log10().alias(f"{c}_log10") for c in ROBOT_BAND_COLUMNS),
+        pl.col("true_rul_cycles").alias(RUL),
+    ).sort(UNIT, CYCLE)
+
+
+def robot_run_to_failure_history(
+    n_robots: int,
+    seed: int,
+    *,
+    cycles_per_step: float = ROBOT_CYCLES_PER_STEP,
+    lives_per_robot: int = 1,
+    fault_share: float = 0.25,
+) -> pl.DataFrame:
+    """Simulated run-to-failure histories in the model's long frame (unit, cycle, features, rul)."""
+    rows = robot_run_to_failure_rows(
+        n_robots, seed, cycles_per_step=cycles_per_step, lives_per_robot=lives_per_robot, fault_share=fault_share
+    )
+    return robot_sequences_from_rows(rows, cycles_per_step=cycles_per_step)
+
+
+def robot_dataset(
+    n_robots: int,
+    seed: int,
+    *,
+    cycles_per_step: float = ROBOT_CYCLES_PER_STEP,
+    lives_per_robot: int = 1,
+    fault_share: float = 0.25,
+) -> RulDataset:
+    """`robot_run_to_failure_history` as a dataset (cap ROBOT_RUL_CAP); the step size travels into the model."""
+    frame = robot_run_to_failure_history(
+        n_robots, seed, cycles_per_step=cycles_per_step, lives_per_robot=lives_per_robot, fault_share=fault_share
+    )
+    return RulDataset(
+        frame=frame,
+        feature_columns=ROBOT_FEATURE_COLUMNS,
+        rul_cap=ROBOT_RUL_CAP,
+        name=f"robots-{n_robots}x{lives_per_robot}-seed{seed}",
+        source_uri=(
+            f"simulator:RobotModel?robots={n_robots}&lives={lives_per_robot}&seed={seed}"
+            f"&cycles_per_step={cycles_per_step:g}&fault_share={fault_share:g}"
+        ),
+        attributes={"source": "robots", "cycles_per_step": f"{cycles_per_step:g}"},
+    )
+
+
+def predict_robot_rul(model: RulModel, rows: pl.DataFrame, confidence: float | None = None) -> pl.DataFrame:
+    """Per robot: RUL (cycles) with its interval from its current bearing's most recent `window` steps.
+
+    `rows` are RobotTelemetry readings (ROBOT_ROW_SCHEMA columns; true_rul_cycles may be null).
+    Columns: asset_id, rul, lower, upper, confidence, steps (how many steps of history the
+    prediction saw; fewer than the window means the rest was padded).
+    """
+    cycles_per_step = float(model.attributes.get("cycles_per_step", ROBOT_CYCLES_PER_STEP))
+    sequences = robot_sequences_from_rows(rows, cycles_per_step=cycles_per_step, latest_life_only=True)
+    predictions = model.predict(sequences, confidence)
+    steps = sequences.group_by(UNIT).len("steps").with_columns(pl.col("steps").clip(upper_bound=model.window))
+    return (
+        predictions.join(steps, on=UNIT, how="left")
+        .rename({UNIT: "asset_id"})
+        .with_columns(
+            pl.lit(model.confidence if confidence is None else confidence).alias("confidence"),
+            pl.col("steps").cast(pl.Int64),
+        )
+        .select("asset_id", "rul", "lower", "upper", "confidence", "steps")
+    )

@@ -1,0 +1,226 @@
+"""The `ppe_vision` model: the YOLO folder reader (real data), the synthetic generator, and a tiny
+network trained on generated frames that must beat trivial baselines on held-out generated frames
+and survive a round trip through a real MLflow registry."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import polars as pl
+import pytest
+
+from factory_pipelines import ppe_images as pi
+from factory_pipelines import ppe_model as pm
+from factory_pipelines.model_registry import ensure_experiment, set_alias, use_tracking_uri
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+PPE_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ppe"
+# Small enough to train in seconds, big enough to learn hats and vests from 128 px frames.
+TINY_PARAMS = pm.PpeParams(
+    image_size=128,
+    crop_size=96,
+    zoom_min=0.9,
+    zoom_max=1.2,
+    base_filters=8,
+    epochs=12,
+    batch_size=16,
+    learning_rate=4e-3,
+    calibration_fraction=0.25,
+    seed=3,
+)
+
+
+def ppe_folder(name: str) -> Path:
+    folder = PPE_DATA / name
+    if not (folder / "images").is_dir():
+        raise FileNotFoundError(f"{folder} is missing: the PPE tests read the shared data set (see data/README.md)")
+    return folder
+
+
+# ---- reading labelled folders -----------------------------------------------------------------
+
+
+def test_reader_takes_the_real_yolo_layout() -> None:
+    valid = pi.read_yolo_folder(ppe_folder("valid"))
+
+    assert dict(valid.frames.schema) == pi.FRAME_SCHEMA and dict(valid.boxes.schema) == pi.BOX_SCHEMA
+    assert valid.n_frames == len(list((ppe_folder("valid") / "images").glob("*.jpg")))
+    assert set(valid.boxes["class_id"].unique()) <= set(range(10))
+    # the frame verdict is exactly "holds a NO-Hardhat or NO-Safety Vest box"
+    violating = valid.boxes.filter(pl.col("class_id").is_in([pi.PpeClass.NO_HARDHAT, pi.PpeClass.NO_SAFETY_VEST]))
+    flagged = set(valid.frames.filter(pl.col("violation"))["frame_id"])
+    assert flagged == set(violating["frame_id"]) and 0 < len(flagged) < valid.n_frames
+    boxes = valid.boxes_by_frame()
+    assert len(boxes) == valid.n_frames and sum(len(b) for b in boxes) == valid.boxes.height
+
+
+def test_dataset_root_reads_its_split_folders_once() -> None:
+    root = ppe_folder("valid").parent
+    assert [f.name for f in pi.dataset_folders(root)] == ["train_subset", "valid"]
+    assert pi.dataset_folders(ppe_folder("valid")) == [ppe_folder("valid")]
+    twice = pi.read_yolo_folders([ppe_folder("valid"), ppe_folder("valid")])
+    once = pi.read_yolo_folder(ppe_folder("valid"))
+    assert twice.n_frames == once.n_frames and twice.boxes.height == once.boxes.height
+
+
+def test_split_is_seeded_disjoint_and_stratified() -> None:
+    data = pi.read_yolo_folder(ppe_folder("valid"))
+    train, validation = pm.split_frames(data, 0.25, seed=5)
+    again_train, _ = pm.split_frames(data, 0.25, seed=5)
+    other_train, _ = pm.split_frames(data, 0.25, seed=6)
+
+    assert train.frames["frame_id"].to_list() == again_train.frames["frame_id"].to_list()
+    assert train.frames["frame_id"].to_list() != other_train.frames["frame_id"].to_list()
+    assert set(train.frames["frame_id"]).isdisjoint(validation.frames["frame_id"])
+    assert train.n_frames + validation.n_frames == data.n_frames
+    assert set(validation.boxes["frame_id"]) <= set(validation.frames["frame_id"])
+    share = float(data.frames["violation"].mean())  # type: ignore[arg-type]
+    assert float(validation.frames["violation"].mean()) == pytest.approx(share, abs=0.05)  # type: ignore[arg-type]
+
+
+def test_target_maps_paint_boxes_and_keep_tiny_ones() -> None:
+    boxes = np.array(
+        [
+            [pi.PpeClass.NO_SAFETY_VEST, 0.5, 0.5, 0.5, 0.5],
+            [pi.PpeClass.HARDHAT, 0.1, 0.1, 0.01, 0.01],
+            [8, 0.5, 0.5, 1, 1],
+        ],
+        np.float32,
+    )
+    maps = pm.target_maps(boxes, 16)
+    painted = maps[:, :, pm.CHANNEL[pi.PpeClass.NO_SAFETY_VEST]]
+    assert painted[8, 8] == 1 and painted[0, 0] == 0 and 16 <= painted.sum() <= 64
+    assert maps[:, :, pm.CHANNEL[pi.PpeClass.HARDHAT]].sum() == 1  # a box smaller than a cell still counts
+    assert maps[:, :, pm.CHANNEL[pi.PpeClass.PERSON]].sum() == 0  # machinery paints nothing
+
+
+# ---- the synthetic generator --------------------------------------------------------------------
+
+
+def test_synthetic_folder_is_deterministic_and_reads_back(tmp_path: Path) -> None:
+    first = pi.read_yolo_folder(pi.write_synthetic_folder(tmp_path / "a", 12, seed=4, size=96))
+    second_dir = pi.write_synthetic_folder(tmp_path / "b", 12, seed=4, size=96)
+    for name in ("images", "labels"):
+        assert [p.read_bytes() for p in sorted((tmp_path / "a" / name).iterdir())] == [
+            p.read_bytes() for p in sorted((second_dir / name).iterdir())
+        ]
+    rng = np.random.default_rng(4)
+    drawn = [pi.draw_synthetic_frame(rng, 96) for _ in range(12)]
+    assert first.frames["violation"].to_list() == [frame.violation for frame in drawn]
+    assert first.boxes.height == sum(len(frame.boxes) for frame in drawn)
+    assert set(first.boxes["class_id"].unique()) <= {0, 2, 4, 5, 6, 7}
+
+
+def test_synthetic_frames_mix_compliant_violating_and_empty() -> None:
+    rng = np.random.default_rng(0)
+    frames = [pi.draw_synthetic_frame(rng, 64) for _ in range(200)]
+    people = [sum(box.class_id == pi.PpeClass.PERSON for box in frame.boxes) for frame in frames]
+    violations = sum(frame.violation for frame in frames)
+    assert 0.1 < people.count(0) / 200 < 0.35
+    assert 0.4 < violations / 200 < 0.8
+    assert all(frame.image.shape == (64, 64, 3) and frame.image.dtype == np.uint8 for frame in frames)
+
+
+def test_camera_frame_is_a_small_deterministic_jpeg() -> None:
+    frame = pi.synthetic_camera_frame(seed=11, width=128)
+    assert frame.jpeg == pi.synthetic_camera_frame(seed=11, width=128).jpeg
+    assert frame.jpeg[:2] == b"\xff\xd8" and 1_000 < len(frame.jpeg) < 10_000
+    assert pi.decode_image(frame.jpeg).shape == (128, 128, 3)
+    assert frame.violation == (frame.no_hardhat or frame.no_vest)
+
+
+# ---- a tiny model on generated frames -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def synthetic_sets(tmp_path_factory: pytest.TempPathFactory) -> tuple[pi.LabelledFrames, pi.LabelledFrames]:
+    root = tmp_path_factory.mktemp("ppe-synthetic")
+    train = pm.load_frames(pi.write_synthetic_folder(root / "train", 240, seed=1, size=128))
+    held_out = pm.load_frames(pi.write_synthetic_folder(root / "held_out", 100, seed=2, size=128))
+    return train, held_out
+
+
+@pytest.fixture(scope="module")
+def tiny_model(synthetic_sets: tuple[pi.LabelledFrames, pi.LabelledFrames]) -> pm.PpeModel:
+    messages: list[str] = []
+    model = pm.fit(synthetic_sets[0], TINY_PARAMS, progress=messages.append)
+    assert sum(m.startswith("epoch ") for m in messages) == TINY_PARAMS.epochs
+    return model
+
+
+def test_tiny_model_beats_trivial_baselines_on_held_out_frames(
+    tiny_model: pm.PpeModel, synthetic_sets: tuple[pi.LabelledFrames, pi.LabelledFrames]
+) -> None:
+    held_out = synthetic_sets[1]
+    metrics = tiny_model.calibration | pm.evaluate(tiny_model, held_out)
+    truth = held_out.frames["violation"].to_numpy()
+
+    every_frame = pm.violation_metrics(np.ones_like(truth), truth)["f1"]  # call every frame a violation
+    assert metrics[pm.PRIMARY_METRIC] > every_frame + 0.03, metrics
+    crops = held_out.boxes.filter(pl.col("class_id").is_in([int(c) for c in pm.CROP_CLASSES]))
+    majority = crops["class_id"].value_counts()["count"].max() / crops.height
+    assert metrics["crop_accuracy"] > majority + 0.15, metrics
+    assert metrics["n_frames"] == held_out.n_frames and metrics["n_crops"] == crops.height
+    assert {"precision", "recall", "f1", "crop_accuracy", "n_frames"} <= metrics.keys()
+
+
+def test_predict_frames_takes_arrays_and_jpegs_and_gives_regions(tiny_model: pm.PpeModel) -> None:
+    camera = [pi.synthetic_camera_frame(seed) for seed in range(6)]
+    from_jpeg = tiny_model.predict_frames([frame.jpeg for frame in camera])
+    from_array = tiny_model.predict_frames([pi.decode_image(frame.jpeg) for frame in camera])
+
+    assert [v.violation_probability for v in from_jpeg] == pytest.approx([v.violation_probability for v in from_array])
+    for verdict in from_jpeg:
+        assert verdict.violation == (verdict.violation_probability >= tiny_model.threshold)
+        assert verdict.violation_probability == max(verdict.no_hardhat_probability, verdict.no_vest_probability)
+        for region in verdict.regions:
+            x0, y0, x1, y1 = region.box
+            assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+            assert region.hardhat in {pm.WORN, pm.MISSING, pm.UNKNOWN} and region.vest in {
+                pm.WORN,
+                pm.MISSING,
+                pm.UNKNOWN,
+            }
+    # frames with people get person regions more often than empty ones
+    with_people = [v for v, f in zip(from_jpeg, camera, strict=True) if any(b.class_id == 5 for b in f.boxes)]
+    assert with_people and any(v.regions for v in with_people)
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path) -> Iterator[str]:
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    use_tracking_uri(tracking_uri)
+    ensure_experiment(tracking_uri, pm.MODEL_NAME, tmp_path / "artifacts")
+    yield tracking_uri
+    mlflow.set_tracking_uri(None)
+
+
+def test_log_and_load_round_trip_through_mlflow(
+    tiny_model: pm.PpeModel, synthetic_sets: tuple[pi.LabelledFrames, pi.LabelledFrames], mlflow_store: str
+) -> None:
+    experiment = mlflow.get_experiment_by_name(pm.MODEL_NAME)
+    assert experiment is not None
+    with mlflow.start_run(experiment_id=experiment.experiment_id):
+        version = pm.log_model(tiny_model, registered_name="ppe_vision_test")
+    set_alias(mlflow_store, "ppe_vision_test", version, promoted_by="test", reason="round trip")
+
+    held_out = synthetic_sets[1]
+    expected = tiny_model.frame_scores(held_out)
+    for uri in (f"models:/ppe_vision_test/{version}", "models:/ppe_vision_test@champion"):
+        loaded = pm.load_model(uri)
+        assert isinstance(loaded, pm.PpeModel)
+        assert loaded.params == tiny_model.params and loaded.threshold == tiny_model.threshold
+        np.testing.assert_allclose(loaded.frame_scores(held_out), expected, rtol=1e-5, atol=1e-6)
+        assert pm.evaluate(loaded, held_out)["f1"] == pytest.approx(pm.evaluate(tiny_model, held_out)["f1"])
+
+    # the generic pyfunc view: signature, input example, one verdict row per frame
+    pyfunc = mlflow.pyfunc.load_model(f"models:/ppe_vision_test/{version}")
+    assert pyfunc.metadata.get_input_schema().input_names() == ["image"]
+    rows = pyfunc.predict(pm.example_input())
+    assert list(rows.columns) == list(pm.PYFUNC_OUTPUT_COLUMNS) and len(rows) == 1
+    assert bool(rows["violation"][0]) == (rows["violation_probability"][0] >= tiny_model.threshold)

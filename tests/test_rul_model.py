@@ -1,0 +1,226 @@
+"""rul_lstm on a slice of NASA C-MAPSS FD001 and on simulated robot histories: tiny configs, real MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import polars as pl
+import pytest
+
+from factory_pipelines import cmapss
+from factory_pipelines import rul_model as rm
+from factory_pipelines.model_registry import ensure_experiment, use_tracking_uri
+
+CMAPSS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cmapss"
+TINY = rm.RulParams(
+    window=15,
+    lstm_units=16,
+    lstm_layers=1,
+    dense_units=16,
+    dropout=0.1,
+    learning_rate=0.005,
+    batch_size=128,
+    max_epochs=4,
+    patience=2,
+    ensemble_size=2,
+    unroll=False,  # unrolling pays off over dozens of epochs, not four
+    calibration_fraction=0.25,
+    seed=3,
+)
+
+
+def cmapss_file(name: str) -> Path:
+    path = CMAPSS_DIR / name
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: the C-MAPSS files belong in ../shared/data/cmapss (see its README)")
+    return path
+
+
+def mean_predictor_rmse(truth: np.ndarray) -> float:
+    """RMSE of the best constant guess (the held-out truth's own mean): the baseline to beat."""
+    return float(np.sqrt(np.mean((truth - truth.mean()) ** 2)))
+
+
+def held_out_truth(validation: rm.RulDataset) -> np.ndarray:
+    return validation.frame.group_by(rm.UNIT).agg(pl.col(rm.RUL).last())[rm.RUL].to_numpy()
+
+
+@pytest.fixture(scope="module")
+def fd001_slice() -> tuple[rm.RulDataset, rm.RulDataset]:
+    """32 engines of FD001: 24 to train on, 8 held out and cut 5 times each at random cycles."""
+    dataset = rm.cmapss_dataset(cmapss_file("train_FD001.txt"))
+    engines = [str(unit) for unit in range(1, 33)]
+    small = dataset.with_frame(dataset.frame.filter(pl.col(rm.UNIT).is_in(engines)))
+    return rm.train_validation_split(small, validation_fraction=0.25, seed=0, cuts_per_unit=5)
+
+
+@pytest.fixture(scope="module")
+def fd001_model(fd001_slice: tuple[rm.RulDataset, rm.RulDataset]) -> rm.RulModel:
+    train, _validation = fd001_slice
+    return rm.fit(train, TINY)
+
+
+def test_cmapss_files_round_trip_and_dev_split_cuts_like_the_test_set(tmp_path: Path) -> None:
+    source = cmapss_file("train_FD001.txt")
+    split = rm.write_cmapss_dev_split(source, tmp_path, held_out_fraction=0.2, seed=5, cuts_per_engine=2)
+    original = cmapss.read_cmapss_file(source)
+    train = cmapss.read_cmapss_file(split.train_file)
+    test = cmapss.read_cmapss_file(split.test_file)
+    truth = cmapss.read_rul_file(split.rul_file)
+
+    assert split.held_out_engines == 20 and train["unit"].n_unique() == 80
+    assert test["unit"].unique().sort().to_list() == list(range(1, 41)) == list(range(1, split.test_engines + 1))
+    assert len(truth) == 40
+    assert train.equals(original.filter(pl.col("unit").is_in(train["unit"].unique().implode())))
+    # Every test engine is a prefix of a held-out engine, stopped 5..150 cycles before its failure.
+    held_out = original.filter(~pl.col("unit").is_in(train["unit"].unique().implode()))
+    lives = dict(held_out.group_by("unit").agg(pl.col("cycle").max()).iter_rows())
+    for unit, rul in zip(range(1, 41), truth, strict=True):
+        prefix = test.filter(pl.col("unit") == unit).drop("unit")
+        matches = [
+            u for u in lives if held_out.filter(pl.col("unit") == u).head(prefix.height).drop("unit").equals(prefix)
+        ]
+        assert len(matches) == 1
+        assert lives[matches[0]] - prefix.height == rul
+        assert 5 <= rul <= 150
+    assert min(test.group_by("unit").len()["len"]) >= rm.CUT_MIN_PREFIX
+    # The long frame of a test file knows each row's true RUL from the RUL file.
+    frame = rm.cmapss_test_dataset(split.test_file, split.rul_file).frame
+    last = frame.group_by(rm.UNIT).agg(pl.col(rm.RUL).last(), pl.col(rm.RUL).first().alias("first"))
+    assert sorted(last[rm.RUL].to_list()) == sorted(truth)
+    assert frame["condition"].n_unique() == 1
+
+
+def test_fd001_model_beats_the_mean_predictor_on_held_out_engines(
+    fd001_model: rm.RulModel, fd001_slice: tuple[rm.RulDataset, rm.RulDataset]
+) -> None:
+    _train, validation = fd001_slice
+    metrics = rm.evaluate(fd001_model, validation)
+
+    assert metrics["n_engines"] == 40
+    assert set(fd001_model.dropped_columns) == {"s1", "s5", "s10", "s16", "s18", "s19"}
+    assert metrics["rmse"] < 0.8 * mean_predictor_rmse(held_out_truth(validation))
+    assert metrics["rmse_capped"] <= metrics["rmse"] + 1e-9  # capping the truth only removes error above the cap
+    assert metrics["phm08_score"] > 0
+    predictions = fd001_model.predict(validation.frame)
+    assert predictions.height == 40 and (predictions["rul"] >= 0).all()
+
+
+def test_conformal_interval_widens_with_confidence_and_covers_held_out_engines(
+    fd001_model: rm.RulModel, fd001_slice: tuple[rm.RulDataset, rm.RulDataset]
+) -> None:
+    _train, validation = fd001_slice
+    # 6 calibration engines, each at every cycle a test cut could fall on (RUL 5..150, 20 cycles kept)
+    assert fd001_model.summary["calibration_units"] == 6
+    assert fd001_model.calibration_scores.size == fd001_model.summary["calibration_samples"] >= 6 * 100
+    by_confidence = {c: rm.evaluate(fd001_model, validation, confidence=c) for c in (0.5, 0.8, 0.9, 0.95)}
+    widths = [m["mean_interval_width"] for m in by_confidence.values()]
+    coverages = [m["coverage"] for m in by_confidence.values()]
+
+    assert widths == sorted(widths) and widths[0] < widths[-1]
+    assert coverages == sorted(coverages)
+    assert by_confidence[0.9]["coverage"] >= 0.7
+    narrow, wide = fd001_model.predict(validation.frame, 0.5), fd001_model.predict(validation.frame, 0.95)
+    assert (narrow["rul"] == wide["rul"]).all()
+    assert ((wide["lower"] <= narrow["lower"]) & (narrow["upper"] <= wide["upper"])).all()
+    assert (wide["lower"] >= 0).all() and (wide["lower"] <= wide["rul"]).all()
+
+
+def test_split_conformal_quantile_gives_nominal_coverage_on_exchangeable_scores() -> None:
+    rng = np.random.default_rng(11)
+    calibration = np.abs(rng.standard_t(4, 400))
+    fresh = np.abs(rng.standard_t(4, 40_000))
+    for confidence in (0.5, 0.8, 0.9, 0.95):
+        coverage = float(np.mean(fresh <= rm.conformal_quantile(calibration, confidence)))
+        assert confidence - 0.03 <= coverage <= confidence + 0.04
+    assert rm.conformal_quantile(np.arange(1.0, 10.0), 0.9) == 9.0  # ceil(10 * 0.9) = 9th of 9
+    assert rm.conformal_quantile(np.arange(1.0, 10.0), 0.5) == 5.0
+
+
+def test_log_model_and_load_model_round_trip_through_the_registry(
+    tmp_path: Path, fd001_model: rm.RulModel, fd001_slice: tuple[rm.RulDataset, rm.RulDataset]
+) -> None:
+    _train, validation = fd001_slice
+    tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    use_tracking_uri(tracking_uri)
+    experiment_id = ensure_experiment(tracking_uri, "rul_lstm_test", tmp_path / "artifacts")
+    with mlflow.start_run(experiment_id=experiment_id):
+        version = rm.log_model(fd001_model, registered_name="rul_lstm_test", example=validation.frame)
+    assert version == "1"
+    mlflow.MlflowClient(tracking_uri).set_registered_model_alias("rul_lstm_test", "champion", version)
+
+    loaded = rm.load_model("models:/rul_lstm_test@champion")
+    assert loaded.feature_columns == fd001_model.feature_columns
+    assert loaded.uses_conditions and "condition" in loaded.input_columns
+    before, after = fd001_model.predict(validation.frame, 0.8), loaded.predict(validation.frame, 0.8)
+    assert after[rm.UNIT].equals(before[rm.UNIT])
+    # The same weights; only float32 rounding may differ between the trained and the reloaded graph.
+    np.testing.assert_allclose(after.drop(rm.UNIT).to_numpy(), before.drop(rm.UNIT).to_numpy(), rtol=1e-5)
+    # A plain pyfunc caller (what a generic MLflow client sees) gets the same, at the confidence it asks for.
+    pyfunc = mlflow.pyfunc.load_model(f"models:/rul_lstm_test/{version}")
+    columns = list(loaded.input_columns)
+    answer = pyfunc.predict(validation.frame.select(columns).to_pandas(), params={"confidence": 0.8})
+    np.testing.assert_allclose(pl.from_pandas(answer).drop(rm.UNIT).to_numpy(), after.drop(rm.UNIT).to_numpy())
+    assert (tmp_path / "artifacts" / "rul_lstm_test").is_dir()
+
+
+@pytest.fixture(scope="module")
+def robot_history() -> rm.RulDataset:
+    return rm.robot_dataset(n_robots=8, seed=4, cycles_per_step=40, lives_per_robot=2)
+
+
+def test_robot_history_is_deterministic_and_runs_each_bearing_to_failure(robot_history: rm.RulDataset) -> None:
+    frame = robot_history.frame
+    # Each robot has its own seeded stream, so the first two robots of a smaller fleet are the same robots.
+    again = rm.robot_run_to_failure_history(2, 4, cycles_per_step=40, lives_per_robot=2)
+    other = rm.robot_run_to_failure_history(2, 5, cycles_per_step=40, lives_per_robot=2)
+    first_two = frame.filter(
+        pl.col(rm.UNIT).str.starts_with("robot-01/") | pl.col(rm.UNIT).str.starts_with("robot-02/")
+    )
+
+    assert again.height > 0 and again.equals(first_two)
+    assert not other.equals(first_two)
+    assert frame[rm.UNIT].n_unique() == 16  # 8 robots x 2 bearing lives
+    assert set(frame.columns) == {rm.UNIT, rm.CYCLE, *rm.ROBOT_FEATURE_COLUMNS, rm.RUL}
+    per_life = frame.group_by(rm.UNIT).agg(
+        pl.col(rm.RUL).diff().max().alias("largest_rise"), pl.col(rm.RUL).last().alias("at_end")
+    )
+    assert (per_life["largest_rise"] <= 0).all()  # within a life RUL only falls
+    assert (per_life["at_end"] < 40).all()  # each life ends within one step of its failure
+    assert frame.select(pl.all().is_null().any()).row(0) == (False,) * frame.width
+
+
+def test_robot_model_beats_the_mean_predictor_and_predicts_live_rows(robot_history: rm.RulDataset) -> None:
+    train, validation = rm.train_validation_split(robot_history, validation_fraction=0.25, seed=1, cuts_per_unit=8)
+    params = rm.RulParams(
+        window=10,
+        lstm_units=16,
+        lstm_layers=1,
+        dense_units=16,
+        dropout=0.1,
+        learning_rate=0.01,
+        batch_size=64,
+        max_epochs=5,
+        patience=3,
+        ensemble_size=1,
+        unroll=False,
+        calibration_fraction=0.25,
+        seed=2,
+    )
+    model = rm.fit(train, params)
+    metrics = rm.evaluate(model, validation)
+
+    assert model.rul_cap == rm.ROBOT_RUL_CAP and model.attributes["cycles_per_step"] == "40"
+    assert metrics["rmse"] < mean_predictor_rmse(held_out_truth(validation))
+    # Live telemetry: a reading every 8 cycles, across a bearing replacement; only the new bearing counts.
+    rows = rm.robot_run_to_failure_rows(2, 9, cycles_per_step=8, lives_per_robot=2, fault_share=1.0)
+    rows = rows.drop("true_rul_cycles")
+    live = rm.predict_robot_rul(model, rows, confidence=0.8)
+    assert live["asset_id"].to_list() == ["robot-01", "robot-02"]
+    assert ((live["lower"] <= live["rul"]) & (live["rul"] <= live["upper"])).all()
+    assert (live["steps"] <= params.window).all() and (live["confidence"] == 0.8).all()
+    sequences = rm.robot_sequences_from_rows(rows, cycles_per_step=40, latest_life_only=True)
+    assert sequences[rm.UNIT].unique().sort().to_list() == ["robot-01", "robot-02"]
+    assert sequences.height < rm.robot_sequences_from_rows(rows, cycles_per_step=40).height
