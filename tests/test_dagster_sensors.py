@@ -195,6 +195,14 @@ def test_code_location_wires_sensors_jobs_and_resources(settings: FactorySetting
         "telemetry_window",
         "machine_features",
         "energy_anomaly_predictions",
+        "network_features",
+        "cyber_detector_predictions",
+        "safety_features",
+        "safety_hazard_predictions",
+        "rul_predictions",
+        "ppe_vision_predictions",
     }
-    assert defs.resolve_job_def("energy_iforest_training_job")
+    for model in ("energy_iforest", "cyber_detector", "safety_hazard", "rul_lstm", "ppe_vision"):
+        training = defs.resolve_job_def(f"{model}_training_job")
+        assert {key.to_user_string() for key in training.asset_layer.selected_asset_keys} == {f"{model}_dataset", model}
     defs.resolve_all_job_defs()  # everything resolves with its resources
