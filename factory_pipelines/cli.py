@@ -89,6 +89,9 @@ def up(
     rate: Annotated[float, typer.Option(help="Messages per asset per second.")] = 1.0,
     fault: Annotated[list[str] | None, typer.Option(help="Inject a fault: ASSET=KIND (repeatable).")] = None,
     no_simulator: Annotated[bool, typer.Option("--no-simulator", help="Don't start the edge simulator.")] = False,
+    train_missing: Annotated[
+        bool, typer.Option(help="Train the first version of every model without a champion, in the background.")
+    ] = True,
 ) -> None:
     """Start everything: broker if needed, MLflow, collector, simulator, Dagster, API."""
     from factory_pipelines.launcher import PlatformOptions, run_platform
@@ -100,6 +103,7 @@ def up(
         rate_hz=rate,
         faults=_parse_faults(fault),
         simulator=not no_simulator,
+        train_missing=train_missing,
     )
     raise typer.Exit(run_platform(settings, options, console))
 

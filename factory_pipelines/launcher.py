@@ -42,6 +42,7 @@ class PlatformOptions:
     rate_hz: float = 1.0
     faults: dict[str, str] = field(default_factory=dict)
     simulator: bool = True
+    train_missing: bool = True
 
 
 @dataclass
@@ -214,8 +215,9 @@ def run_platform(settings: FactorySettings, options: PlatformOptions, console: C
         console.print(f"energy_iforest: champion is version {version}")
         # The other families' first versions train in the background, one after the other; until
         # each has a champion its prediction partitions are skipped, then backfillable.
-        spawn("first-champions", _cli("train", "--missing"), restartable=False, one_shot=True)
-        console.print("other models: first versions train in the background (logs/first-champions.log)")
+        if options.train_missing:
+            spawn("first-champions", _cli("train", "--missing"), restartable=False, one_shot=True)
+            console.print("other models: first versions train in the background (logs/first-champions.log)")
 
         dagster = spawn(
             "dagster",
