@@ -502,8 +502,8 @@ def test_store_lost_while_running_is_503_then_reopened(client: TestClient, seede
 
     # The database is wiped under the running API (e.g. restored empty).
     with sqlite3.connect(seeded_db_url.removeprefix("sqlite:///")) as db:
-        db.execute("DROP TABLE predictions")
-        db.execute("DROP TABLE alembic_version")
+        for table in ("predictions", "model_promotions", "alembic_version"):
+            db.execute(f"DROP TABLE {table}")
 
     assert_problem(client.get("/predictions/latest"), 503)
     # The next request reopens the store, which re-applies the schema.
