@@ -80,7 +80,7 @@ class SkabParams:
     augment_copies: int = 4  # jittered copies of the fit rows added to the forest's training set
     n_estimators: int = 200  # trees in the IsolationForest
     max_samples: int = 256  # rows drawn to grow each tree
-    threshold_quantile: float = 0.99  # quantile of the fit rows' scores that sets the threshold...
+    threshold_quantile: float = 1.0  # quantile of the fit rows' scores that sets the threshold...
     threshold_factor: float = 1.05  # ...times this factor
     smoothing: int = 1  # trailing majority vote over this many rows' alarms (1: no smoothing)
     seed: int = 42  # seeds the jitter and the forest: same seed, same alarms
@@ -137,7 +137,7 @@ def read_skab_run(path: Path | str, *, require_labels: bool = True) -> pl.DataFr
         raw = pl.read_csv(path, separator=SEPARATOR, infer_schema_length=None, encoding="utf8-lossy")
     except pl.exceptions.PolarsError as exc:
         raise SkabFormatError(f"{path}: not a readable SKAB csv ({exc})") from exc
-    raw = raw.rename({name: name.strip() for name in raw.columns})
+    raw = raw.rename({name: name.lstrip("\ufeff").strip() for name in raw.columns})
     sensors = [name for name in raw.columns if name != DATETIME and name not in LABEL_COLUMNS]
     if not sensors:
         raise SkabFormatError(f"{path}: no sensor columns besides {DATETIME} and the labels")
