@@ -6,19 +6,24 @@ Thin: the work is in `factory_pipelines.cyber_model` (tested without Dagster). T
 """
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Literal
 
 import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from assets.model_gate import champion_gate_spec, params_from_config, training_config, training_result
-from assets.prediction_output import champion_or_none, record_predictions
+from assets.model_gate import (
+    StoredSets,
+    champion_gate_spec,
+    params_as_dict,
+    params_from_config,
+    train_from_stored_sets,
+    training_config,
+)
+from assets.prediction_output import record_predictions, start_scoring
 from assets.telemetry import window_partitions
 from factory_pipelines import cyber_model
-from factory_pipelines.datasets import load_dataset, store_dataset
-from factory_pipelines.model_registry import git_commit
+from factory_pipelines.datasets import store_dataset
 from factory_pipelines.resources import (
     MlflowResource,
     MqttPublisherResource,
@@ -26,8 +31,6 @@ from factory_pipelines.resources import (
     ServingStoreResource,
 )
 from factory_pipelines.telemetry import Prediction
-from factory_pipelines.training import train_register_gate
-from factory_pipelines.windows import window_bounds
 
 CYBER_GROUP = "cyber"
 MODEL = cyber_model.MODEL_NAME
@@ -129,28 +132,19 @@ def cyber_detector(
 ) -> dg.MaterializeResult:
     """Attack classifier: logged to MLflow, registered (plant or TON_IoT variant), gated against its champion."""
     params = params_from_config(cyber_model.CyberParams, config)
-    training, train_frame = load_dataset(window_files.datasets_dir, MODEL, "training")
-    validation, validation_frame = load_dataset(window_files.datasets_dir, MODEL, "validation")
-    train = cyber_model.from_stored(train_frame, training.attributes)
-    checked = cyber_model.from_stored(validation_frame, validation.attributes)
-    report = train_register_gate(
+    sets = StoredSets.load(window_files, MODEL)
+    train = cyber_model.from_stored(sets.training_rows, sets.training.attributes)
+    return train_from_stored_sets(
+        context,
         cyber_model.FAMILY,
+        config,
+        sets=sets,
         fit=lambda: cyber_model.fit(train, params, progress=context.log.info),
-        validation=checked,
-        datasets=[training.record(train_frame), validation.record(validation_frame)],
-        params={**params.__dict__, "training_source": training.source},
-        tracking_uri=mlflow.tracking_uri,
-        artifacts_dir=mlflow.artifacts_path,
-        dagster_run_id=context.run.run_id,
-        code_version=git_commit(),
-        registered_name=training.registered_name,
-        force=config.force_promotion,
-        tolerance=config.promotion_tolerance,
-        record_promotion=lambda record: serving_store.get_store().record_promotion(record),
-        tags={"training_source": training.source},
+        validation=cyber_model.from_stored(sets.validation_rows, sets.validation.attributes),
+        params=params_as_dict(params),
+        mlflow=mlflow,
+        serving_store=serving_store,
     )
-    context.log.info(f"{report.registered_name} v{report.version}: {report.promotion.alias}; {report.promotion.reason}")
-    return training_result(report, training_source=training.source)
 
 
 @dg.asset(
@@ -169,31 +163,21 @@ def cyber_detector_predictions(
     mqtt: MqttPublisherResource,
 ) -> Iterator[dg.MaterializeResult]:
     """Attack probability and the most likely attack type per machine and window, from the champion."""
-    champion = champion_or_none(context, mlflow, cyber_model.FAMILY)
-    if champion is None:
+    run = start_scoring(context, mlflow, cyber_model.FAMILY, window_files)
+    if run is None:
         return
-    produced_at = datetime.now(UTC)
     by_window: dict[str, list[Prediction]] = {}
     for key in context.partition_keys:
         features = pl.read_parquet(window_files.model_features_path(MODEL, key))
-        start, end = window_bounds(key, window_files.window_seconds)
         by_window[key] = [
-            Prediction(
-                model_name=MODEL,
-                model_version=champion.info.version,
-                asset_id=row["asset_id"],
-                window_key=key,
-                score=row["probability"],
-                label=row["label"],
-                produced_at=produced_at,
-                window_start=start,
-                window_end=end,
-                mlflow_run_id=champion.info.run_id,
-                dagster_run_id=context.run.run_id,
+            run.prediction(
+                key,
+                row["asset_id"],
+                row["probability"],
+                row["label"],
                 attack_type=row["attack_type"],
-                threshold=champion.model.threshold,
+                threshold=run.model.threshold,
             )
-            for row in champion.model.score(features).iter_rows(named=True)
+            for row in run.model.score(features).iter_rows(named=True)
         ]
-    metadata = record_predictions(context, MODEL, by_window, window_files, serving_store, mqtt)
-    yield dg.MaterializeResult(metadata={**metadata, "model_version": champion.info.version})
+    yield dg.MaterializeResult(metadata=record_predictions(context, run, by_window, window_files, serving_store, mqtt))

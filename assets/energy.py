@@ -7,19 +7,16 @@ model once and launches once.
 """
 
 from collections.abc import Iterator
-from dataclasses import asdict
-from datetime import UTC, datetime
 
 import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from assets.model_gate import PromotionConfig, champion_gate_spec, training_result
-from assets.prediction_output import champion_or_none
+from assets.model_gate import PromotionConfig, StoredSets, champion_gate_spec, params_as_dict, train_from_stored_sets
+from assets.prediction_output import record_predictions, start_scoring
 from assets.telemetry import window_partitions
 from factory_pipelines import energy_model
-from factory_pipelines.datasets import load_dataset, store_dataset
-from factory_pipelines.model_registry import git_commit
+from factory_pipelines.datasets import store_dataset
 from factory_pipelines.resources import (
     MlflowResource,
     MqttPublisherResource,
@@ -28,8 +25,6 @@ from factory_pipelines.resources import (
 )
 from factory_pipelines.settings import load_settings
 from factory_pipelines.telemetry import Prediction
-from factory_pipelines.training import train_register_gate
-from factory_pipelines.windows import window_bounds
 
 ENERGY_GROUP = "energy"
 
@@ -135,8 +130,7 @@ def energy_iforest(
 ) -> dg.MaterializeResult:
     """IsolationForest over machine features: logged to MLflow, registered, gated against the champion."""
     family = energy_model.FAMILY
-    training, rows = load_dataset(window_files.datasets_dir, family.name, "training")
-    validation, labelled = load_dataset(window_files.datasets_dir, family.name, "validation")
+    sets = StoredSets.load(window_files, family.name)
     contamination = config.contamination or load_settings().anomaly_contamination
     params = energy_model.IForestParams(
         n_estimators=config.n_estimators,
@@ -144,31 +138,18 @@ def energy_iforest(
         max_samples=config.max_samples,
         random_state=config.random_state,
     )
-    report = train_register_gate(
+    return train_from_stored_sets(
+        context,
         family,
-        fit=lambda: energy_model.fit_iforest(rows, params),
-        validation=labelled,
-        datasets=[training.record(rows), validation.record(labelled)],
-        params={
-            **asdict(params),
-            "training_source": training.source,
-            "features": ",".join(energy_model.MODEL_FEATURES),
-        },
-        tracking_uri=mlflow.tracking_uri,
-        artifacts_dir=mlflow.artifacts_path,
-        dagster_run_id=context.run.run_id,
-        code_version=git_commit(),
-        force=config.force_promotion,
-        tolerance=config.promotion_tolerance,
-        record_promotion=lambda record: serving_store.get_store().record_promotion(record),
-        tags={"training_source": training.source},
-        describe_fit=lambda model: energy_model.training_metrics(model, rows),
+        config,
+        sets=sets,
+        fit=lambda: energy_model.fit_iforest(sets.training_rows, params),
+        validation=sets.validation_rows,
+        params={**params_as_dict(params), "features": ",".join(energy_model.MODEL_FEATURES)},
+        mlflow=mlflow,
+        serving_store=serving_store,
+        describe_fit=lambda model: energy_model.training_metrics(model, sets.training_rows),
     )
-    context.log.info(
-        f"energy_iforest v{report.version} trained on {training.source} ({training.rows} rows): "
-        f"{report.promotion.alias}; {report.promotion.reason}"
-    )
-    return training_result(report, training_source=training.source)
 
 
 @dg.asset(
@@ -187,49 +168,29 @@ def energy_anomaly_predictions(
     mqtt: MqttPublisherResource,
 ) -> Iterator[dg.MaterializeResult]:
     """Each machine in each window scored by the champion; Parquet, serving store, MQTT (best-effort)."""
-    champion = champion_or_none(context, mlflow, energy_model.FAMILY)
-    if champion is None:
+    run = start_scoring(context, mlflow, energy_model.FAMILY, window_files)
+    if run is None:
         return
-    produced_at = datetime.now(UTC)
-    predictions: list[Prediction] = []
+    by_window: dict[str, list[Prediction]] = {}
     for key in context.partition_keys:
-        verdicts = energy_model.score_features(champion.model, pl.read_parquet(window_files.features_path(key)))
-        start, end = window_bounds(key, window_files.window_seconds)
-        window_predictions = [
-            Prediction(
-                model_name=energy_model.MODEL_NAME,
-                model_version=champion.info.version,
-                asset_id=row["asset_id"],
-                window_key=key,
-                score=row["score"],
-                label=row["label"],
-                threshold=row["threshold"],
-                produced_at=produced_at,
-                window_start=start,
-                window_end=end,
-                mlflow_run_id=champion.info.run_id,
-                dagster_run_id=context.run.run_id,
-            )
+        verdicts = energy_model.score_features(run.model, pl.read_parquet(window_files.features_path(key)))
+        by_window[key] = [
+            run.prediction(key, row["asset_id"], row["score"], row["label"], threshold=row["threshold"])
             for row in verdicts.iter_rows(named=True)
         ]
-        window_files.write(
-            energy_model.prediction_frame(window_predictions),
-            window_files.predictions_path(energy_model.MODEL_NAME, key),
-        )
-        predictions.extend(window_predictions)
-    stored = serving_store.get_store().upsert_predictions(predictions)
-    published = mqtt.publish_predictions(predictions, context.log)
-    anomalies = sorted({(p.window_key, p.asset_id) for p in predictions if p.label == energy_model.ANOMALY})
+    metadata = record_predictions(
+        context, run, by_window, window_files, serving_store, mqtt, as_frame=energy_model.prediction_frame
+    )
+    anomalies = sorted(
+        (key, p.asset_id)
+        for key, predictions in by_window.items()
+        for p in predictions
+        if p.label == energy_model.ANOMALY
+    )
     yield dg.MaterializeResult(
         metadata={
-            "windows": len(context.partition_keys),
-            "model_version": champion.info.version,
-            "mlflow_run_id": champion.info.run_id or "",
-            "predictions": len(predictions),
-            "stored": stored,
-            "published": published,
+            **metadata,
             "anomalies": len(anomalies),
             "anomalous": dg.MetadataValue.json([f"{window}/{asset}" for window, asset in anomalies[:50]]),
-            "path": dg.MetadataValue.path(str(window_files.predictions_dir(energy_model.MODEL_NAME))),
         }
     )

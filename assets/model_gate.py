@@ -8,12 +8,17 @@ import dataclasses
 import inspect
 import re
 import typing
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import dagster as dg
+import polars as pl
 from pydantic import Field, create_model
 
-from factory_pipelines.training import TrainingReport
+from factory_pipelines.datasets import StoredDataset, load_dataset
+from factory_pipelines.model_registry import git_commit
+from factory_pipelines.resources import MlflowResource, PartitionFilesResource, ServingStoreResource
+from factory_pipelines.training import ModelFamily, TrainingReport, train_register_gate
 
 CHAMPION_GATE = "champion_gate"
 P = TypeVar("P")
@@ -84,6 +89,62 @@ def training_result(report: TrainingReport, **metadata: object) -> dg.Materializ
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class StoredSets:
+    """A family's training and validation sets as its dataset asset stored them."""
+
+    training: StoredDataset
+    training_rows: pl.DataFrame
+    validation: StoredDataset
+    validation_rows: pl.DataFrame
+
+    @classmethod
+    def load(cls, window_files: PartitionFilesResource, family: str) -> "StoredSets":
+        training, training_rows = load_dataset(window_files.datasets_dir, family, "training")
+        validation, validation_rows = load_dataset(window_files.datasets_dir, family, "validation")
+        return cls(training, training_rows, validation, validation_rows)
+
+
+def train_from_stored_sets(
+    context: dg.AssetExecutionContext,
+    family: ModelFamily,
+    config: PromotionConfig,
+    *,
+    sets: StoredSets,
+    fit: Callable[[], Any],
+    validation: Any,
+    params: Mapping[str, Any],
+    mlflow: MlflowResource,
+    serving_store: ServingStoreResource,
+    describe_fit: Callable[[Any], Mapping[str, float]] | None = None,
+) -> dg.MaterializeResult:
+    """What every training asset does once its data is in memory: one MLflow run, a new version,
+    the gate, the promotion kept in the store; the materialization with the gate's check result."""
+    source = sets.training.source
+    report = train_register_gate(
+        family,
+        fit=fit,
+        validation=validation,
+        datasets=[sets.training.record(sets.training_rows), sets.validation.record(sets.validation_rows)],
+        params={**params, "training_source": source},
+        tracking_uri=mlflow.tracking_uri,
+        artifacts_dir=mlflow.artifacts_path,
+        dagster_run_id=context.run.run_id,
+        code_version=git_commit(),
+        registered_name=sets.training.registered_name or family.name,
+        force=config.force_promotion,
+        tolerance=config.promotion_tolerance,
+        record_promotion=lambda record: serving_store.get_store().record_promotion(record),
+        tags={"training_source": source},
+        describe_fit=describe_fit,
+    )
+    context.log.info(
+        f"{report.registered_name} v{report.version} trained on {source} ({sets.training.rows} rows): "
+        f"{report.promotion.alias}; {report.promotion.reason}"
+    )
+    return training_result(report, training_source=source)
+
+
 def _field_comments(params_cls: type) -> dict[str, str]:
     """`name: type = default  # meaning` lines of a params dataclass, as {name: meaning}."""
     comments: dict[str, str] = {}
@@ -115,3 +176,8 @@ def training_config(name: str, params_cls: type, doc: str) -> type[PromotionConf
 def params_from_config(params_cls: type[P], config: PromotionConfig) -> P:
     names = {f.name for f in dataclasses.fields(params_cls)}  # type: ignore[arg-type]
     return params_cls(**{k: v for k, v in config.model_dump().items() if k in names})
+
+
+def params_as_dict(params: Any) -> dict[str, Any]:
+    """A params dataclass (slotted or not) as the MLflow run's parameters."""
+    return {f.name: getattr(params, f.name) for f in dataclasses.fields(params)}

@@ -7,7 +7,6 @@ probability, hard-hat and vest verdicts and person regions.
 
 import base64
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -15,12 +14,18 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from assets.model_gate import champion_gate_spec, params_from_config, training_config, training_result
-from assets.prediction_output import champion_or_none, record_predictions
+from assets.model_gate import (
+    StoredSets,
+    champion_gate_spec,
+    params_as_dict,
+    params_from_config,
+    train_from_stored_sets,
+    training_config,
+)
+from assets.prediction_output import record_predictions, start_scoring
 from assets.telemetry import window_partitions
 from factory_pipelines import ppe_family, ppe_images, ppe_model
-from factory_pipelines.datasets import load_dataset, store_dataset
-from factory_pipelines.model_registry import git_commit
+from factory_pipelines.datasets import store_dataset
 from factory_pipelines.resources import (
     MlflowResource,
     MqttPublisherResource,
@@ -28,8 +33,7 @@ from factory_pipelines.resources import (
     ServingStoreResource,
 )
 from factory_pipelines.telemetry import Prediction
-from factory_pipelines.training import files_digest, train_register_gate
-from factory_pipelines.windows import window_bounds
+from factory_pipelines.training import files_digest
 
 PPE_GROUP = "ppe"
 MODEL = ppe_model.MODEL_NAME
@@ -110,28 +114,19 @@ def ppe_vision(
 ) -> dg.MaterializeResult:
     """CNN over frames: logged to MLflow, registered, gated against the champion."""
     params = params_from_config(ppe_model.PpeParams, config)
-    training, train_frame = load_dataset(window_files.datasets_dir, MODEL, "training")
-    validation, validation_frame = load_dataset(window_files.datasets_dir, MODEL, "validation")
-    train = ppe_family.from_stored(train_frame, training.attributes)
-    checked = ppe_family.from_stored(validation_frame, validation.attributes)
-    report = train_register_gate(
+    sets = StoredSets.load(window_files, MODEL)
+    train = ppe_family.from_stored(sets.training_rows, sets.training.attributes)
+    return train_from_stored_sets(
+        context,
         ppe_family.FAMILY,
+        config,
+        sets=sets,
         fit=lambda: ppe_model.fit(train, params, progress=context.log.info),
-        validation=checked,
-        datasets=[training.record(train_frame), validation.record(validation_frame)],
-        params={**params.__dict__, "training_source": training.source},
-        tracking_uri=mlflow.tracking_uri,
-        artifacts_dir=mlflow.artifacts_path,
-        dagster_run_id=context.run.run_id,
-        code_version=git_commit(),
-        registered_name=training.registered_name,
-        force=config.force_promotion,
-        tolerance=config.promotion_tolerance,
-        record_promotion=lambda record: serving_store.get_store().record_promotion(record),
-        tags={"training_source": training.source},
+        validation=ppe_family.from_stored(sets.validation_rows, sets.validation.attributes),
+        params=params_as_dict(params),
+        mlflow=mlflow,
+        serving_store=serving_store,
     )
-    context.log.info(f"{report.registered_name} v{report.version}: {report.promotion.alias}; {report.promotion.reason}")
-    return training_result(report, training_source=training.source)
 
 
 @dg.asset(
@@ -150,36 +145,27 @@ def ppe_vision_predictions(
     mqtt: MqttPublisherResource,
 ) -> Iterator[dg.MaterializeResult]:
     """Per camera and window: the worst frame's violation probability, with its hard-hat and vest verdicts."""
-    champion = champion_or_none(context, mlflow, ppe_family.FAMILY)
-    if champion is None:
+    run = start_scoring(context, mlflow, ppe_family.FAMILY, window_files)
+    if run is None:
         return
-    produced_at = datetime.now(UTC)
     by_window: dict[str, list[Prediction]] = {}
     frames_scored = 0
     for key in context.partition_keys:
         path = window_files.rows_path("cameras", key)
         cameras = pl.read_parquet(path) if path.exists() else pl.DataFrame()
-        start, end = window_bounds(key, window_files.window_seconds)
         by_window[key] = []
         for (camera,), frames in cameras.group_by("asset_id", maintain_order=True) if cameras.height else []:
             images = [base64.b64decode(text) for text in frames["image_jpeg_b64"]]
-            verdicts = champion.model.predict_frames(images)
+            verdicts = run.model.predict_frames(images)
             frames_scored += len(verdicts)
             worst = max(range(len(verdicts)), key=lambda i: verdicts[i].violation_probability)
             verdict = verdicts[worst]
             by_window[key].append(
-                Prediction(
-                    model_name=MODEL,
-                    model_version=champion.info.version,
-                    asset_id=str(camera),
-                    window_key=key,
-                    score=verdict.violation_probability,
-                    label="violation" if verdict.violation else "compliant",
-                    produced_at=produced_at,
-                    window_start=start,
-                    window_end=end,
-                    mlflow_run_id=champion.info.run_id,
-                    dagster_run_id=context.run.run_id,
+                run.prediction(
+                    key,
+                    str(camera),
+                    verdict.violation_probability,
+                    "violation" if verdict.violation else "compliant",
                     zone=frames["zone"][worst],
                     frames=len(verdicts),
                     frames_in_violation=sum(v.violation for v in verdicts),
@@ -188,7 +174,5 @@ def ppe_vision_predictions(
                     threshold=verdict.threshold,
                 )
             )
-    metadata = record_predictions(context, MODEL, by_window, window_files, serving_store, mqtt)
-    yield dg.MaterializeResult(
-        metadata={**metadata, "frames_scored": frames_scored, "model_version": champion.info.version}
-    )
+    metadata = record_predictions(context, run, by_window, window_files, serving_store, mqtt)
+    yield dg.MaterializeResult(metadata={**metadata, "frames_scored": frames_scored})

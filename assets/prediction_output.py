@@ -1,10 +1,14 @@
-"""Where every prediction asset's verdicts go: Parquet per window, the serving store, MQTT.
+"""What every prediction asset shares: the champion loaded once per run, the stamp each prediction
+carries (model, version, MLflow and Dagster runs, window bounds), and where the verdicts go:
+Parquet per window, the serving store, MQTT.
 
 The files and the store are the record; MQTT is the live feed, best-effort (see
-`MqttPublisherResource`). Shared by the prediction assets of every model family.
+`MqttPublisherResource`).
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
@@ -19,21 +23,63 @@ from factory_pipelines.resources import (
 )
 from factory_pipelines.telemetry import Prediction
 from factory_pipelines.training import ModelFamily
+from factory_pipelines.windows import window_bounds
 
 
-def champion_or_none(
-    context: dg.AssetExecutionContext, mlflow: MlflowResource, family: ModelFamily
-) -> LoadedChampion | None:
+@dataclass(frozen=True)
+class ScoringRun:
+    """One run of a prediction asset: the champion it loaded, and what each of its predictions carries."""
+
+    model_name: str
+    champion: LoadedChampion
+    dagster_run_id: str
+    window_seconds: float
+    produced_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def model(self) -> Any:
+        return self.champion.model
+
+    @property
+    def version(self) -> str:
+        return self.champion.info.version
+
+    def prediction(self, window_key: str, asset_id: str, score: float, label: str, **extras: Any) -> Prediction:
+        """A prediction for one asset in one window; `extras` are the family's own fields."""
+        start, end = window_bounds(window_key, self.window_seconds)
+        return Prediction(
+            model_name=self.model_name,
+            model_version=self.version,
+            asset_id=asset_id,
+            window_key=window_key,
+            score=score,
+            label=label,
+            produced_at=self.produced_at,
+            window_start=start,
+            window_end=end,
+            mlflow_run_id=self.champion.info.run_id,
+            dagster_run_id=self.dagster_run_id,
+            **extras,
+        )
+
+
+def start_scoring(
+    context: dg.AssetExecutionContext,
+    mlflow: MlflowResource,
+    family: ModelFamily,
+    window_files: PartitionFilesResource,
+) -> ScoringRun | None:
     """The family's champion, loaded once for every window of the run; None (and a warning) if none yet.
 
     Prediction assets are `output_required=False`: without a champion they materialize nothing, so
     their partitions stay missing in the UI, ready to be backfilled once a version is promoted.
     """
     try:
-        return mlflow.load_champion(family)
+        champion = mlflow.load_champion(family)
     except LookupError as exc:
         context.log.warning(f"{exc}; {len(context.partition_keys)} windows not scored (backfill them later)")
         return None
+    return ScoringRun(family.name, champion, context.run.run_id, window_files.window_seconds)
 
 
 def predictions_frame(predictions: Sequence[Prediction]) -> pl.DataFrame:
@@ -43,21 +89,24 @@ def predictions_frame(predictions: Sequence[Prediction]) -> pl.DataFrame:
 
 def record_predictions(
     context: dg.AssetExecutionContext,
-    model_name: str,
+    run: ScoringRun,
     by_window: Mapping[str, Sequence[Prediction]],
     window_files: PartitionFilesResource,
     serving_store: ServingStoreResource,
     mqtt: MqttPublisherResource,
+    as_frame: Callable[[Sequence[Prediction]], pl.DataFrame] = predictions_frame,
 ) -> dict[str, Any]:
     """Write, store and publish the predictions of every window of the run; the asset's metadata."""
     everything: list[Prediction] = []
     for key, predictions in by_window.items():
         if predictions:
-            window_files.write(predictions_frame(predictions), window_files.predictions_path(model_name, key))
+            window_files.write(as_frame(predictions), window_files.predictions_path(run.model_name, key))
         everything.extend(predictions)
     stored = serving_store.get_store().upsert_predictions(everything)
     published = mqtt.publish_predictions(everything, context.log)
     return {
+        "model_version": run.version,
+        "mlflow_run_id": run.champion.info.run_id or "",
         "windows": len(by_window),
         "windows_with_data": sum(1 for predictions in by_window.values() if predictions),
         "predictions": len(everything),
@@ -66,5 +115,5 @@ def record_predictions(
         "labels": dg.MetadataValue.json(
             {label: sum(1 for p in everything if p.label == label) for label in sorted({p.label for p in everything})}
         ),
-        "path": dg.MetadataValue.path(str(window_files.predictions_dir(model_name))),
+        "path": dg.MetadataValue.path(str(window_files.predictions_dir(run.model_name))),
     }

@@ -7,19 +7,24 @@ robot rows of the windows before it too.
 
 import math
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Literal
 
 import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from assets.model_gate import champion_gate_spec, params_from_config, training_config, training_result
-from assets.prediction_output import champion_or_none, record_predictions
+from assets.model_gate import (
+    StoredSets,
+    champion_gate_spec,
+    params_as_dict,
+    params_from_config,
+    train_from_stored_sets,
+    training_config,
+)
+from assets.prediction_output import record_predictions, start_scoring
 from assets.telemetry import window_partitions
 from factory_pipelines import rul_family, rul_model
-from factory_pipelines.datasets import load_dataset, store_dataset
-from factory_pipelines.model_registry import git_commit
+from factory_pipelines.datasets import store_dataset
 from factory_pipelines.resources import (
     MlflowResource,
     MqttPublisherResource,
@@ -28,9 +33,7 @@ from factory_pipelines.resources import (
 )
 from factory_pipelines.simulator import RobotModel
 from factory_pipelines.telemetry import Prediction
-from factory_pipelines.training import train_register_gate
 from factory_pipelines.window_rows import ROBOT_ROWS_SCHEMA
-from factory_pipelines.windows import window_bounds
 
 RUL_GROUP = "rul"
 MODEL = rul_model.MODEL_NAME
@@ -112,28 +115,19 @@ def rul_lstm(
 ) -> dg.MaterializeResult:
     """LSTM RUL model with a conformal interval: logged to MLflow, registered, gated against the champion."""
     params = params_from_config(rul_model.RulParams, config)
-    training, train_frame = load_dataset(window_files.datasets_dir, MODEL, "training")
-    validation, validation_frame = load_dataset(window_files.datasets_dir, MODEL, "validation")
-    train = rul_family.from_stored(train_frame, training.attributes)
-    checked = rul_family.from_stored(validation_frame, validation.attributes)
-    report = train_register_gate(
+    sets = StoredSets.load(window_files, MODEL)
+    train = rul_family.from_stored(sets.training_rows, sets.training.attributes)
+    return train_from_stored_sets(
+        context,
         rul_family.FAMILY,
+        config,
+        sets=sets,
         fit=lambda: rul_model.fit(train, params, progress=context.log.info),
-        validation=checked,
-        datasets=[training.record(train_frame), validation.record(validation_frame)],
-        params={**{f: getattr(params, f) for f in params.__dataclass_fields__}, "training_source": training.source},
-        tracking_uri=mlflow.tracking_uri,
-        artifacts_dir=mlflow.artifacts_path,
-        dagster_run_id=context.run.run_id,
-        code_version=git_commit(),
-        registered_name=training.registered_name,
-        force=config.force_promotion,
-        tolerance=config.promotion_tolerance,
-        record_promotion=lambda record: serving_store.get_store().record_promotion(record),
-        tags={"training_source": training.source},
+        validation=rul_family.from_stored(sets.validation_rows, sets.validation.attributes),
+        params=params_as_dict(params),
+        mlflow=mlflow,
+        serving_store=serving_store,
     )
-    context.log.info(f"{report.registered_name} v{report.version}: {report.promotion.alias}; {report.promotion.reason}")
-    return training_result(report, training_source=training.source)
 
 
 def history_windows(model: rul_model.RulModel, window_seconds: float) -> int:
@@ -159,12 +153,11 @@ def rul_predictions(
     mqtt: MqttPublisherResource,
 ) -> Iterator[dg.MaterializeResult]:
     """Per robot and window: RUL in cycles with its conformal interval, from the robot's recent history."""
-    champion = champion_or_none(context, mlflow, rul_family.FAMILY)
-    if champion is None:
+    run = start_scoring(context, mlflow, rul_family.FAMILY, window_files)
+    if run is None:
         return
-    model: rul_model.RulModel = champion.model
+    model: rul_model.RulModel = run.model
     lookback = history_windows(model, window_files.window_seconds)
-    produced_at = datetime.now(UTC)
     by_window: dict[str, list[Prediction]] = {}
     for key in context.partition_keys:
         if not window_files.rows_path("robots", key).exists():
@@ -173,20 +166,12 @@ def rul_predictions(
         paths = window_files.rows_history("robots", key, lookback)
         rows = pl.concat([pl.read_parquet(p) for p in paths], how="vertical_relaxed") if paths else None
         rows = rows if rows is not None else pl.DataFrame(schema=ROBOT_ROWS_SCHEMA)
-        start, end = window_bounds(key, window_files.window_seconds)
         by_window[key] = [
-            Prediction(
-                model_name=MODEL,
-                model_version=champion.info.version,
-                asset_id=row["asset_id"],
-                window_key=key,
-                score=row["rul"],
-                label="rul_low" if row["lower"] < RUL_LOW_CYCLES else "normal",
-                produced_at=produced_at,
-                window_start=start,
-                window_end=end,
-                mlflow_run_id=champion.info.run_id,
-                dagster_run_id=context.run.run_id,
+            run.prediction(
+                key,
+                row["asset_id"],
+                row["rul"],
+                "rul_low" if row["lower"] < RUL_LOW_CYCLES else "normal",
                 rul_lower=row["lower"],
                 rul_upper=row["upper"],
                 confidence=row["confidence"],
@@ -194,5 +179,5 @@ def rul_predictions(
             )
             for row in rul_model.predict_robot_rul(model, rows).iter_rows(named=True)
         ]
-    metadata = record_predictions(context, MODEL, by_window, window_files, serving_store, mqtt)
-    yield dg.MaterializeResult(metadata={**metadata, "model_version": champion.info.version, "lookback": lookback})
+    metadata = record_predictions(context, run, by_window, window_files, serving_store, mqtt)
+    yield dg.MaterializeResult(metadata={**metadata, "lookback": lookback})

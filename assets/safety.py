@@ -4,18 +4,23 @@ Thin: the work is in `factory_pipelines.safety_model` (tested without Dagster).
 """
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
 import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from assets.model_gate import champion_gate_spec, params_from_config, training_config, training_result
-from assets.prediction_output import champion_or_none, record_predictions
+from assets.model_gate import (
+    StoredSets,
+    champion_gate_spec,
+    params_as_dict,
+    params_from_config,
+    train_from_stored_sets,
+    training_config,
+)
+from assets.prediction_output import record_predictions, start_scoring
 from assets.telemetry import window_partitions
 from factory_pipelines import safety_model
-from factory_pipelines.datasets import load_dataset, store_dataset
-from factory_pipelines.model_registry import git_commit
+from factory_pipelines.datasets import store_dataset
 from factory_pipelines.resources import (
     MlflowResource,
     MqttPublisherResource,
@@ -23,8 +28,6 @@ from factory_pipelines.resources import (
     ServingStoreResource,
 )
 from factory_pipelines.telemetry import Prediction
-from factory_pipelines.training import train_register_gate
-from factory_pipelines.windows import window_bounds
 
 SAFETY_GROUP = "safety"
 MODEL = safety_model.MODEL_NAME
@@ -113,26 +116,19 @@ def safety_hazard(
 ) -> dg.MaterializeResult:
     """Calibrated hazard classifier: logged to MLflow, registered, gated against the champion."""
     params = params_from_config(safety_model.SafetyParams, config)
-    training, train_rows = load_dataset(window_files.datasets_dir, MODEL, "training")
-    validation, validation_rows = load_dataset(window_files.datasets_dir, MODEL, "validation")
-    report = train_register_gate(
+    sets = StoredSets.load(window_files, MODEL)
+    return train_from_stored_sets(
+        context,
         safety_model.FAMILY,
-        fit=lambda: safety_model.fit(train_rows, params, progress=context.log.info),
-        validation=validation_rows,
-        datasets=[training.record(train_rows), validation.record(validation_rows)],
-        params={**params.__dict__, "training_source": training.source},
-        tracking_uri=mlflow.tracking_uri,
-        artifacts_dir=mlflow.artifacts_path,
-        dagster_run_id=context.run.run_id,
-        code_version=git_commit(),
-        force=config.force_promotion,
-        tolerance=config.promotion_tolerance,
-        record_promotion=lambda record: serving_store.get_store().record_promotion(record),
-        tags={"training_source": training.source},
+        config,
+        sets=sets,
+        fit=lambda: safety_model.fit(sets.training_rows, params, progress=context.log.info),
+        validation=sets.validation_rows,
+        params=params_as_dict(params),
+        mlflow=mlflow,
+        serving_store=serving_store,
         describe_fit=safety_model.describe_fit,
     )
-    context.log.info(f"{MODEL} v{report.version}: {report.promotion.alias}; {report.promotion.reason}")
-    return training_result(report, training_source=training.source)
 
 
 @dg.asset(
@@ -151,30 +147,14 @@ def safety_hazard_predictions(
     mqtt: MqttPublisherResource,
 ) -> Iterator[dg.MaterializeResult]:
     """Hazard probability and risk level per zone and window, from the champion."""
-    champion = champion_or_none(context, mlflow, safety_model.FAMILY)
-    if champion is None:
+    run = start_scoring(context, mlflow, safety_model.FAMILY, window_files)
+    if run is None:
         return
-    produced_at = datetime.now(UTC)
     by_window: dict[str, list[Prediction]] = {}
     for key in context.partition_keys:
         features = pl.read_parquet(window_files.model_features_path(MODEL, key))
-        start, end = window_bounds(key, window_files.window_seconds)
         by_window[key] = [
-            Prediction(
-                model_name=MODEL,
-                model_version=champion.info.version,
-                asset_id=row["asset_id"],
-                window_key=key,
-                score=row["probability"],
-                label=row["risk_level"],
-                produced_at=produced_at,
-                window_start=start,
-                window_end=end,
-                mlflow_run_id=champion.info.run_id,
-                dagster_run_id=context.run.run_id,
-                zone=row["zone"],
-            )
-            for row in champion.model.predict_proba(features).iter_rows(named=True)
+            run.prediction(key, row["asset_id"], row["probability"], row["risk_level"], zone=row["zone"])
+            for row in run.model.predict_proba(features).iter_rows(named=True)
         ]
-    metadata = record_predictions(context, MODEL, by_window, window_files, serving_store, mqtt)
-    yield dg.MaterializeResult(metadata={**metadata, "model_version": champion.info.version})
+    yield dg.MaterializeResult(metadata=record_predictions(context, run, by_window, window_files, serving_store, mqtt))
