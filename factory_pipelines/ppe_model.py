@@ -63,6 +63,8 @@ MAP_CLASSES: tuple[PpeClass, ...] = (
     PpeClass.SAFETY_VEST,
     PpeClass.NO_SAFETY_VEST,
     PpeClass.PERSON,
+    PpeClass.MACHINERY,
+    PpeClass.VEHICLE,
 )
 CROP_CLASSES: tuple[PpeClass, ...] = MAP_CLASSES[:4]  # what the crop classifier tells apart
 CHANNEL = {cls: index for index, cls in enumerate(MAP_CLASSES)}
@@ -76,7 +78,14 @@ PAINTED_SHARE: dict[PpeClass, tuple[float, float]] = {
     PpeClass.SAFETY_VEST: (0.8, 0.8),
     PpeClass.NO_SAFETY_VEST: (0.8, 0.8),
     PpeClass.PERSON: (0.5, 0.7),
+    PpeClass.MACHINERY: (0.8, 0.8),
+    PpeClass.VEHICLE: (0.8, 0.8),
 }
+# What the frame head says about a whole frame (or a training crop), in order. Besides the verdicts,
+# it learns what is in the picture: a frame of machinery with a driver in the cab is labelled
+# "person" but is no violation, and only the whole picture tells the two apart.
+FRAME_OUTPUTS: tuple[str, ...] = ("violation", "no_hardhat", "no_vest", "person", "hardhat", "vest", "machinery")
+PRESENCE_LEVEL = 0.2  # a crop holds a class when its pooled target reaches this (a far head covers 1/4 cell)
 WORN, MISSING, UNKNOWN = "worn", "missing", "unknown"
 CONFIG_FILE = "ppe_config.json"
 NETWORK_FILE = "ppe_network.keras"
@@ -95,9 +104,14 @@ class PpeParams:
     batch_size: int = 16  # crops per gradient step
     learning_rate: float = 2e-3  # Adam's initial rate, cosine-decayed to zero over the epochs
     positive_weight: float = 3.0  # weight of a painted (positive) cell in the loss, against 1 for background
+    frame_weight: float = 0.2  # weight of the frame head's loss against the maps' loss
+    dropout: float = 0.3  # dropout before the frame head's output layer
+    frame_score: str = "head"  # frame verdict from the frame "head", or from the "maps" (their top cell)
     smoothing_cells: int = 2  # frame score = max of the map averaged over this many cells square
     calibration_fraction: float = 0.2  # share of training frames held out to choose the threshold (0: none)
     threshold: float = 0.5  # verdict threshold used when calibration_fraction is 0
+    violation_prior: float = 0.5  # share of violating frames the threshold is tuned for (0: as in the training data)
+    mirror_at_inference: bool = True  # average each frame's outputs with those of its mirror image
     region_threshold: float = 0.4  # person-map level that outlines a person region
     seed: int = 42  # seeds the split, the crops and the initial weights
 
@@ -151,10 +165,11 @@ def target_maps(boxes: np.ndarray, grid: int) -> np.ndarray:
 
 
 def build_network(params: PpeParams) -> keras.Model:
-    """Conv stages down to 1/32 (people are large: the person map needs the field of view), then a
-    small feature pyramid back up to 1/8, where five sigmoid maps come out.
+    """Conv stages down to 1/32, a small feature pyramid back up to 1/8 where the class maps come
+    out, and a frame head on the pooled 1/32 features and map peaks.
 
     Any input side that is a multiple of 32 works: inference runs on whole frames, training on crops.
+    Outputs a dict: "maps" (N, H/8, W/8, len(MAP_CLASSES)) and "frame" (N, len(FRAME_OUTPUTS)).
     """
     import keras
     from keras import layers
@@ -181,11 +196,20 @@ def build_network(params: PpeParams) -> keras.Model:
     sixteenth = conv(x, 8 * width)
     x = conv(sixteenth, 8 * width, 2)
     x = conv(x, 8 * width)
-    x = conv(x, 8 * width)
-    x = up_and_merge(x, sixteenth, 8 * width)
+    thirty_second = conv(x, 8 * width)
+    x = up_and_merge(thirty_second, sixteenth, 8 * width)
     x = up_and_merge(x, eighth, 4 * width)
     maps = layers.Conv2D(len(MAP_CLASSES), 1, activation="sigmoid", name="maps")(x)
-    return keras.Model(frames, maps, name=MODEL_NAME)
+    pooled = layers.Concatenate()(
+        [
+            layers.GlobalAveragePooling2D()(thirty_second),
+            layers.GlobalMaxPooling2D()(thirty_second),
+            layers.GlobalMaxPooling2D()(maps),
+        ]
+    )
+    hidden = layers.Dropout(params.dropout, seed=params.seed)(layers.Dense(8 * width, activation="relu")(pooled))
+    frame = layers.Dense(len(FRAME_OUTPUTS), activation="sigmoid", name="frame")(hidden)
+    return keras.Model(frames, {"maps": maps, "frame": frame}, name=MODEL_NAME)
 
 
 def weighted_map_loss(positive_weight: float) -> Callable[[Any, Any], Any]:
@@ -215,6 +239,21 @@ def _augmented_crops(
     base_fraction = params.crop_size / params.image_size
     n = images.shape[0]
 
+    def frame_labels(crop_target: Any) -> Any:
+        present = tf.cast(tf.reduce_max(crop_target, axis=(0, 1)) >= PRESENCE_LEVEL, tf.float32)
+        channel = {cls: present[index] for cls, index in CHANNEL.items()}
+        no_hardhat, no_vest = channel[PpeClass.NO_HARDHAT], channel[PpeClass.NO_SAFETY_VEST]
+        by_name = {
+            "violation": tf.maximum(no_hardhat, no_vest),
+            "no_hardhat": no_hardhat,
+            "no_vest": no_vest,
+            "person": channel[PpeClass.PERSON],
+            "hardhat": channel[PpeClass.HARDHAT],
+            "vest": channel[PpeClass.SAFETY_VEST],
+            "machinery": tf.maximum(channel[PpeClass.MACHINERY], channel[PpeClass.VEHICLE]),
+        }
+        return tf.stack([by_name[name] for name in FRAME_OUTPUTS])
+
     def one(index: Any, seed: Any) -> tuple[Any, Any]:
         seeds = tf.random.split(seed, 6)
         zoom = tf.random.stateless_uniform([], seeds[0], params.zoom_min, params.zoom_max)
@@ -234,7 +273,8 @@ def _augmented_crops(
         pixels = tf.image.stateless_random_brightness(pixels, 0.12, seeds[3])
         pixels = tf.image.stateless_random_contrast(pixels, 0.75, 1.25, seeds[4])
         pixels = tf.image.stateless_random_saturation(pixels, 0.7, 1.3, seeds[5])
-        return tf.clip_by_value(pixels, 0.0, 1.0) * 255.0, crop_target
+        targets = {"maps": crop_target, "frame": frame_labels(crop_target)}
+        return tf.clip_by_value(pixels, 0.0, 1.0) * 255.0, targets
 
     images_tensor = tf.constant(images)
     targets_tensor = tf.constant(targets)
@@ -259,7 +299,11 @@ def _train_network(
     steps = max(1, math.ceil(data.n_frames / params.batch_size))
     network = build_network(params)
     schedule = keras.optimizers.schedules.CosineDecay(params.learning_rate, decay_steps=steps * params.epochs)
-    network.compile(optimizer=keras.optimizers.Adam(schedule), loss=weighted_map_loss(params.positive_weight))
+    network.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss={"maps": weighted_map_loss(params.positive_weight), "frame": keras.losses.BinaryCrossentropy()},
+        loss_weights={"maps": 1.0, "frame": params.frame_weight},
+    )
     callbacks = []
     if progress is not None:
 
@@ -310,6 +354,19 @@ class FrameVerdict:
         return asdict(self)
 
 
+@dataclass(frozen=True, slots=True)
+class NetworkOutput:
+    maps: np.ndarray  # (N, H/8, W/8, len(MAP_CLASSES)) probabilities
+    frame: np.ndarray  # (N, len(FRAME_OUTPUTS)) probabilities of the frame head
+
+
+@dataclass(frozen=True, slots=True)
+class FrameScores:
+    violation: np.ndarray
+    no_hardhat: np.ndarray
+    no_vest: np.ndarray
+
+
 @dataclass
 class PpeModel:
     """The trained network with what turns its maps into verdicts."""
@@ -329,55 +386,69 @@ class PpeModel:
             batch[index] = resize_square(decode_image(image), size)
         return batch
 
-    def predict_maps(self, batch: np.ndarray, chunk: int = 16) -> np.ndarray:
-        """(N, S/8, S/8, 5) probability maps for a (N, S, S, 3) batch."""
-        outputs = [
-            np.asarray(self.network.predict_on_batch(batch[start : start + chunk].astype(np.float32)))
-            for start in range(0, len(batch), chunk)
-        ]
-        grid = self.params.image_size // OUTPUT_STRIDE
-        return np.concatenate(outputs) if outputs else np.zeros((0, grid, grid, len(MAP_CLASSES)), np.float32)
+    def predict_batch(self, batch: np.ndarray, chunk: int = 16) -> NetworkOutput:
+        """Maps and frame-head probabilities for a (N, S, S, 3) batch (averaged with its mirror image
+        when `params.mirror_at_inference`: a cheap, steady gain for a network this small)."""
+        maps, frame = [], []
+        for start in range(0, len(batch), chunk):
+            part = batch[start : start + chunk].astype(np.float32)
+            output = self.network.predict_on_batch(part)
+            part_maps, part_frame = np.asarray(output["maps"]), np.asarray(output["frame"])
+            if self.params.mirror_at_inference:
+                mirrored = self.network.predict_on_batch(part[:, :, ::-1])
+                part_maps = (part_maps + np.asarray(mirrored["maps"])[:, :, ::-1]) / 2
+                part_frame = (part_frame + np.asarray(mirrored["frame"])) / 2
+            maps.append(part_maps)
+            frame.append(part_frame)
+        if not maps:
+            grid = self.params.image_size // OUTPUT_STRIDE
+            return NetworkOutput(np.zeros((0, grid, grid, len(MAP_CLASSES))), np.zeros((0, len(FRAME_OUTPUTS))))
+        return NetworkOutput(maps=np.concatenate(maps), frame=np.concatenate(frame))
 
-    def map_scores(self, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per frame: no-hard-hat and no-vest scores, the top of each smoothed map."""
+    def scores(self, output: NetworkOutput) -> FrameScores:
+        """Per frame: violation, no-hard-hat and no-vest probabilities, from the head or from the maps."""
+        if self.params.frame_score == "head":
+            column = {name: index for index, name in enumerate(FRAME_OUTPUTS)}
+            return FrameScores(
+                violation=output.frame[:, column["violation"]],
+                no_hardhat=output.frame[:, column["no_hardhat"]],
+                no_vest=output.frame[:, column["no_vest"]],
+            )
         cells = self.params.smoothing_cells
-        smoothed = _box_smooth(maps, cells) if cells > 1 else maps
+        smoothed = _box_smooth(output.maps, cells) if cells > 1 else output.maps
         top = smoothed.max(axis=(1, 2))
-        return top[:, CHANNEL[PpeClass.NO_HARDHAT]], top[:, CHANNEL[PpeClass.NO_SAFETY_VEST]]
+        no_hardhat, no_vest = top[:, CHANNEL[PpeClass.NO_HARDHAT]], top[:, CHANNEL[PpeClass.NO_SAFETY_VEST]]
+        return FrameScores(violation=np.maximum(no_hardhat, no_vest), no_hardhat=no_hardhat, no_vest=no_vest)
+
+    def predict_data(self, data: LabelledFrames) -> NetworkOutput:
+        """Network outputs for the frames of a labelled set, in order."""
+        return self.predict_batch(load_square_images(data.frames["image_path"].to_list(), self.params.image_size))
 
     def frame_scores(self, data: LabelledFrames) -> np.ndarray:
         """Violation probability of each frame of `data`, in order."""
-        no_hardhat, no_vest = self.map_scores(self.predict_maps(self._load(data)))
-        return np.maximum(no_hardhat, no_vest)
-
-    def _load(self, data: LabelledFrames) -> np.ndarray:
-        return load_square_images(data.frames["image_path"].to_list(), self.params.image_size)
+        return self.scores(self.predict_data(data)).violation
 
     # -- verdicts --
 
     def predict_frames(self, images: Sequence[FrameInput]) -> list[FrameVerdict]:
         """One verdict per frame (HxWx3 uint8 arrays, JPEG/PNG bytes or paths), with person regions."""
-        maps = self.predict_maps(self.frame_batch(images))
-        return self.verdicts_from_maps(maps)
+        return self.verdicts(self.predict_batch(self.frame_batch(images)))
 
-    def verdicts_from_maps(self, maps: np.ndarray) -> list[FrameVerdict]:
-        no_hardhat, no_vest = self.map_scores(maps)
-        verdicts = []
-        for index in range(len(maps)):
-            violation_probability = float(max(no_hardhat[index], no_vest[index]))
-            verdicts.append(
-                FrameVerdict(
-                    violation_probability=violation_probability,
-                    violation=violation_probability >= self.threshold,
-                    no_hardhat_probability=float(no_hardhat[index]),
-                    no_hardhat=bool(no_hardhat[index] >= self.threshold),
-                    no_vest_probability=float(no_vest[index]),
-                    no_vest=bool(no_vest[index] >= self.threshold),
-                    threshold=self.threshold,
-                    regions=self.regions(maps[index]),
-                )
+    def verdicts(self, output: NetworkOutput) -> list[FrameVerdict]:
+        scores = self.scores(output)
+        return [
+            FrameVerdict(
+                violation_probability=float(scores.violation[index]),
+                violation=bool(scores.violation[index] >= self.threshold),
+                no_hardhat_probability=float(scores.no_hardhat[index]),
+                no_hardhat=bool(scores.no_hardhat[index] >= self.threshold),
+                no_vest_probability=float(scores.no_vest[index]),
+                no_vest=bool(scores.no_vest[index] >= self.threshold),
+                threshold=self.threshold,
+                regions=self.regions(output.maps[index]),
             )
-        return verdicts
+            for index in range(len(output.maps))
+        ]
 
     def regions(self, maps: np.ndarray) -> tuple[PersonRegion, ...]:
         """Blobs of the person map, then blobs of a "no" map outside every person blob."""
@@ -490,18 +561,30 @@ def _box_cells(x: float, y: float, w: float, h: float, grid: int) -> tuple[slice
 # ---- fit and evaluate -------------------------------------------------------------------------
 
 
-def best_f1_threshold(scores: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+def best_f1_threshold(scores: np.ndarray, truth: np.ndarray, prior: float = 0.0) -> tuple[float, float]:
     """The cut on `scores` with the best F1 against `truth` (ties: the higher cut), and that F1.
 
-    The cut is placed half-way between neighbouring scores, so it does not hinge on one frame.
+    With `prior` in (0, 1), violating and compliant frames are re-weighted as if violations made up
+    that share of the frames: the training folders hold far more violating frames (80 %) than a
+    camera or the evaluation folders see (about half), and the F1-best cut moves with that share.
+    Cuts sit half-way between neighbouring scores, so they do not hinge on one frame.
     """
-    if not truth.any():
+    truth = truth.astype(bool)
+    if not truth.any() or truth.all():
         return 0.5, 0.0
+    positive_weight, negative_weight = 1.0, 1.0
+    if 0.0 < prior < 1.0:
+        share = float(truth.mean())
+        positive_weight, negative_weight = prior / share, (1.0 - prior) / (1.0 - share)
     order = np.sort(np.unique(scores))
     candidates = np.concatenate([[order[0] - 1e-6], (order[1:] + order[:-1]) / 2, [order[-1] + 1e-6]])
     best, best_f1 = 0.5, -1.0
     for cut in candidates:
-        f1 = violation_metrics(scores >= cut, truth)["f1"]
+        predicted = scores >= cut
+        true_positive = positive_weight * float(np.sum(predicted & truth))
+        false_positive = negative_weight * float(np.sum(predicted & ~truth))
+        false_negative = positive_weight * float(np.sum(~predicted & truth))
+        f1 = 2 * true_positive / max(2 * true_positive + false_positive + false_negative, 1e-12)
         if f1 >= best_f1:
             best, best_f1 = float(cut), f1
     return best, best_f1
@@ -532,7 +615,7 @@ def fit(train: LabelledFrames, params: PpeParams, progress: Callable[[str], None
     model = PpeModel(network=network, params=params, threshold=threshold)
     if params.calibration_fraction > 0 and held_out.n_frames:
         scores = model.frame_scores(held_out)
-        threshold, f1 = best_f1_threshold(scores, held_out.frames["violation"].to_numpy())
+        threshold, f1 = best_f1_threshold(scores, held_out.frames["violation"].to_numpy(), params.violation_prior)
         model.threshold = threshold
         calibration = {"calibration_frames": float(held_out.n_frames), "calibration_f1": f1}
         say(f"threshold {threshold:.3f} (F1 {f1:.3f} on {held_out.n_frames} held-out training frames)")
@@ -542,26 +625,25 @@ def fit(train: LabelledFrames, params: PpeParams, progress: Callable[[str], None
 
 def evaluate(model: PpeModel, validation: LabelledFrames) -> dict[str, float]:
     """Frame-level violation precision/recall/F1, crop-classifier accuracy, and their counts."""
-    maps = model.predict_maps(model._load(validation))
-    no_hardhat, no_vest = model.map_scores(maps)
-    scores = np.maximum(no_hardhat, no_vest)
+    output = model.predict_data(validation)
+    scores = model.scores(output)
     frames = validation.frames
-    metrics = violation_metrics(scores >= model.threshold, frames["violation"].to_numpy())
-    hardhat_truth, vest_truth = frames["no_hardhat"].to_numpy(), frames["no_vest"].to_numpy()
-    metrics["no_hardhat_f1"] = violation_metrics(no_hardhat >= model.threshold, hardhat_truth)["f1"]
-    metrics["no_vest_f1"] = violation_metrics(no_vest >= model.threshold, vest_truth)["f1"]
-    truth_classes, predicted_classes = [], []
+    threshold = model.threshold
+    metrics = violation_metrics(scores.violation >= threshold, frames["violation"].to_numpy())
+    no_hardhat = violation_metrics(scores.no_hardhat >= threshold, frames["no_hardhat"].to_numpy())
+    no_vest = violation_metrics(scores.no_vest >= threshold, frames["no_vest"].to_numpy())
+    metrics |= {"no_hardhat_f1": no_hardhat["f1"], "no_vest_f1": no_vest["f1"]}
+    truth_classes, predicted_classes = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     crop_ids = [int(c) for c in CROP_CLASSES]
-    for frame_maps, boxes in zip(maps, validation.boxes_by_frame(), strict=True):
+    for frame_maps, boxes in zip(output.maps, validation.boxes_by_frame(), strict=True):
         labelled = boxes[np.isin(boxes[:, 0].astype(np.int64), crop_ids)]
         truth_classes.append(labelled[:, 0].astype(np.int64))
         predicted_classes.append(model.classify_boxes(frame_maps, labelled))
-    truth_all = np.concatenate(truth_classes) if truth_classes else np.zeros(0, np.int64)
-    predicted_all = np.concatenate(predicted_classes) if predicted_classes else np.zeros(0, np.int64)
-    metrics["crop_accuracy"] = float(np.mean(truth_all == predicted_all)) if truth_all.size else 0.0
-    metrics["n_crops"] = float(truth_all.size)
+    truth, predicted = np.concatenate(truth_classes), np.concatenate(predicted_classes)
+    metrics["crop_accuracy"] = float(np.mean(truth == predicted)) if truth.size else 0.0
+    metrics["n_crops"] = float(truth.size)
     metrics["n_frames"] = float(frames.height)
-    metrics["violation_share"] = float(frames["violation"].mean() or 0.0) if frames.height else 0.0
+    metrics["violation_share"] = float(frames["violation"].mean() or 0.0) if frames.height else 0.0  # type: ignore[arg-type]
     metrics["threshold"] = model.threshold
     return metrics
 

@@ -181,15 +181,13 @@ def test_predict_frames_takes_arrays_and_jpegs_and_gives_regions(tiny_model: pm.
     assert [v.violation_probability for v in from_jpeg] == pytest.approx([v.violation_probability for v in from_array])
     for verdict in from_jpeg:
         assert verdict.violation == (verdict.violation_probability >= tiny_model.threshold)
-        assert verdict.violation_probability == max(verdict.no_hardhat_probability, verdict.no_vest_probability)
+        assert verdict.no_hardhat == (verdict.no_hardhat_probability >= tiny_model.threshold)
+        assert verdict.no_vest == (verdict.no_vest_probability >= tiny_model.threshold)
+        assert 0 <= verdict.no_hardhat_probability <= 1 and 0 <= verdict.no_vest_probability <= 1
         for region in verdict.regions:
             x0, y0, x1, y1 = region.box
             assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
-            assert region.hardhat in {pm.WORN, pm.MISSING, pm.UNKNOWN} and region.vest in {
-                pm.WORN,
-                pm.MISSING,
-                pm.UNKNOWN,
-            }
+            assert {region.hardhat, region.vest} <= {pm.WORN, pm.MISSING, pm.UNKNOWN}
     # frames with people get person regions more often than empty ones
     with_people = [v for v, f in zip(from_jpeg, camera, strict=True) if any(b.class_id == 5 for b in f.boxes)]
     assert with_people and any(v.regions for v in with_people)
