@@ -10,6 +10,9 @@ calibrate the interval) and scores every test engine against the RUL file. Print
     .venv/bin/python benchmarks/rul_cmapss.py --subsets FD001
     .venv/bin/python benchmarks/rul_cmapss.py --subsets FD002 FD004 --param ensemble_size=3
     /usr/bin/time -v .venv/bin/python benchmarks/rul_cmapss.py --subsets FD001   # peak memory too
+
+With `--split-only --work-dir DIR` it only writes the split (DIR/FD00x/train_, test_ and RUL_FD00x.txt)
+for `factory benchmark rul --cmapss-dir DIR/FD00x --test-dir DIR/FD00x`, the path through Dagster and MLflow.
 """
 
 from __future__ import annotations
@@ -90,7 +93,24 @@ def main() -> None:
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE", help="a RulParams override")
     parser.add_argument("--work-dir", type=Path, default=None, help="where the split files go (default: a temp dir)")
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
+    parser.add_argument("--split-only", action="store_true", help="write the split files to --work-dir and stop")
     args = parser.parse_args()
+    if args.split_only:
+        if args.work_dir is None:
+            parser.error("--split-only needs --work-dir")
+        for subset in args.subsets:
+            split = rul_model.write_cmapss_dev_split(
+                args.data_dir / f"train_{subset}.txt",
+                args.work_dir / subset,
+                held_out_fraction=args.held_out_fraction,
+                seed=args.seed,
+                cuts_per_engine=args.cuts_per_engine,
+            )
+            print(
+                f"{subset}: {split.held_out_engines} engines held out, {split.test_engines} test engines in "
+                f"{args.work_dir / subset}"
+            )
+        return
 
     params = replace(rul_model.RulParams(), **parse_overrides(args.param))
     with tempfile.TemporaryDirectory(prefix="rul-cmapss-") as tmp:

@@ -103,6 +103,9 @@ def train(
     missing: Annotated[
         bool, typer.Option("--missing", help="Train every model that has no champion yet, with its defaults.")
     ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="With --missing: list the models it would train, train none.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Build the model's data sets, train it, register a version and gate it, as a Dagster run."""
@@ -116,11 +119,16 @@ def train(
         settings = _settings()
         todo = [n for n in CATALOG if champion_info(settings.resolved_mlflow_uri, n) is None]
         console.print(f"models without a champion: {', '.join(todo) or 'none'}")
+        if dry_run:
+            emit({"would_train": todo}, as_json)
+            return
         results = [_train_one(settings, n, {}, {}) for n in todo]
         emit({"trained": results}, as_json)
         if not all(r["success"] for r in results):
             raise typer.Exit(1)
         return
+    if dry_run:
+        raise typer.BadParameter("--dry-run goes with --missing", param_hint="--dry-run")
     if name is None:
         raise typer.BadParameter(f"name a model ({MODEL_NAMES}) or pass --missing", param_hint="NAME")
     _known_model(name)
@@ -373,9 +381,12 @@ def benchmark_anomaly(
     """energy_iforest's detector under the SKAB protocol: fit each run's first 400 rows, score the rest."""
     from factory_pipelines import skab
 
-    runs = skab.find_labelled_runs(skab_dir)
-    if not runs:
-        raise typer.BadParameter(f"no labelled SKAB runs (CSV with an `anomaly` column) under {skab_dir}")
-    console.print(f"scoring {len(runs)} labelled runs under {skab_dir} ...")
-    result = skab.benchmark_skab(skab_dir, skab.SkabParams())
+    try:  # a bad file under the folder reads as one clear line naming it, not a traceback
+        runs = skab.find_labelled_runs(skab_dir)
+        if not runs:
+            raise typer.BadParameter(f"no labelled SKAB runs (CSV with an `anomaly` column) under {skab_dir}")
+        console.print(f"scoring {len(runs)} labelled runs under {skab_dir} ...")
+        result = skab.benchmark_skab(skab_dir, skab.SkabParams(), progress=console.print)
+    except skab.SkabFormatError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--skab-dir") from None
     emit(result if as_json else {k: v for k, v in result.items() if k != "runs"}, as_json)

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from factory_pipelines.cli import app
+from factory_pipelines.model_catalog import CATALOG
 from factory_pipelines.settings import load_settings
 
 runner = CliRunner()
@@ -31,6 +32,8 @@ def _json(args: list[str]) -> dict[str, object]:
 
 
 def test_train_gates_and_evaluate_scores_registered_versions(data_dir: Path) -> None:
+    # `train --missing` (what `factory up` starts) would train every family on a fresh install
+    assert _json(["train", "--missing", "--dry-run", "--json"])["would_train"] == list(CATALOG)
     first = _json(["train", "energy_iforest", "-p", "n_estimators=30", "--json"])
     assert first["success"] is True and first["version"] == "1" and first["alias"] == "champion"
     assert first["metrics"]["f1"] > 0.5  # type: ignore[index]
@@ -53,6 +56,10 @@ def test_train_gates_and_evaluate_scores_registered_versions(data_dir: Path) -> 
         runs = instance.get_runs()
     assert {r.run_id for r in runs} == {first["dagster_run_id"], worse["dagster_run_id"], forced["dagster_run_id"]}
     assert {r.job_name for r in runs} == {"energy_iforest_training_job"}
+    # ... and skips a family once it has a champion
+    assert _json(["train", "--missing", "--dry-run", "--json"])["would_train"] == [
+        name for name in CATALOG if name != "energy_iforest"
+    ]
 
 
 def test_clear_errors_for_unknown_model_bad_config_and_missing_alias(data_dir: Path) -> None:
@@ -62,3 +69,15 @@ def test_clear_errors_for_unknown_model_bad_config_and_missing_alias(data_dir: P
     assert malformed.exit_code == 2 and "KEY=VALUE" in malformed.output
     missing = runner.invoke(app, ["evaluate", "energy_iforest"])
     assert missing.exit_code == 1 and "does not exist" in missing.output
+
+
+def test_dry_run_without_missing_and_a_malformed_skab_file_are_refused_clearly(data_dir: Path) -> None:
+    dry = runner.invoke(app, ["train", "energy_iforest", "--dry-run"])
+    assert dry.exit_code == 2 and "--dry-run goes with --missing" in dry.output
+
+    skab_dir = data_dir.parent / "skab"
+    skab_dir.mkdir()
+    (skab_dir / "1.csv").write_text("datetime,Accelerometer1RMS,anomaly,changepoint\n2020-03-09 10:14:33,0.02,0,0\n")
+    bad = runner.invoke(app, ["benchmark", "anomaly", "--skab-dir", str(skab_dir), "--json"])
+    assert bad.exit_code == 2 and "1.csv" in bad.output and "';'-separated" in bad.output
+    assert bad.exception is None or isinstance(bad.exception, SystemExit)  # a usage error, not a traceback
