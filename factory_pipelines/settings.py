@@ -81,11 +81,33 @@ class FactorySettings(BaseSettings):
     max_live_partitions: int = Field(50_000, gt=0, description="Upper bound on live window partitions in Dagster.")
     sensor_interval_seconds: int = Field(5, gt=0, description="How often the window sensor polls for sealed windows.")
     anomaly_contamination: float = Field(0.02, gt=0, lt=0.5, description="Expected anomaly share for energy_iforest.")
+    alert_rules_file: Path | None = Field(
+        None, description="YAML file of alert rules; default: the rules shipped with the platform."
+    )
+    sms_tag: str = Field("[6G-MAS ALERT]", description="First-line tag of alert texts (on-call phones filter on it).")
+    sms_rate_limit: int = Field(5, ge=1, description="Most texts one number gets per sms_rate_window_s.")
+    sms_rate_window_s: float = Field(600.0, gt=0, description="Window of the per-number text rate limit.")
+    escalate_after_s: float = Field(
+        900.0, gt=0, description="A CRITICAL alert still unacknowledged this long is texted to the escalation list."
+    )
 
     # Secrets: only from the environment or .env (names are the vendors' usual ones).
     twilio_account_sid: SecretStr | None = Field(None, validation_alias=AliasChoices("TWILIO_ACCOUNT_SID"))
     twilio_auth_token: SecretStr | None = Field(None, validation_alias=AliasChoices("TWILIO_AUTH_TOKEN"))
     twilio_from_number: str | None = Field(None, validation_alias=AliasChoices("TWILIO_FROM_NUMBER"))
+    twilio_to_numbers: str | None = Field(
+        None, validation_alias=AliasChoices("TWILIO_TO_NUMBERS"), description="On-call numbers, comma-separated."
+    )
+    twilio_escalation_numbers: str | None = Field(
+        None,
+        validation_alias=AliasChoices("TWILIO_ESCALATION_NUMBERS"),
+        description="Second list, texted when a CRITICAL alert stays unacknowledged past escalate_after_s.",
+    )
+    twilio_api_base_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("TWILIO_API_BASE_URL"),
+        description="A Twilio-compatible endpoint; default: Twilio's own API.",
+    )
     gemini_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("GEMINI_API_KEY"))
     gemini_model: str = Field("gemini-2.5-flash", validation_alias=AliasChoices("GEMINI_MODEL"))
     gemini_base_url: str | None = Field(None, validation_alias=AliasChoices("GEMINI_BASE_URL"))
@@ -96,6 +118,10 @@ class FactorySettings(BaseSettings):
         "twilio_account_sid",
         "twilio_auth_token",
         "twilio_from_number",
+        "twilio_to_numbers",
+        "twilio_escalation_numbers",
+        "twilio_api_base_url",
+        "alert_rules_file",
         "gemini_api_key",
         "gemini_base_url",
         mode="before",
@@ -195,6 +221,14 @@ class FactorySettings(BaseSettings):
         return self.db_url or f"sqlite:///{self.data_path / 'serving.db'}"
 
     @property
+    def on_call_numbers(self) -> list[str]:
+        return _number_list(self.twilio_to_numbers)
+
+    @property
+    def escalation_numbers(self) -> list[str]:
+        return _number_list(self.twilio_escalation_numbers)
+
+    @property
     def mqtt_host(self) -> str:
         return urlsplit(self.mqtt_url).hostname or "127.0.0.1"
 
@@ -232,6 +266,10 @@ class FactorySettings(BaseSettings):
             self.logs_dir,
         ):
             path.mkdir(parents=True, exist_ok=True)
+
+
+def _number_list(value: str | None) -> list[str]:
+    return [number.strip() for number in (value or "").split(",") if number.strip()]
 
 
 def load_settings(**overrides: Any) -> FactorySettings:
