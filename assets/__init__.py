@@ -1,5 +1,6 @@
 """Dagster asset and asset-check definitions, one module per domain."""
 
+from assets.alerts import window_alerts
 from assets.cyber import cyber_detector, cyber_detector_dataset, cyber_detector_predictions, network_features
 from assets.energy import energy_anomaly_predictions, energy_iforest, energy_iforest_dataset, machine_features
 from assets.ppe import ppe_vision, ppe_vision_dataset, ppe_vision_predictions
@@ -34,7 +35,7 @@ training_assets = [
 ]
 """Each model family's dataset and training asset (what `factory train` and the launchpad run)."""
 
-all_assets = [*window_assets, *training_assets]
+all_assets = [*window_assets, *training_assets, window_alerts]
 
 __all__ = [
     "all_assets",
@@ -58,6 +59,7 @@ __all__ = [
     "safety_hazard_predictions",
     "telemetry_window",
     "training_assets",
+    "window_alerts",
     "window_assets",
     "window_partitions",
 ]

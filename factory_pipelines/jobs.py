@@ -1,11 +1,13 @@
-"""Asset jobs of the code location: the window pipeline, and one training job per model family."""
+"""Jobs of the code location: the window pipeline, one training job per model family, the
+orchestrator job (alert rules over new predictions) and the alert timers."""
 
-from __future__ import annotations
+from datetime import UTC, datetime
 
 import dagster as dg
 
-from assets import window_assets
+from assets import window_alerts, window_assets
 from factory_pipelines.model_catalog import CATALOG
+from factory_pipelines.resources import AlertDeskResource
 
 window_predictions_job = dg.define_asset_job(
     "window_predictions_job",
@@ -24,3 +26,33 @@ training_jobs = [
     )
     for entry in CATALOG.values()
 ]
+
+orchestrator_job = dg.define_asset_job(
+    "orchestrator_job",
+    selection=dg.AssetSelection.assets(window_alerts),
+    description="Evaluate the alert rules on a window's new predictions and telemetry; record, plan and text.",
+    executor_def=dg.in_process_executor,
+)
+
+
+@dg.op(description="Drain the alert outbox, clear alerts that have not recurred, escalate unacknowledged ones.")
+def run_alert_timers(context: dg.OpExecutionContext, alert_desk: AlertDeskResource) -> dg.Output[None]:
+    report = alert_desk.get_desk().run_timers(now=datetime.now(UTC))
+    context.log.info(
+        f"{len(report.auto_cleared)} auto-cleared, {len(report.escalated)} escalated, "
+        f"{report.drained} drained from the outbox ({report.still_queued} still queued)"
+    )
+    return dg.Output(
+        None,
+        metadata={
+            "auto_cleared": dg.MetadataValue.json(report.auto_cleared),
+            "escalated": dg.MetadataValue.json([list(item) for item in report.escalated]),
+            "drained": report.drained,
+            "still_queued": report.still_queued,
+        },
+    )
+
+
+@dg.job(description="The alert timers: auto-clear, escalation, outbox (scheduled every minute).")
+def alert_timers_job() -> None:
+    run_alert_timers()

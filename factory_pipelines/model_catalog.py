@@ -20,6 +20,7 @@ class CatalogEntry:
     name: str
     module: str
     summary: str
+    prediction_asset: str  # the window-partitioned asset that serves the champion's predictions
 
     @property
     def dataset_asset(self) -> str:
@@ -41,11 +42,36 @@ class CatalogEntry:
 CATALOG: dict[str, CatalogEntry] = {
     entry.name: entry
     for entry in (  # quick ones first: `factory train --missing` goes in this order
-        CatalogEntry("energy_iforest", "factory_pipelines.energy_model", "power-consumption anomalies per machine"),
-        CatalogEntry("safety_hazard", "factory_pipelines.safety_model", "calibrated hazard probability per zone"),
-        CatalogEntry("cyber_detector", "factory_pipelines.cyber_model", "network attacks per machine and window"),
-        CatalogEntry("rul_lstm", "factory_pipelines.rul_family", "robot bearing remaining useful life, with interval"),
-        CatalogEntry("ppe_vision", "factory_pipelines.ppe_family", "hard-hat and vest compliance per camera frame"),
+        CatalogEntry(
+            "energy_iforest",
+            "factory_pipelines.energy_model",
+            "power-consumption anomalies per machine",
+            "energy_anomaly_predictions",
+        ),
+        CatalogEntry(
+            "safety_hazard",
+            "factory_pipelines.safety_model",
+            "calibrated hazard probability per zone",
+            "safety_hazard_predictions",
+        ),
+        CatalogEntry(
+            "cyber_detector",
+            "factory_pipelines.cyber_model",
+            "network attacks per machine and window",
+            "cyber_detector_predictions",
+        ),
+        CatalogEntry(
+            "rul_lstm",
+            "factory_pipelines.rul_family",
+            "robot bearing remaining useful life, with interval",
+            "rul_predictions",
+        ),
+        CatalogEntry(
+            "ppe_vision",
+            "factory_pipelines.ppe_family",
+            "hard-hat and vest compliance per camera frame",
+            "ppe_vision_predictions",
+        ),
     )
 }
 

@@ -7,6 +7,8 @@ decide), so `definitions.py`, `factory up` and the tests get the same wiring.
 
 from __future__ import annotations
 
+import json
+import os
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,11 +16,14 @@ from typing import Any
 
 import dagster as dg
 import polars as pl
-from pydantic import PrivateAttr
+from pydantic import PrivateAttr, SecretStr
 
-from factory_pipelines.durable_files import write_parquet_atomic
+from factory_pipelines.alert_book import AlertBook
+from factory_pipelines.alert_rules import RuleBook, TelemetryCarry, load_rules
+from factory_pipelines.durable_files import write_bytes_atomic, write_parquet_atomic
 from factory_pipelines.model_registry import LoadedChampion, ensure_experiment, load_champion
 from factory_pipelines.mqtt import BoundedPublisher, connect_and_wait, make_client
+from factory_pipelines.orchestrator import AlertDesk, build_alert_desk
 from factory_pipelines.settings import FactorySettings
 from factory_pipelines.store import ServingStore
 from factory_pipelines.telemetry import Prediction, dump_payload, prediction_topic
@@ -187,6 +192,93 @@ class MqttPublisherResource(dg.ConfigurableResource):
         return sent
 
 
+class AlertDeskResource(dg.ConfigurableResource):
+    """The alert desk (rules, alert book, planner, Twilio notifier) for the orchestrator and timer jobs.
+
+    Secrets arrive through `EnvVar` (see `build_resources`), so the Dagster UI shows their names only.
+    """
+
+    db_url: str
+    data_dir: str
+    site: str = "main"
+    rules_file: str | None = None
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = None
+    twilio_from_number: str | None = None
+    twilio_api_base_url: str | None = None
+    on_call_numbers: list[str] = []
+    escalation_numbers: list[str] = []
+    sms_tag: str = "[6G-MAS ALERT]"
+    sms_rate_limit: int = 5
+    sms_rate_window_s: float = 600.0
+    escalate_after_s: float = 900.0
+    gemini_api_key: str | None = None
+    gemini_model: str = "gemini-2.5-flash"
+    gemini_base_url: str | None = None
+    _store: ServingStore | None = PrivateAttr(default=None)
+    _desk: AlertDesk | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._store, self._desk = None, None
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._store is not None:
+            self._store.dispose()
+        self._store, self._desk = None, None
+
+    @property
+    def layout(self) -> FactorySettings:
+        return FactorySettings(data_dir=Path(self.data_dir), site=self.site)
+
+    def rule_book(self) -> RuleBook:
+        return load_rules(Path(self.rules_file) if self.rules_file else None)
+
+    @property
+    def _carry_path(self) -> Path:
+        return self.layout.alerts_dir / "telemetry_streaks.json"
+
+    def telemetry_carry(self) -> dict[str, TelemetryCarry]:
+        """Streaks of telemetry rules that may go on in the next window, per telemetry kind."""
+        if not self._carry_path.is_file():
+            return {}
+        stored = json.loads(self._carry_path.read_text())
+        return {kind: TelemetryCarry.model_validate(carry) for kind, carry in stored.items()}
+
+    def save_telemetry_carry(self, carry: dict[str, TelemetryCarry]) -> None:
+        data = {kind: value.model_dump(mode="json") for kind, value in carry.items()}
+        write_bytes_atomic(self._carry_path, json.dumps(data).encode())
+
+    def get_desk(self) -> AlertDesk:
+        if self._desk is None:
+            self._store = ServingStore(self.db_url)
+            self._desk = build_alert_desk(
+                AlertBook(self._store.engine),
+                outbox_dir=self.layout.alert_outbox_dir,
+                twilio_account_sid=self.twilio_account_sid,
+                twilio_auth_token=self.twilio_auth_token,
+                twilio_from_number=self.twilio_from_number,
+                twilio_api_base_url=self.twilio_api_base_url,
+                on_call=self.on_call_numbers,
+                escalation=self.escalation_numbers,
+                sms_tag=self.sms_tag,
+                sms_rate_limit=self.sms_rate_limit,
+                sms_rate_window_s=self.sms_rate_window_s,
+                escalate_after_s=self.escalate_after_s,
+                gemini_api_key=self.gemini_api_key,
+                gemini_model=self.gemini_model,
+                gemini_base_url=self.gemini_base_url,
+            )
+        return self._desk
+
+
+def _secret(env_name: str, value: SecretStr | None) -> str | dg.EnvVar | None:
+    """A secret for a resource: by name (`EnvVar`) when it is in the environment; the value read
+    from `.env` otherwise (pydantic-settings reads that file, the process environment lacks it)."""
+    if value is None:
+        return None
+    return dg.EnvVar(env_name) if os.environ.get(env_name) else value.get_secret_value()
+
+
 def build_resources(settings: FactorySettings) -> dict[str, dg.ConfigurableResource]:
     """The resources every definition of the code location uses, from one settings object."""
     return {
@@ -198,4 +290,23 @@ def build_resources(settings: FactorySettings) -> dict[str, dg.ConfigurableResou
         ),
         "serving_store": ServingStoreResource(db_url=settings.resolved_db_url),
         "mqtt": MqttPublisherResource(mqtt_url=settings.mqtt_url),
+        "alert_desk": AlertDeskResource(
+            db_url=settings.resolved_db_url,
+            data_dir=str(settings.data_path),
+            site=settings.site,
+            rules_file=str(settings.alert_rules_file) if settings.alert_rules_file else None,
+            twilio_account_sid=_secret("TWILIO_ACCOUNT_SID", settings.twilio_account_sid),
+            twilio_auth_token=_secret("TWILIO_AUTH_TOKEN", settings.twilio_auth_token),
+            twilio_from_number=settings.twilio_from_number,
+            twilio_api_base_url=settings.twilio_api_base_url,
+            on_call_numbers=settings.on_call_numbers,
+            escalation_numbers=settings.escalation_numbers,
+            sms_tag=settings.sms_tag,
+            sms_rate_limit=settings.sms_rate_limit,
+            sms_rate_window_s=settings.sms_rate_window_s,
+            escalate_after_s=settings.escalate_after_s,
+            gemini_api_key=_secret("GEMINI_API_KEY", settings.gemini_api_key),
+            gemini_model=settings.gemini_model,
+            gemini_base_url=settings.gemini_base_url,
+        ),
     }

@@ -236,7 +236,10 @@ class RulParams:
     smoothing: float = 0.0  # exponential smoothing inside each window: weight of the past (0 = off)
     monitor_fraction: float = 0.0  # share of a member's fitting units kept aside for early stopping; 0 = none,
     # every fitting unit trains for max_epochs on a cosine learning-rate schedule (better on C-MAPSS)
-    calibration_fraction: float = 0.2  # share of the training units never fitted, for the conformal interval
+    calibration_fraction: float = 0.2  # > 0: split conformal, this share of the training units never fitted
+    # and kept to calibrate the interval; 0: cross-conformal, the units are dealt into `ensemble_size` folds,
+    # member k trains on every fold but the k-th, and each unit's calibration scores come from the one member
+    # that never saw it (out of fold), so every unit is both fitted and used for calibration
     confidence: float = 0.9  # default confidence of the interval (another may be asked at prediction)
     interval_score: str = "scaled"  # conformal score: "absolute" |y-p| or "scaled" |y-p|/(p + floor)
     interval_floor: float = 0.1  # the scaled score's floor, as a share of the cap (keeps it finite at p=0)
@@ -257,8 +260,10 @@ def check_params(params: RulParams) -> None:
         problems.append("ensemble_size and max_epochs must be >= 1")
     if not 0.0 <= params.smoothing < 1.0:
         problems.append(f"smoothing must be in [0, 1), got {params.smoothing}")
-    if not 0.0 < params.calibration_fraction < 1.0 or not 0.0 <= params.monitor_fraction < 1.0:
-        problems.append("calibration_fraction must be in (0, 1) and monitor_fraction in [0, 1)")
+    if not 0.0 <= params.calibration_fraction < 1.0 or not 0.0 <= params.monitor_fraction < 1.0:
+        problems.append("calibration_fraction and monitor_fraction must be in [0, 1)")
+    if params.calibration_fraction == 0 and params.ensemble_size < 2:
+        problems.append("calibration_fraction 0 (cross-conformal) needs ensemble_size >= 2: one fold per member")
     if not 0.0 < params.confidence < 1.0:
         problems.append(f"confidence must be in (0, 1), got {params.confidence}")
     if params.interval_score not in INTERVAL_SCORES:
@@ -574,13 +579,27 @@ def _cosine_schedule(params: RulParams) -> Callable[[int, float], float]:
     return rate
 
 
-def fit(train: RulDataset, params: RulParams, progress: Callable[[str], None] | None = None) -> RulModel:
-    """Train the ensemble on most of `train`'s units and calibrate its interval on the rest.
+def fold_of_units(units: Sequence[str], folds: int, seed: int) -> dict[str, int]:
+    """Each unit's fold (0..folds-1): a seeded shuffle dealt round-robin, so fold sizes differ by at most one."""
+    ordered = sorted(units)
+    order = np.random.default_rng([seed, folds]).permutation(len(ordered))
+    return {ordered[i]: position % folds for position, i in enumerate(order)}
 
-    Units split by unit, so no engine leaks across: calibration units are never fitted (split
-    conformal). Each member trains on every fitting unit for `max_epochs` on a cosine schedule,
-    or, with `monitor_fraction` > 0, keeps its own share of them aside for early stopping (which
-    also makes the members differ beyond their seeds, at the price of less data each).
+
+def fit(train: RulDataset, params: RulParams, progress: Callable[[str], None] | None = None) -> RulModel:
+    """Train the ensemble and calibrate its interval on predictions of units the predicting network never saw.
+
+    Units split by unit, so no engine leaks across. With `calibration_fraction` > 0 (split
+    conformal) that share of the units is never fitted and calibrates the whole ensemble. With
+    `calibration_fraction` 0 (cross-conformal) the units are dealt into `ensemble_size` folds;
+    member k trains on all folds but the k-th and predicts the k-th for calibration, so every unit
+    is fitted (by all members but one) and calibrates. An out-of-fold score comes from one member,
+    not the ensemble's mean, so the interval errs on the wide side. The feature scaling (means and
+    standard deviations of the sensors) is fitted on all fitting units in both modes.
+
+    Each member trains on its units for `max_epochs` on a cosine schedule, or, with
+    `monitor_fraction` > 0, keeps its own share of them aside for early stopping (which also makes
+    the members differ beyond their seeds, at the price of less data each).
     """
     import keras
 
@@ -588,41 +607,53 @@ def fit(train: RulDataset, params: RulParams, progress: Callable[[str], None] | 
     started = time.perf_counter()
     say = progress or (lambda _message: None)
     cap = params.rul_cap or train.rul_cap
-    fitting, calibration = split_units(train, params.calibration_fraction, params.seed)
+    cross = params.calibration_fraction == 0
+    if cross:
+        fitting, calibration = train, train
+        folds = fold_of_units(train.frame[UNIT].cast(pl.String).unique().to_list(), params.ensemble_size, params.seed)
+    else:
+        fitting, calibration = split_units(train, params.calibration_fraction, params.seed)
+        folds = {}
     scaling = FeatureScaling.fit(fitting.frame, train.feature_columns)
     keep = scaling.informative()
     features = tuple(c for c, kept in zip(train.feature_columns, keep, strict=True) if kept)
     dropped = tuple(c for c, kept in zip(train.feature_columns, keep, strict=True) if not kept)
     scaling = scaling.select(keep)
-    say(
-        f"{fitting.n_units} units to fit, {calibration.n_units} to calibrate; {len(features)} features "
-        f"(constant, dropped: {', '.join(dropped) or 'none'})"
+    how = (
+        f"all {fitting.n_units} units fit and calibrate ({params.ensemble_size} folds, out of fold)"
+        if cross
+        else f"{fitting.n_units} units to fit, {calibration.n_units} to calibrate"
     )
+    say(f"{how}; {len(features)} features (constant, dropped: {', '.join(dropped) or 'none'})")
     prepared = _prepare(fitting.frame, features, scaling, params, cap)
-    fit_units = np.unique(prepared.units)
+    window_units = prepared.units.astype(str)
+    window_fold = np.array([folds[u] for u in window_units]) if cross else np.full(window_units.size, -1)
     members: list[keras.Model] = []
     epochs: list[int] = []
     for member in range(params.ensemble_size):
         keras.utils.set_random_seed(params.seed + 1000 * member)
         network = _build_member(params.window, len(features), params)
         reporter = _epoch_reporter(member, params.ensemble_size, cap, progress)
+        trains = window_fold != member  # all windows in split mode; all but this member's fold when cross
+        pool = np.unique(window_units[trains])
         if params.monitor_fraction > 0:
-            order = np.random.default_rng([params.seed, member]).permutation(fit_units.size)
-            n_monitor = min(max(1, round(params.monitor_fraction * fit_units.size)), fit_units.size - 1)
-            monitored = np.isin(prepared.units, fit_units[order[:n_monitor]])
+            order = np.random.default_rng([params.seed, member]).permutation(pool.size)
+            n_monitor = min(max(1, round(params.monitor_fraction * pool.size)), pool.size - 1)
+            monitored = trains & np.isin(window_units, pool[order[:n_monitor]])
             validation = (prepared.windows[monitored], prepared.targets[monitored])
             callbacks = [
                 keras.callbacks.EarlyStopping(patience=params.patience, restore_best_weights=True),
                 keras.callbacks.ReduceLROnPlateau(factor=0.5, patience=max(params.patience // 2, 1), min_lr=1e-5),
                 reporter,
             ]
-        else:  # every fitting unit trains; a fixed cosine schedule instead of a noisy early stop
-            monitored = np.zeros(prepared.units.size, dtype=bool)
+        else:  # every unit of the member trains; a fixed cosine schedule instead of a noisy early stop
+            monitored = np.zeros(window_units.size, dtype=bool)
             validation = None
             callbacks = [keras.callbacks.LearningRateScheduler(_cosine_schedule(params)), reporter]
+        fitted = trains & ~monitored
         history = network.fit(
-            prepared.windows[~monitored],
-            prepared.targets[~monitored],
+            prepared.windows[fitted],
+            prepared.targets[fitted],
             validation_data=validation,
             batch_size=params.batch_size,
             epochs=params.max_epochs,
@@ -646,19 +677,32 @@ def fit(train: RulDataset, params: RulParams, progress: Callable[[str], None] | 
         dropped_columns=dropped,
         attributes=dict(train.attributes),
     )
-    truth, predicted = every_cut_truth_and_prediction(model, calibration.frame, train.rul_cap)
+    if cross:  # each fold predicted by the one member that never saw it
+        pieces = [
+            every_cut_truth_and_prediction(
+                replace(model, network=members[k]),
+                calibration.frame.filter(pl.col(UNIT).cast(pl.String).is_in([u for u, f in folds.items() if f == k])),
+                train.rul_cap,
+            )
+            for k in range(params.ensemble_size)
+        ]
+        truth = np.concatenate([t for t, _ in pieces])
+        predicted = np.concatenate([p for _, p in pieces])
+    else:
+        truth, predicted = every_cut_truth_and_prediction(model, calibration.frame, train.rul_cap)
     model.calibration_scores = np.sort(model.scores(truth, predicted))
     model.summary = {
         "train_seconds": time.perf_counter() - started,
         "fit_units": float(fitting.n_units),
         "calibration_units": float(calibration.n_units),
+        "calibration_folds": float(params.ensemble_size if cross else 0),
         "calibration_samples": float(truth.size),
         "calibration_rmse": float(np.sqrt(np.mean((truth - predicted) ** 2))) if truth.size else math.nan,
         "epochs_mean": float(np.mean(epochs)),
         "training_windows": float(prepared.windows.shape[0]),
     }
     say(
-        f"calibrated on {truth.size} cuts of {calibration.n_units} units: "
+        f"calibrated on {truth.size} cuts of {calibration.n_units} units{' (out of fold)' if cross else ''}: "
         f"RMSE {model.summary['calibration_rmse']:.2f}; trained in {model.summary['train_seconds']:.0f} s"
     )
     return model

@@ -197,6 +197,15 @@ class FactorySettings(BaseSettings):
         return self.data_path / "features"
 
     @property
+    def alerts_dir(self) -> Path:
+        """The alert desk's files: the outbox of alerts waiting for the store, telemetry-rule streaks."""
+        return self.data_path / "alerts"
+
+    @property
+    def alert_outbox_dir(self) -> Path:
+        return self.alerts_dir / "outbox"
+
+    @property
     def dagster_home(self) -> Path:
         return self.data_path / "dagster"
 

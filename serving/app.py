@@ -22,7 +22,7 @@ from uvicorn.config import LOGGING_CONFIG
 
 from factory_pipelines import __version__
 from factory_pipelines.settings import FactorySettings, load_settings
-from serving import health, predictions, schemas
+from serving import alerts, health, predictions, schemas
 from serving.champions import DEFAULT_ANSWER_WITHIN_S, DEFAULT_CHAMPION_TTL_S, KNOWN_MODELS
 from serving.context import DEFAULT_BROKER_TTL_S, ServingContext
 from serving.problems import install_problem_handlers
@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 API_TITLE = "Factory ML platform API"
 API_DESCRIPTION = """\
 Latest and historical model predictions for every plant asset, with lineage (model version,
-MLflow run, Dagster run, data window); the JSON schema of every MQTT payload; and the health of
+MLflow run, Dagster run, data window); alerts with their action plans, texts and lineage, to raise
+(`POST /alert`), acknowledge and clear; the JSON schema of every MQTT payload; and the health of
 the broker, the serving store and the champion models.
 
 Errors are RFC 9457 problem details (`application/problem+json`). A 503 means the serving store
@@ -79,6 +80,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(predictions.router)
     app.include_router(schemas.router)
+    app.include_router(alerts.router)
     return app
 
 

@@ -5,15 +5,19 @@ Kept on `app.state` (not module globals) so several apps, e.g. one per test, nev
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from fastapi import Request
 
+from factory_pipelines.alert_book import AlertBook
 from factory_pipelines.mqtt import broker_reachable
+from factory_pipelines.orchestrator import AlertDesk, alert_desk_for
 from factory_pipelines.settings import FactorySettings
+from factory_pipelines.store import ServingStore
 from factory_pipelines.telemetry import utc_now
 from serving.champions import DEFAULT_ANSWER_WITHIN_S, DEFAULT_CHAMPION_TTL_S, KNOWN_MODELS, ChampionTracker
 from serving.store_connection import StoreConnection
@@ -47,12 +51,33 @@ class BrokerMonitor:
         return BrokerProbe(broker_reachable(url, timeout=BROKER_PROBE_TIMEOUT_S), utc_now())
 
 
+class AlertDesks:
+    """One alert desk per open store object: the connection reopens the store after an outage, the
+    desk (planner, Twilio client) is rebuilt with it, not per request."""
+
+    def __init__(self, settings: FactorySettings) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._store: ServingStore | None = None
+        self._desk: AlertDesk | None = None
+
+    def for_store(self, store: ServingStore) -> AlertDesk:
+        with self._lock:
+            if self._store is not store or self._desk is None:
+                self._store, self._desk = store, alert_desk_for(self.settings, AlertBook(store.engine))
+            return self._desk
+
+
 @dataclass(slots=True)
 class ServingContext:
     settings: FactorySettings
     store: StoreConnection
     broker: BrokerMonitor
     champions: ChampionTracker
+    alert_desks: AlertDesks = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.alert_desks = AlertDesks(self.settings)
 
     @classmethod
     def build(

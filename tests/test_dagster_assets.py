@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
-import numpy as np
 import polars as pl
 import pytest
 import yaml
@@ -16,55 +15,12 @@ import yaml
 from factory_pipelines import energy_model as em
 from factory_pipelines.dagster_instance import ensure_energy_champion, write_dagster_yaml
 from factory_pipelines.definitions import build_definitions
-from factory_pipelines.durable_files import write_parquet_atomic
 from factory_pipelines.model_registry import CHAMPION_ALIAS, champion_info
 from factory_pipelines.mqtt import connect_and_wait, make_client
 from factory_pipelines.settings import FactorySettings
 from factory_pipelines.store import ServingStore
-from factory_pipelines.telemetry import MachineTelemetry, dump_payload
-from factory_pipelines.windows import WINDOW_SCHEMA, sealed_window_path, window_key
 from sensors.window_sensor import windows_run_request
-
-MACHINES = 4
-SPIKE = "machine-2"
-
-
-def write_sealed_window(settings: FactorySettings, start: datetime, seed: int, spike: str | None = None) -> str:
-    """A sealed window file as the collector would write it: MACHINES machines, one reading a second."""
-    rng = np.random.default_rng(seed)
-    key = window_key(start, "collector-1")
-    rows = []
-    for m in range(MACHINES):
-        asset = f"machine-{m}"
-        for i in range(int(settings.window_seconds)):
-            ts = start + timedelta(seconds=i)
-            speed = rng.normal(380, 30)
-            power = 1.6 + 0.018 * speed + rng.normal(0, 0.15) + (5.0 if asset == spike else 0.0)
-            payload = MachineTelemetry(
-                asset_id=asset,
-                ts=ts,
-                seq=int(start.timestamp()) + i,
-                Machine_ID=str(m + 1),
-                Operation_Mode="Active",
-                Temperature_C=24 + 4.5 * power + rng.normal(0, 0.2),
-                Vibration_Hz=0.4 + speed / 110,
-                Power_Consumption_kW=power,
-                Production_Speed_units_per_hr=speed,
-            )
-            rows.append(
-                {
-                    "asset_id": asset,
-                    "kind": "machine",
-                    "site": settings.site,
-                    "topic": f"factory/{settings.site}/{asset}/telemetry",
-                    "ts": ts,
-                    "received_at": ts,
-                    "seq": payload.seq,
-                    "payload": dump_payload(payload).decode(),
-                }
-            )
-    write_parquet_atomic(pl.DataFrame(rows, schema=WINDOW_SCHEMA), sealed_window_path(settings.windows_dir, key))
-    return key
+from tests.machine_windows import MACHINES, SPIKE, write_sealed_window
 
 
 class PredictionSubscriber:

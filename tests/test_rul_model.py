@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -126,6 +127,26 @@ def test_conformal_interval_widens_with_confidence_and_covers_held_out_engines(
     assert (narrow["rul"] == wide["rul"]).all()
     assert ((wide["lower"] <= narrow["lower"]) & (narrow["upper"] <= wide["upper"])).all()
     assert (wide["lower"] >= 0).all() and (wide["lower"] <= wide["rul"]).all()
+
+
+def test_cross_conformal_fits_and_calibrates_every_unit_out_of_fold(
+    fd001_slice: tuple[rm.RulDataset, rm.RulDataset],
+) -> None:
+    train, validation = fd001_slice
+    folds = rm.fold_of_units([str(u) for u in range(24)], 3, seed=1)
+    assert sorted(folds.values()).count(0) == sorted(folds.values()).count(2) == 8
+    with pytest.raises(ValueError, match="cross-conformal"):
+        rm.check_params(replace(TINY, calibration_fraction=0.0, ensemble_size=1))
+
+    model = rm.fit(train, replace(TINY, calibration_fraction=0.0, max_epochs=2))
+    # All 24 units are fitted and all 24 calibrate, each at every cycle a test cut could fall on.
+    assert model.summary["fit_units"] == model.summary["calibration_units"] == 24
+    assert model.summary["calibration_folds"] == 2
+    ends = train.frame.group_by(rm.UNIT).agg(pl.col(rm.RUL))[rm.RUL].to_list()
+    cuts = sum(rm.eligible_cut_rows(np.asarray(rul, dtype=float), train.rul_cap).size for rul in ends)
+    assert model.calibration_scores.size == model.summary["calibration_samples"] == cuts
+    metrics = rm.evaluate(model, validation)
+    assert metrics["n_engines"] == 40 and np.isfinite(metrics["mean_interval_width"])
 
 
 def test_split_conformal_quantile_gives_nominal_coverage_on_exchangeable_scores() -> None:

@@ -502,7 +502,9 @@ def test_store_lost_while_running_is_503_then_reopened(client: TestClient, seede
 
     # The database is wiped under the running API (e.g. restored empty).
     with sqlite3.connect(seeded_db_url.removeprefix("sqlite:///")) as db:
-        for table in ("predictions", "model_promotions", "alembic_version"):
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        assert {"predictions", "model_promotions", "alerts", "alembic_version"} <= set(tables)
+        for table in tables:
             db.execute(f"DROP TABLE {table}")
 
     assert_problem(client.get("/predictions/latest"), 503)

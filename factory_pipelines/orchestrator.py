@@ -1,0 +1,268 @@
+"""The alert desk: one path from a proposed alert to a recorded, planned and notified one.
+
+The Dagster orchestrator job (rules over new prediction partitions), the timer job (auto-clear,
+escalation) and `POST /alert` all go through `AlertDesk`, so an alert is deduplicated, planned and
+texted the same way wherever it comes from.
+
+What fails, and what is kept:
+- the planner: `Planner` falls back to the deterministic plan; a planner bug falls back too;
+- Twilio: the notifier records FAILED / NOT_SENT notifications and returns; the alert stays;
+- the serving store: the candidate is written to a durable outbox under the data dir and handled
+  (recorded, planned, texted) by the next `drain_outbox`, which the timer job runs every minute.
+  Texts wait for the store, because the store is what guarantees one text per alert.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+from sqlalchemy.exc import OperationalError
+
+from factory_pipelines.alert_book import AlertBook
+from factory_pipelines.alert_model import (
+    ActionPlan,
+    AlertCandidate,
+    AlertRecord,
+    NotificationRecord,
+    RaiseOutcome,
+)
+from factory_pipelines.durable_files import write_bytes_atomic
+from factory_pipelines.planner import Planner, plan_for
+from factory_pipelines.settings import FactorySettings
+from factory_pipelines.sms import SmsNotifier
+from factory_pipelines.telemetry import Severity
+
+log = logging.getLogger(__name__)
+
+TEXTED_SEVERITY = Severity.CRITICAL  # what goes to the on-call phones (EMERGENCY maps onto it)
+
+
+class Decision(BaseModel):
+    """What the desk did with one candidate: the alert as recorded, its plan and the texts."""
+
+    alert: AlertRecord
+    created: bool
+    reopened: bool = False
+    severity_raised: bool = False
+    plan: ActionPlan
+    notifications: list[NotificationRecord] = Field(default_factory=list)
+
+
+class QueuedDecision(BaseModel):
+    """The store was unreachable: the candidate waits in the outbox; the plan is the deterministic one."""
+
+    queued_as: str
+    plan: ActionPlan
+    reason: str
+
+
+class TimerReport(BaseModel):
+    auto_cleared: list[str] = Field(default_factory=list)
+    escalated: list[tuple[str, int]] = Field(default_factory=list)
+    drained: int = 0
+    still_queued: int = 0
+
+
+@dataclass
+class AlertOutbox:
+    """Candidates that could not be recorded yet, one JSON file each (written atomically)."""
+
+    directory: Path
+
+    def put(self, candidate: AlertCandidate) -> str:
+        name = f"{candidate.observed_at:%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.json"
+        write_bytes_atomic(self.directory / name, candidate.model_dump_json().encode())
+        return name
+
+    def pending(self) -> list[Path]:
+        return sorted(self.directory.glob("*.json")) if self.directory.is_dir() else []
+
+    def drain(self, handle: Callable[[AlertCandidate], object]) -> tuple[int, int]:
+        """Handle queued candidates oldest first; stop at the first failure (the store is still down)."""
+        done = 0
+        paths = self.pending()
+        for path in paths:
+            try:
+                candidate = AlertCandidate.model_validate_json(path.read_bytes())
+            except ValueError as exc:  # a file we cannot read again must not block the rest
+                log.error("alert outbox: %s is unreadable (%s); moved aside", path.name, exc)
+                path.rename(path.with_suffix(".bad"))
+                continue
+            handle(candidate)
+            path.unlink()
+            done += 1
+        return done, len(paths) - done
+
+
+@dataclass
+class AlertDesk:
+    book: AlertBook
+    planner: Planner
+    notifier: SmsNotifier
+    on_call: Sequence[str]
+    escalation: Sequence[str] = ()
+    escalate_after_s: float = 900.0
+    outbox: AlertOutbox | None = None
+    publish: Callable[[AlertRecord], None] | None = None  # the live feed (MQTT); best-effort
+    is_store_outage: Callable[[BaseException], bool] = field(default=lambda exc: False)
+
+    def handle(self, candidate: AlertCandidate, *, now: datetime) -> Decision:
+        """Record (or count) the alert, plan it when it is new, text it when it is newly CRITICAL."""
+        outcome = self.book.raise_or_repeat(candidate, now=now)
+        alert = outcome.alert
+        plan = alert.plan
+        if plan is None or outcome.created or outcome.severity_raised:
+            plan = self._plan(alert, now)
+            self.book.attach_plan(alert.alert_id, plan)
+            alert = alert.model_copy(update={"plan": plan})
+        notifications: list[NotificationRecord] = []
+        if self._texts_now(outcome):
+            notifications = self.notifier.notify(alert, list(self.on_call), stage=0, ledger=self.book, now=now)
+        if self.publish is not None and (outcome.created or outcome.reopened or outcome.severity_raised):
+            try:
+                self.publish(alert)
+            except Exception as exc:  # the live feed never decides whether an alert is recorded
+                log.warning("alert %s not published: %s", alert.alert_id, exc)
+        return Decision(
+            alert=alert,
+            created=outcome.created,
+            reopened=outcome.reopened,
+            severity_raised=outcome.severity_raised,
+            plan=plan,
+            notifications=notifications,
+        )
+
+    def handle_or_queue(self, candidate: AlertCandidate, *, now: datetime) -> Decision | QueuedDecision:
+        """`handle`, or, when the store is down and an outbox is configured, queue the candidate."""
+        try:
+            return self.handle(candidate, now=now)
+        except Exception as exc:
+            if self.outbox is None or not self.is_store_outage(exc):
+                raise
+            name = self.outbox.put(candidate)
+            log.warning("serving store unavailable (%s); alert queued as %s", exc, name)
+            return QueuedDecision(queued_as=name, plan=plan_for(candidate, now=now), reason=str(exc))
+
+    def handle_all(self, candidates: Sequence[AlertCandidate], *, now: datetime) -> list[Decision]:
+        return [self.handle(candidate, now=now) for candidate in candidates]
+
+    def run_timers(self, *, now: datetime) -> TimerReport:
+        """Drain the outbox, clear what has not recurred, escalate unacknowledged CRITICAL alerts."""
+        report = TimerReport()
+        if self.outbox is not None:
+            report.drained, report.still_queued = self.outbox.drain(lambda c: self.handle(c, now=now))
+        report.auto_cleared = [alert.alert_id for alert in self.book.clear_stale(now)]
+        for alert, stage in self.book.due_escalations(now, [self.escalate_after_s], TEXTED_SEVERITY):
+            self.notifier.notify(alert, list(self.escalation), stage=stage, ledger=self.book, now=now)
+            self.book.set_escalation_stage(alert.alert_id, stage)
+            report.escalated.append((alert.alert_id, stage))
+        return report
+
+    def _plan(self, alert: AlertRecord, now: datetime) -> ActionPlan:
+        try:
+            return self.planner.plan(alert, now)
+        except Exception as exc:  # the planner promises not to raise; a bug must not lose the alert
+            log.exception("planner failed for %s; deterministic plan used", alert.alert_id)
+            return plan_for(alert, now=now).model_copy(update={"fallback_reason": f"planner error: {exc}"})
+
+    @staticmethod
+    def _texts_now(outcome: RaiseOutcome) -> bool:
+        """A text for a new CRITICAL alert, or for one a repeat made CRITICAL; never for a plain repeat."""
+        if outcome.alert.severity != TEXTED_SEVERITY:
+            return False
+        return outcome.created or outcome.severity_raised
+
+
+def decision_summary(decision: Decision | QueuedDecision) -> dict[str, object]:
+    """A compact, JSON-ready line per decision for run metadata and logs."""
+    if isinstance(decision, QueuedDecision):
+        return {"queued_as": decision.queued_as, "action": decision.plan.action, "reason": decision.reason}
+    return {
+        "alert_id": decision.alert.alert_id,
+        "type": decision.alert.type,
+        "severity": decision.alert.severity.value,
+        "asset_id": decision.alert.asset_id,
+        "count": decision.alert.count,
+        "created": decision.created,
+        "action": decision.plan.action,
+        "texts": [n.status.value for n in decision.notifications],
+    }
+
+
+def build_alert_desk(
+    book: AlertBook,
+    *,
+    outbox_dir: Path | None,
+    twilio_account_sid: str | None,
+    twilio_auth_token: str | None,
+    twilio_from_number: str | None,
+    twilio_api_base_url: str | None,
+    on_call: Sequence[str],
+    escalation: Sequence[str],
+    sms_tag: str,
+    sms_rate_limit: int,
+    sms_rate_window_s: float,
+    escalate_after_s: float,
+    gemini_api_key: str | None,
+    gemini_model: str,
+    gemini_base_url: str | None,
+) -> AlertDesk:
+    """The desk with its planner and notifier; without credentials both still work (rules, 'not sent')."""
+    from factory_pipelines.planner import GeminiPlanWriter
+    from factory_pipelines.store import StoreUnavailableError
+
+    writer = (
+        GeminiPlanWriter(api_key=gemini_api_key, model=gemini_model, base_url=gemini_base_url)
+        if gemini_api_key
+        else None
+    )
+    notifier = SmsNotifier(
+        account_sid=twilio_account_sid,
+        auth_token=twilio_auth_token,
+        from_number=twilio_from_number,
+        api_base_url=twilio_api_base_url,
+        tag=sms_tag,
+        rate_limit=sms_rate_limit,
+        rate_window_s=sms_rate_window_s,
+    )
+    return AlertDesk(
+        book=book,
+        planner=Planner(writer),
+        notifier=notifier,
+        on_call=list(on_call),
+        escalation=list(escalation),
+        escalate_after_s=escalate_after_s,
+        outbox=AlertOutbox(outbox_dir) if outbox_dir is not None else None,
+        is_store_outage=lambda exc: isinstance(exc, StoreUnavailableError | OperationalError),
+    )
+
+
+def alert_desk_for(settings: FactorySettings, book: AlertBook) -> AlertDesk:
+    """The desk as the settings (environment, .env, YAML) describe it."""
+
+    def secret(value: SecretStr | None) -> str | None:
+        return value.get_secret_value() if value is not None else None
+
+    return build_alert_desk(
+        book,
+        outbox_dir=settings.alert_outbox_dir,
+        twilio_account_sid=secret(settings.twilio_account_sid),
+        twilio_auth_token=secret(settings.twilio_auth_token),
+        twilio_from_number=settings.twilio_from_number,
+        twilio_api_base_url=settings.twilio_api_base_url,
+        on_call=settings.on_call_numbers,
+        escalation=settings.escalation_numbers,
+        sms_tag=settings.sms_tag,
+        sms_rate_limit=settings.sms_rate_limit,
+        sms_rate_window_s=settings.sms_rate_window_s,
+        escalate_after_s=settings.escalate_after_s,
+        gemini_api_key=secret(settings.gemini_api_key),
+        gemini_model=settings.gemini_model,
+        gemini_base_url=settings.gemini_base_url,
+    )
