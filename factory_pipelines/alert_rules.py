@@ -11,6 +11,9 @@ File format (see `alert_rules.yaml`, the defaults that ship)::
       cooldown: 10m
       auto_clear_after: 30m      # null: only manual clearing
       dedup_key: "{source}:{type}:{asset_id}"
+    escalation:                  # optional; stages for unacknowledged CRITICAL alerts, in order
+      - {after: 15m, notify: [escalation]}            # on_call, escalation (the TWILIO_* lists) or +numbers
+      - {after: 45m, notify: [escalation, "+15551230009"]}
     rules:
       - name: rul_low            # unique
         model: rul_lstm          # a prediction rule ... or `telemetry: machines` for typed rows
@@ -43,7 +46,16 @@ from typing import Annotated, Any, ClassVar, get_args, get_origin
 
 import polars as pl
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from factory_pipelines.alert_model import AlertCandidate, AlertLineage
 from factory_pipelines.model_catalog import CATALOG
@@ -426,9 +438,12 @@ class Evaluation(BaseModel):
 class RuleBook:
     """The loaded rules, indexed by the model or telemetry kind they watch."""
 
-    def __init__(self, rules: Iterable[AlertRule], origin: str = "<rules>") -> None:
+    def __init__(
+        self, rules: Iterable[AlertRule], origin: str = "<rules>", escalation: Sequence[EscalationStage] = ()
+    ) -> None:
         self.rules: tuple[AlertRule, ...] = tuple(rules)
         self.origin = origin
+        self.escalation: tuple[EscalationStage, ...] = tuple(escalation)  # empty: the settings' one stage
         seen: set[str] = set()
         for rule in self.rules:
             if rule.name in seen:
@@ -689,11 +704,41 @@ class _Defaults(BaseModel):
     dedup_key: str = Field(DEFAULT_DEDUP_KEY, min_length=1)
 
 
+RECIPIENT_LISTS = ("on_call", "escalation")  # names of the settings' number lists
+
+
+class EscalationStage(BaseModel):
+    """Stage k of escalation: who is texted when a CRITICAL alert is still unacknowledged `after_s`
+    after it was first seen. `notify` holds list names (`on_call`, `escalation`) or numbers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    after: Duration = Field(gt=0)
+    notify: tuple[str, ...] = Field(min_length=1)
+
+    @field_validator("notify")
+    @classmethod
+    def _known_recipients(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            if item not in RECIPIENT_LISTS and not re.fullmatch(r"\+\d{6,15}", item):
+                raise ValueError(f"notify: {item!r} is neither {' nor '.join(RECIPIENT_LISTS)} nor a +E.164 number")
+        return value
+
+
 class _RuleFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     defaults: _Defaults = Field(default_factory=_Defaults)
+    escalation: list[EscalationStage] = Field(default_factory=list)
     rules: list[Any] = Field(min_length=1)
+
+    @field_validator("escalation")
+    @classmethod
+    def _in_order(cls, value: list[EscalationStage]) -> list[EscalationStage]:
+        delays = [stage.after for stage in value]
+        if delays != sorted(delays):
+            raise ValueError("escalation stages must be listed in the order of their `after` delays")
+        return value
 
 
 class _RuleEntry(BaseModel):
@@ -983,7 +1028,7 @@ def parse_rules(text: str, origin: str = "<rules>") -> RuleBook:
     problems.extend(compiler.problems)
     if problems:
         raise RuleFileError(sorted(problems, key=_problem_line))
-    return RuleBook(rules, origin)
+    return RuleBook(rules, origin, escalation=rule_file.escalation)
 
 
 def _problem_line(problem: str) -> int:

@@ -32,6 +32,7 @@ from factory_pipelines.alert_model import (
     NotificationRecord,
     RaiseOutcome,
 )
+from factory_pipelines.alert_rules import EscalationStage, load_rules
 from factory_pipelines.durable_files import write_bytes_atomic
 from factory_pipelines.planner import Planner, plan_for
 from factory_pipelines.settings import FactorySettings
@@ -108,6 +109,7 @@ class AlertDesk:
     on_call: Sequence[str]
     escalation: Sequence[str] = ()
     escalate_after_s: float = 900.0
+    escalation_stages: Sequence[EscalationStage] = ()  # from the rules file; empty: one stage from the settings
     outbox: AlertOutbox | None = None
     publish: Callable[[AlertRecord], None] | None = None  # the live feed (MQTT); best-effort
     is_store_outage: Callable[[BaseException], bool] = field(default=lambda exc: False)
@@ -158,11 +160,25 @@ class AlertDesk:
         if self.outbox is not None:
             report.drained, report.still_queued = self.outbox.drain(lambda c: self.handle(c, now=now))
         report.auto_cleared = [alert.alert_id for alert in self.book.clear_stale(now)]
-        for alert, stage in self.book.due_escalations(now, [self.escalate_after_s], TEXTED_SEVERITY):
-            self.notifier.notify(alert, list(self.escalation), stage=stage, ledger=self.book, now=now)
+        stages = self.stages
+        for alert, stage in self.book.due_escalations(now, [s.after for s in stages], TEXTED_SEVERITY):
+            recipients = self.recipients(stages[stage - 1])
+            self.notifier.notify(alert, recipients, stage=stage, ledger=self.book, now=now)
             self.book.set_escalation_stage(alert.alert_id, stage)
             report.escalated.append((alert.alert_id, stage))
         return report
+
+    @property
+    def stages(self) -> list[EscalationStage]:
+        if self.escalation_stages:
+            return list(self.escalation_stages)
+        return [EscalationStage(after=self.escalate_after_s, notify=("escalation",))]
+
+    def recipients(self, stage: EscalationStage) -> list[str]:
+        """A stage's numbers: the named lists expanded, numbers as written, each once."""
+        lists = {"on_call": self.on_call, "escalation": self.escalation}
+        numbers = [n for item in stage.notify for n in lists.get(item, [item])]
+        return list(dict.fromkeys(numbers))
 
     def _plan(self, alert: AlertRecord, now: datetime) -> ActionPlan:
         try:
@@ -209,6 +225,7 @@ def build_alert_desk(
     sms_rate_limit: int,
     sms_rate_window_s: float,
     escalate_after_s: float,
+    escalation_stages: Sequence[EscalationStage] = (),
     gemini_api_key: str | None,
     gemini_model: str,
     gemini_base_url: str | None,
@@ -238,6 +255,7 @@ def build_alert_desk(
         on_call=list(on_call),
         escalation=list(escalation),
         escalate_after_s=escalate_after_s,
+        escalation_stages=list(escalation_stages),
         outbox=AlertOutbox(outbox_dir) if outbox_dir is not None else None,
         is_store_outage=lambda exc: isinstance(exc, StoreUnavailableError | OperationalError),
     )
@@ -262,6 +280,7 @@ def alert_desk_for(settings: FactorySettings, book: AlertBook) -> AlertDesk:
         sms_rate_limit=settings.sms_rate_limit,
         sms_rate_window_s=settings.sms_rate_window_s,
         escalate_after_s=settings.escalate_after_s,
+        escalation_stages=load_rules(settings.alert_rules_file).escalation,
         gemini_api_key=secret(settings.gemini_api_key),
         gemini_model=settings.gemini_model,
         gemini_base_url=settings.gemini_base_url,

@@ -264,6 +264,7 @@ class AlertDeskResource(dg.ConfigurableResource):
                 sms_rate_limit=self.sms_rate_limit,
                 sms_rate_window_s=self.sms_rate_window_s,
                 escalate_after_s=self.escalate_after_s,
+                escalation_stages=self.rule_book().escalation,
                 gemini_api_key=self.gemini_api_key,
                 gemini_model=self.gemini_model,
                 gemini_base_url=self.gemini_base_url,

@@ -172,3 +172,40 @@ def test_an_unacknowledged_critical_alert_escalates_once_and_an_acknowledged_one
     assert len(escalations) == 1 and "escalation 1" in escalations[0].body
     assert ignored["alert_id"] in escalations[0].body
     store.dispose()
+
+
+STAGED_RULES = """
+escalation:
+  - {after: 10m, notify: [escalation]}
+  - {after: 30m, notify: [on_call, "+15553330001"]}
+rules:
+  - name: ppe
+    model: ppe_vision
+    when: {field: label, equals: violation}
+    severity: CRITICAL
+    type: PPE_VIOLATION
+    message: "{asset_id}: violation"
+"""
+
+
+def test_escalation_stages_from_the_rules_file_go_in_order_to_their_recipients(
+    tmp_path: Path, twilio: TwilioStandIn
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(STAGED_RULES)
+    settings = alert_settings(tmp_path, twilio, alert_rules_file=rules)
+    with TestClient(create_app(settings)) as api:
+        raised = api.post("/alert", json={**RUL_ALERT, "asset_id": "R-03"}).json()
+    store = ServingStore(settings.resolved_db_url)
+    desk = alert_desk_for(settings, AlertBook(store.engine))
+    start = utc_now()
+    assert desk.run_timers(now=start + timedelta(minutes=11)).escalated == [(raised["alert_id"], 1)]
+    assert [m.to for m in twilio.messages_to(ESCALATION[0])] == ESCALATION
+    assert desk.run_timers(now=start + timedelta(minutes=31)).escalated == [(raised["alert_id"], 2)]
+    stage_two = [m for m in twilio.messages if "escalation 2" in m.body]
+    assert sorted(m.to for m in stage_two) == sorted([*ON_CALL, "+15553330001"])
+    store.dispose()
+
+    rules.write_text(STAGED_RULES.replace('"+15553330001"', "boss"))
+    with pytest.raises(ValueError, match=r"rules\.yaml:4: .*'boss' is neither on_call nor escalation"):
+        alert_desk_for(settings, AlertBook(store.engine))
