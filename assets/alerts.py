@@ -16,9 +16,9 @@ from pydantic import Field
 from assets.telemetry import window_partitions
 from factory_pipelines.alert_model import AlertCandidate
 from factory_pipelines.model_catalog import CATALOG
-from factory_pipelines.orchestrator import Decision, decision_summary
+from factory_pipelines.orchestrator import Decision, alert_messages, decision_summary
 from factory_pipelines.resources import AlertDeskResource, MqttPublisherResource, PartitionFilesResource
-from factory_pipelines.telemetry import Alert, Prediction, alert_topic, asset_alert_topic, dump_payload
+from factory_pipelines.telemetry import Prediction
 
 ALERTS_GROUP = "alerts"
 TELEMETRY_SOURCE = "telemetry_window"
@@ -91,7 +91,7 @@ def window_alerts(
     for problem in problems:
         context.log.warning(problem)
     recorded = [d for d in decisions if isinstance(d, Decision)]
-    published = mqtt.publish(_alert_messages(recorded, alert_desk.site), context.log) if recorded else 0
+    published = mqtt.publish(alert_messages(recorded, alert_desk.site), context.log) if recorded else 0
     return dg.MaterializeResult(
         metadata={
             "windows": len(context.partition_keys),
@@ -106,33 +106,3 @@ def window_alerts(
             "decisions": dg.MetadataValue.json([decision_summary(d) for d in decisions[:100]]),
         }
     )
-
-
-def _alert_messages(decisions: list[Decision], site: str) -> list[tuple[str, bytes]]:
-    """New, reopened or more severe alerts on `alerts/{severity}` and the asset's alert topic."""
-    messages: list[tuple[str, bytes]] = []
-    for decision in decisions:
-        if not (decision.created or decision.reopened or decision.severity_raised):
-            continue
-        record = decision.alert
-        payload = dump_payload(
-            Alert(
-                alert_id=record.alert_id,
-                severity=record.severity,
-                source=record.source,
-                type=record.type,
-                asset_id=record.asset_id,
-                message=record.message,
-                ts=record.last_seen,
-                window_key=record.lineage.window_key,
-                model_name=record.lineage.model_name,
-                model_version=record.lineage.model_version,
-                count=record.count,
-                state=record.state.value,
-                action=decision.plan.action,
-            )
-        )
-        messages.append((alert_topic(record.severity), payload))
-        if record.asset_id:
-            messages.append((asset_alert_topic(site, record.asset_id), payload))
-    return messages

@@ -37,7 +37,7 @@ from factory_pipelines.durable_files import write_bytes_atomic
 from factory_pipelines.planner import Planner, plan_for
 from factory_pipelines.settings import FactorySettings
 from factory_pipelines.sms import SmsNotifier
-from factory_pipelines.telemetry import Severity
+from factory_pipelines.telemetry import Alert, Severity, alert_topic, asset_alert_topic, dump_payload
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,8 @@ class AlertDesk:
     escalate_after_s: float = 900.0
     escalation_stages: Sequence[EscalationStage] = ()  # from the rules file; empty: one stage from the settings
     outbox: AlertOutbox | None = None
-    publish: Callable[[AlertRecord], None] | None = None  # the live feed (MQTT); best-effort
+    publish: Callable[[list[tuple[str, bytes]]], None] | None = None  # the live feed (MQTT), best-effort
+    site: str = "main"
     is_store_outage: Callable[[BaseException], bool] = field(default=lambda exc: False)
 
     def handle(self, candidate: AlertCandidate, *, now: datetime) -> Decision:
@@ -126,12 +127,7 @@ class AlertDesk:
         notifications: list[NotificationRecord] = []
         if self._texts_now(outcome):
             notifications = self.notifier.notify(alert, list(self.on_call), stage=0, ledger=self.book, now=now)
-        if self.publish is not None and (outcome.created or outcome.reopened or outcome.severity_raised):
-            try:
-                self.publish(alert)
-            except Exception as exc:  # the live feed never decides whether an alert is recorded
-                log.warning("alert %s not published: %s", alert.alert_id, exc)
-        return Decision(
+        decision = Decision(
             alert=alert,
             created=outcome.created,
             reopened=outcome.reopened,
@@ -139,6 +135,14 @@ class AlertDesk:
             plan=plan,
             notifications=notifications,
         )
+        if self.publish is not None:
+            try:
+                messages = alert_messages([decision], self.site)
+                if messages:
+                    self.publish(messages)
+            except Exception as exc:  # the live feed never decides whether an alert is recorded
+                log.warning("alert %s not published: %s", alert.alert_id, exc)
+        return decision
 
     def handle_or_queue(self, candidate: AlertCandidate, *, now: datetime) -> Decision | QueuedDecision:
         """`handle`, or, when the store is down and an outbox is configured, queue the candidate."""
@@ -193,6 +197,37 @@ class AlertDesk:
         if outcome.alert.severity != TEXTED_SEVERITY:
             return False
         return outcome.created or outcome.severity_raised
+
+
+def alert_messages(decisions: Sequence[Decision], site: str) -> list[tuple[str, bytes]]:
+    """New, reopened or more severe alerts for `alerts/{severity}` and `factory/{site}/{asset}/alerts`."""
+    messages: list[tuple[str, bytes]] = []
+    for decision in decisions:
+        if not (decision.created or decision.reopened or decision.severity_raised):
+            continue
+        record = decision.alert
+        payload = dump_payload(
+            Alert(
+                alert_id=record.alert_id,
+                severity=record.severity,
+                source=record.source,
+                type=record.type,
+                asset_id=record.asset_id,
+                message=record.message,
+                ts=record.last_seen,
+                window_key=record.lineage.window_key,
+                model_name=record.lineage.model_name,
+                model_version=record.lineage.model_version,
+                count=record.count,
+                state=record.state.value,
+                level=record.level,
+                action=decision.plan.action,
+            )
+        )
+        messages.append((alert_topic(record.severity), payload))
+        if record.asset_id:
+            messages.append((asset_alert_topic(site, record.asset_id), payload))
+    return messages
 
 
 def decision_summary(decision: Decision | QueuedDecision) -> dict[str, object]:

@@ -73,6 +73,7 @@ def create_app(
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         context.store.close()
+        context.alert_desks.feed.close()
 
     app = FastAPI(title=API_TITLE, description=API_DESCRIPTION, version=__version__, lifespan=lifespan)
     app.state.serving = context

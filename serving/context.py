@@ -5,16 +5,19 @@ Kept on `app.state` (not module globals) so several apps, e.g. one per test, nev
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import paho.mqtt.client as mqtt
 from fastapi import Request
 
 from factory_pipelines.alert_book import AlertBook
-from factory_pipelines.mqtt import broker_reachable
+from factory_pipelines.mqtt import broker_reachable, connect_and_wait, make_client
 from factory_pipelines.orchestrator import AlertDesk, alert_desk_for
 from factory_pipelines.settings import FactorySettings
 from factory_pipelines.store import ServingStore
@@ -22,6 +25,8 @@ from factory_pipelines.telemetry import utc_now
 from serving.champions import DEFAULT_ANSWER_WITHIN_S, DEFAULT_CHAMPION_TTL_S, KNOWN_MODELS, ChampionTracker
 from serving.store_connection import StoreConnection
 from serving.ttl_cache import Clock, TtlCache
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BROKER_TTL_S = 5.0
 BROKER_PROBE_TIMEOUT_S = 1.0
@@ -51,12 +56,59 @@ class BrokerMonitor:
         return BrokerProbe(broker_reachable(url, timeout=BROKER_PROBE_TIMEOUT_S), utc_now())
 
 
+class AlertFeed:
+    """The live feed of alerts raised over REST: MQTT QoS 1, best-effort, never in the request's way.
+
+    One client, connected on first use (and again after the broker went away); each publish runs on
+    a background thread, so an absent broker costs the request nothing.
+    """
+
+    def __init__(self, url: str, *, connect_timeout_s: float = 2.0) -> None:
+        self.url = url
+        self.connect_timeout_s = connect_timeout_s
+        self._client: mqtt.Client | None = None
+        self._lock = threading.Lock()
+
+    def publish(self, messages: list[tuple[str, bytes]]) -> None:
+        threading.Thread(target=self._send, args=(messages,), name="alert-feed", daemon=True).start()
+
+    def _send(self, messages: list[tuple[str, bytes]]) -> None:
+        with self._lock:
+            try:
+                client = self._connected()
+                sent = [client.publish(topic, payload, qos=1) for topic, payload in messages]
+                for info in sent:
+                    info.wait_for_publish(self.connect_timeout_s)
+            except (ConnectionError, OSError, RuntimeError) as exc:
+                log.info("alert feed: %d message(s) not published (%s)", len(messages), exc)
+
+    def _connected(self) -> mqtt.Client:
+        if self._client is not None and self._client.is_connected():
+            return self._client
+        self.close_client()
+        client = make_client(f"factory-api-alerts-{uuid.uuid4().hex[:8]}")
+        connect_and_wait(client, self.url, timeout=self.connect_timeout_s)
+        self._client = client
+        return client
+
+    def close(self) -> None:
+        with self._lock:  # lets a publish in progress finish
+            self.close_client()
+
+    def close_client(self) -> None:
+        if self._client is not None:
+            self._client.loop_stop()
+            self._client.disconnect()
+            self._client = None
+
+
 class AlertDesks:
     """One alert desk per open store object: the connection reopens the store after an outage, the
     desk (planner, Twilio client) is rebuilt with it, not per request."""
 
     def __init__(self, settings: FactorySettings) -> None:
         self.settings = settings
+        self.feed = AlertFeed(settings.mqtt_url)
         self._lock = threading.Lock()
         self._store: ServingStore | None = None
         self._desk: AlertDesk | None = None
@@ -64,7 +116,9 @@ class AlertDesks:
     def for_store(self, store: ServingStore) -> AlertDesk:
         with self._lock:
             if self._store is not store or self._desk is None:
-                self._store, self._desk = store, alert_desk_for(self.settings, AlertBook(store.engine))
+                desk = alert_desk_for(self.settings, AlertBook(store.engine))
+                desk.publish, desk.site = self.feed.publish, self.settings.site
+                self._store, self._desk = store, desk
             return self._desk
 
 

@@ -3,7 +3,8 @@ talking to a Twilio stand-in on loopback: raise, dedupe, text, read, acknowledge
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from factory_pipelines.settings import FactorySettings, load_settings
 from factory_pipelines.store import ServingStore
 from factory_pipelines.telemetry import utc_now
 from serving import create_app
+from tests.conftest import MqttRecorder
 from tests.twilio_standin import TwilioStandIn
 
 ON_CALL = ["+15551110001", "+15551110002"]
@@ -32,14 +34,13 @@ def twilio() -> Iterator[TwilioStandIn]:
 def alert_settings(tmp_path: Path, twilio: TwilioStandIn, **overrides: object) -> FactorySettings:
     settings = load_settings(
         data_dir=tmp_path / "data",
-        mqtt_url=UNREACHABLE_MQTT,
         twilio_account_sid=twilio.account_sid,
         twilio_auth_token=twilio.auth_token,
         twilio_from_number="+15550000000",
         twilio_to_numbers=",".join(ON_CALL),
         twilio_escalation_numbers=",".join(ESCALATION),
         twilio_api_base_url=twilio.base_url,
-        **overrides,
+        **{"mqtt_url": UNREACHABLE_MQTT, **overrides},
     )
     settings.ensure_dirs()
     return settings
@@ -209,3 +210,36 @@ def test_escalation_stages_from_the_rules_file_go_in_order_to_their_recipients(
     rules.write_text(STAGED_RULES.replace('"+15553330001"', "boss"))
     with pytest.raises(ValueError, match=r"rules\.yaml:4: .*'boss' is neither on_call nor escalation"):
         alert_desk_for(settings, AlertBook(store.engine))
+
+
+def test_twilio_and_gemini_outages_leave_the_alert_recorded_planned_and_published(
+    tmp_path: Path,
+    twilio: TwilioStandIn,
+    mqtt_url: str,
+    mqtt_recorder: Callable[..., MqttRecorder],
+    free_port: Callable[[], int],
+) -> None:
+    twilio.fail_next_posts(100, status=503)
+    settings = alert_settings(
+        tmp_path,
+        twilio,
+        mqtt_url=mqtt_url,
+        gemini_api_key="test-key",
+        gemini_base_url=f"http://127.0.0.1:{free_port()}",  # nothing listens there
+    )
+    recorder = mqtt_recorder("alerts/#", "factory/main/+/alerts")
+    with TestClient(create_app(settings)) as api:
+        handled = api.post("/alert", json={**RUL_ALERT, "asset_id": "R-05"})
+        assert handled.status_code == 200 and handled.json()["status"] == "handled"
+        body = handled.json()
+        assert body["action"] == "SCHEDULE_MAINTENANCE_NEXT_SHIFT"
+        assert body["plan"]["written_by"] == "rules" and body["plan"]["fallback_reason"]
+        assert {n["status"] for n in body["notifications"]} == {"failed"}
+        detail = api.get(f"/alerts/{body['alert_id']}").json()
+        assert detail["alert"]["state"] == "ACTIVE_UNACK"
+        assert api.get("/health").status_code == 200  # and the API keeps serving
+    messages = recorder.wait_for(lambda got: len(got) >= 2)
+    topics = sorted(m.topic for m in messages)
+    assert topics == ["alerts/critical", "factory/main/R-05/alerts"]
+    payload = json.loads(messages[0].payload)
+    assert payload["alert_id"] == body["alert_id"] and payload["action"] == "SCHEDULE_MAINTENANCE_NEXT_SHIFT"
