@@ -29,12 +29,9 @@ from pathlib import Path
 
 import httpx
 
-from factory_pipelines.mqtt import BoundedPublisher, connect_and_wait, make_client
-from factory_pipelines.telemetry import MachineTelemetry, dump_payload, first_seq, telemetry_topic
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # the Twilio stand-in lives with the tests
-from latency import _free_port, _quantile  # noqa: E402
+from latency import _free_port, _quantile, publish_probe  # noqa: E402
 
 from tests.twilio_standin import TwilioStandIn  # noqa: E402
 
@@ -158,29 +155,9 @@ def window_to_text(windows: int) -> tuple[Quantiles, Quantiles, float]:
         sent: list[datetime] = []
         stop = threading.Event()
 
-        def publish_probe() -> None:
-            client = make_client(f"bench-alert-probe-{os.getpid()}")
-            connect_and_wait(client, mqtt_url, timeout=60)
-            client.loop_start()
-            publisher = BoundedPublisher(client)
-            seq = first_seq()
-            while not stop.wait(0.5):
-                now = datetime.now(UTC)
-                row = MachineTelemetry(
-                    asset_id=PROBE, ts=now, seq=seq, Machine_ID=PROBE, Operation_Mode="Active",
-                    Temperature_C=60.0, Vibration_Hz=50.0, Power_Consumption_kW=8.0,
-                    Production_Speed_units_per_hr=300.0,
-                )  # fmt: skip
-                publisher.publish(telemetry_topic("main", PROBE), dump_payload(row), qos=1)
-                sent.append(now)
-                seq += 1
-            publisher.flush(10)
-            client.loop_stop()
-            client.disconnect()
-
         try:
             _wait_for(f"http://127.0.0.1:{ports['api']}/health", platform, log, 300)
-            thread = threading.Thread(target=publish_probe, daemon=True)
+            thread = threading.Thread(target=publish_probe, args=(mqtt_url, PROBE, sent, stop), daemon=True)
             thread.start()
             probe_started = datetime.now(UTC)
             give_up = time.monotonic() + (windows + 4) * window_s + 600

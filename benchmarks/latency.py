@@ -88,6 +88,28 @@ def _mqtt_round_trip_ms(url: str, count: int = 200) -> float:
     return statistics.median(times)
 
 
+def publish_probe(mqtt_url: str, asset: str, sent: list[datetime], stop: threading.Event) -> None:
+    """Publish a steady machine `asset` twice a second (QoS 1) until `stop`; each send time goes in `sent`."""
+    client = make_client(f"{asset}-{os.getpid()}")
+    connect_and_wait(client, mqtt_url, timeout=60)
+    client.loop_start()
+    publisher = BoundedPublisher(client)
+    seq = first_seq()
+    while not stop.wait(0.5):
+        now = datetime.now(UTC)
+        row = MachineTelemetry(
+            asset_id=asset, ts=now, seq=seq, Machine_ID=asset, Operation_Mode="Active",
+            Temperature_C=60.0, Vibration_Hz=50.0, Power_Consumption_kW=8.0,
+            Production_Speed_units_per_hr=300.0,
+        )  # fmt: skip
+        publisher.publish(telemetry_topic("main", asset), dump_payload(row), qos=1)
+        sent.append(now)
+        seq += 1
+    publisher.flush(10)
+    client.loop_stop()
+    client.disconnect()
+
+
 def measure(window_s: float, windows: int) -> Result:
     ports = {name: _free_port() for name in ("mqtt", "api", "dagster", "mlflow")}
     data = Path(tempfile.mkdtemp(prefix=f"latency-{int(window_s)}s-"))
@@ -129,27 +151,7 @@ def measure(window_s: float, windows: int) -> Result:
         sent: list[datetime] = []
         stop = threading.Event()
 
-        def publish_probe() -> None:
-            client = make_client(f"bench-probe-{os.getpid()}")
-            connect_and_wait(client, mqtt_url)
-            client.loop_start()
-            publisher = BoundedPublisher(client)
-            seq = first_seq()
-            while not stop.wait(0.5):
-                now = datetime.now(UTC)
-                row = MachineTelemetry(
-                    asset_id=PROBE, ts=now, seq=seq, Machine_ID=PROBE, Operation_Mode="Active",
-                    Temperature_C=60.0, Vibration_Hz=50.0, Power_Consumption_kW=8.0,
-                    Production_Speed_units_per_hr=300.0,
-                )  # fmt: skip
-                publisher.publish(telemetry_topic("main", PROBE), dump_payload(row), qos=1)
-                sent.append(now)
-                seq += 1
-            publisher.flush(10)
-            client.loop_stop()
-            client.disconnect()
-
-        thread = threading.Thread(target=publish_probe, daemon=True)
+        thread = threading.Thread(target=publish_probe, args=(mqtt_url, PROBE, sent, stop), daemon=True)
         thread.start()
         seen: dict[str, tuple[datetime, datetime, datetime]] = {}  # key -> (start, end, first seen)
         probe_started = datetime.now(UTC)

@@ -31,13 +31,12 @@ from factory_pipelines.store import ServingStore, StoreUnavailableError
 from factory_pipelines.telemetry import Severity, utc_now
 from serving.context import ServingContext, get_context
 from serving.datetimes import IsoDatetime
+from serving.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, next_offset
 from serving.problems import NOT_FOUND, VALIDATION_ERROR, ProblemError, problem_responses
 
 EXTERNAL_RULE = "external"
 EXTERNAL_COOLDOWN_S = 600.0  # a repeat of the same source/type/asset this soon after clearing reopens it
 EXTERNAL_AUTO_CLEAR_S = 3600.0  # an external alert not sent again for an hour clears itself
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 500
 
 router = APIRouter(tags=["alerts"])
 T = TypeVar("T")
@@ -197,13 +196,12 @@ def list_alerts(
             offset=offset,
         )
     )
-    following = offset + len(page.items)
     return AlertList(
         items=[AlertOut.model_validate(a.model_dump()) for a in page.items],
         total=page.total,
         limit=limit,
         offset=offset,
-        next_offset=following if page.items and following < page.total else None,
+        next_offset=next_offset(offset, len(page.items), page.total),
     )
 
 

@@ -17,10 +17,8 @@ from factory_pipelines.store import PredictionPage, ServingStore
 from factory_pipelines.telemetry import Prediction
 from serving.context import ServingContext, get_context
 from serving.datetimes import IsoDatetime, as_utc
+from serving.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, next_offset
 from serving.problems import problem_responses
-
-DEFAULT_PAGE_SIZE = 100
-MAX_PAGE_SIZE = 1000
 
 router = APIRouter(prefix="/predictions", tags=["predictions"])
 
@@ -105,11 +103,10 @@ def prediction_history(
         )
 
     page = context.store.use(read)
-    following = offset + len(page.items)
     return PredictionHistory(
         items=[PredictionOut.of(p) for p in page.items],
         total=page.total,
         limit=limit,
         offset=offset,
-        next_offset=following if page.items and following < page.total else None,
+        next_offset=next_offset(offset, len(page.items), page.total),
     )

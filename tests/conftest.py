@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -13,6 +14,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from factory_pipelines.broker import RunningBroker, start_local_broker
 from factory_pipelines.mqtt import connect_and_wait, make_client
@@ -109,3 +112,34 @@ def mqtt_recorder(mqtt_url: str) -> Iterator[Callable[..., MqttRecorder]]:
 
 
 # ---- fixtures added by other parts of the platform go below this line ----
+
+
+PG_URL = os.environ.get("FACTORY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def postgres_schema_url() -> Iterator[str]:
+    """A throwaway schema on the local PostgreSQL, so tests never touch real tables; skips without one."""
+    engine = create_engine(PG_URL)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except OperationalError:
+        pytest.skip(f"no PostgreSQL answers at {PG_URL}")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The serving store's URL on SQLite, then on PostgreSQL when one answers (same tests, both engines)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'serving.db'}"
+    else:
+        yield from postgres_schema_url()

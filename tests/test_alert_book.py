@@ -6,9 +6,7 @@ handed in, so timing is exact and nothing sleeps.
 
 from __future__ import annotations
 
-import os
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -18,7 +16,7 @@ import pytest
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 
 import factory_pipelines
 from factory_pipelines.alert_book import AUTO_CLEAR_ACTOR, AlertBook, alerts_table, new_alert_id
@@ -33,36 +31,8 @@ from factory_pipelines.alert_model import (
 from factory_pipelines.store import ServingStore
 from factory_pipelines.telemetry import Severity
 
-PG_URL = os.environ.get("FACTORY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 Result = TypeVar("Result")
-
-
-def _postgres_schema_url() -> Iterator[str]:
-    """A throwaway schema on the local PostgreSQL, so tests never touch real tables."""
-    engine = create_engine(PG_URL)
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except OperationalError:
-        pytest.skip(f"no PostgreSQL answers at {PG_URL}")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with engine.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with engine.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        engine.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'serving.db'}"
-    else:
-        yield from _postgres_schema_url()
 
 
 @pytest.fixture

@@ -2,54 +2,23 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.exc import OperationalError
 
 from factory_pipelines.store import ServingStore, StoreUnavailableError
 from factory_pipelines.telemetry import Prediction
 
-PG_URL = os.environ.get("FACTORY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
 
-def _postgres_schema_url() -> Iterator[str]:
-    """A throwaway schema on the local PostgreSQL, so tests never touch real tables."""
-    engine = create_engine(PG_URL)
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except OperationalError:
-        pytest.skip(f"no PostgreSQL answers at {PG_URL}")
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    with engine.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        with engine.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        engine.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServingStore]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'serving.db'}"
-        opened = ServingStore(url)
-        yield opened
-        opened.dispose()
-    else:
-        for url in _postgres_schema_url():
-            opened = ServingStore(url)
-            yield opened
-            opened.dispose()
+@pytest.fixture
+def store(db_url: str) -> Iterator[ServingStore]:
+    opened = ServingStore(db_url)
+    yield opened
+    opened.dispose()
 
 
 def _prediction(
