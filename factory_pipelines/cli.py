@@ -37,6 +37,17 @@ def _settings() -> FactorySettings:
     return settings
 
 
+def _checked_alert_rules(settings: FactorySettings) -> None:
+    """Refuse to start on a bad alert rules file, naming its lines, before any process starts."""
+    from factory_pipelines.alert_rules import RuleFileError, load_rules
+
+    try:
+        load_rules(settings.alert_rules_file)
+    except RuleFileError as exc:
+        console.print(f"[red]alert rules error:[/red]\n{exc}")
+        raise typer.Exit(2) from exc
+
+
 def _stop_on_signals() -> threading.Event:
     """An event set by SIGINT or SIGTERM, so long-running commands stop cleanly."""
     stop = threading.Event()
@@ -97,6 +108,7 @@ def up(
     from factory_pipelines.launcher import PlatformOptions, run_platform
 
     settings = _settings()
+    _checked_alert_rules(settings)
     options = PlatformOptions(
         machines=machines,
         robots=robots,
@@ -197,10 +209,12 @@ def collect(
 
 @app.command()
 def serve() -> None:
-    """Serve predictions over REST (OpenAPI at /docs)."""
+    """Serve predictions and alerts over REST (OpenAPI at /docs)."""
     from serving.app import serve as run_api
 
-    run_api(_settings())
+    settings = _settings()
+    _checked_alert_rules(settings)
+    run_api(settings)
 
 
 @app.command()

@@ -57,6 +57,17 @@ def test_a_malformed_fault_is_refused_before_anything_starts(tmp_path: Path) -> 
     assert "ASSET=KIND" in done.stderr
 
 
+def test_a_bad_alert_rules_file_is_refused_by_up_and_serve_naming_its_line(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules:\n  - name: r\n    model: energy_iforest\n    severity: CRITICAL\n    type: T\n    mesage: m\n"
+    )
+    for command in ("up", "serve"):
+        done = _factory(command, env={"FACTORY_ALERT_RULES_FILE": str(rules)}, cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        assert "alert rules error" in done.stderr and "rules.yaml:6" in done.stderr and "mesage" in done.stderr
+
+
 def test_exported_csv_replays_every_row_over_mqtt(
     tmp_path: Path, mqtt_url: str, mqtt_recorder: Callable[..., object]
 ) -> None:

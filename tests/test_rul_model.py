@@ -234,7 +234,8 @@ def test_robot_model_beats_the_mean_predictor_and_predicts_live_rows(robot_histo
     model = rm.fit(train, params)
     metrics = rm.evaluate(model, validation)
 
-    assert model.rul_cap == rm.ROBOT_RUL_CAP and model.attributes["cycles_per_step"] == "40"
+    assert model.rul_cap == pytest.approx(rm.ROBOT_RUL_CAP * params.rul_cap_scale)
+    assert model.attributes["cycles_per_step"] == "40"
     assert metrics["rmse"] < mean_predictor_rmse(held_out_truth(validation))
     # Live telemetry: a reading every 8 cycles, across a bearing replacement; only the new bearing counts.
     rows = rm.robot_run_to_failure_rows(2, 9, cycles_per_step=8, lives_per_robot=2, fault_share=1.0)
