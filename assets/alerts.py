@@ -90,6 +90,7 @@ def window_alerts(
     decisions = [desk.handle_or_queue(candidate, now=now) for candidate in candidates]
     for problem in problems:
         context.log.warning(problem)
+    timers = desk.run_timers(now=now)  # every run also clears, escalates and drains: no extra run launch
     recorded = [d for d in decisions if isinstance(d, Decision)]
     published = mqtt.publish(alert_messages(recorded, alert_desk.site), context.log) if recorded else 0
     return dg.MaterializeResult(
@@ -103,6 +104,9 @@ def window_alerts(
             "texts_sent": sum(1 for d in recorded for n in d.notifications if n.status == "sent"),
             "published": published,
             "problems": len(problems),
+            "auto_cleared": len(timers.auto_cleared),
+            "escalated": len(timers.escalated),
+            "drained_from_outbox": timers.drained,
             "decisions": dg.MetadataValue.json([decision_summary(d) for d in decisions[:100]]),
         }
     )

@@ -4,11 +4,13 @@ The official test split is held out, so each run builds its own in NASA's file l
 20 % of the training engines leaves the training file, and each of those engines is cut at random
 cycles (`rul_model.cut_at_random_cycles`: true RUL uniform in 5..150 cycles, at least 20 cycles
 kept), several times per engine so the test file has about as many engines as NASA's. Then
-`rul_model.benchmark_cmapss` trains on the rest (which itself keeps 20 % of its engines aside to
-calibrate the interval) and scores every test engine against the RUL file. Prints one JSON object.
+`rul_model.benchmark_cmapss` trains on the rest (which by default keeps 20 % of its engines aside to
+calibrate the interval; `--param calibration_fraction=0` calibrates out of fold on all of them, one fold
+per ensemble member) and scores every test engine against the RUL file. Prints one JSON object.
 
     .venv/bin/python benchmarks/rul_cmapss.py --subsets FD001
     .venv/bin/python benchmarks/rul_cmapss.py --subsets FD002 FD004 --param ensemble_size=3
+    .venv/bin/python benchmarks/rul_cmapss.py --param calibration_fraction=0 --param ensemble_size=5  # cross-conformal
     /usr/bin/time -v .venv/bin/python benchmarks/rul_cmapss.py --subsets FD001   # peak memory too
 
 With `--split-only --work-dir DIR` it only writes the split (DIR/FD00x/train_, test_ and RUL_FD00x.txt)

@@ -53,6 +53,6 @@ def run_alert_timers(context: dg.OpExecutionContext, alert_desk: AlertDeskResour
     )
 
 
-@dg.job(description="The alert timers: auto-clear, escalation, outbox (scheduled every minute).")
+@dg.job(description="The alert timers: auto-clear, escalation, outbox (every 5 minutes; each orchestrator run too).")
 def alert_timers_job() -> None:
     run_alert_timers()

@@ -8,7 +8,8 @@ What fails, and what is kept:
 - the planner: `Planner` falls back to the deterministic plan; a planner bug falls back too;
 - Twilio: the notifier records FAILED / NOT_SENT notifications and returns; the alert stays;
 - the serving store: the candidate is written to a durable outbox under the data dir and handled
-  (recorded, planned, texted) by the next `drain_outbox`, which the timer job runs every minute.
+  (recorded, planned, texted) by the next `run_timers`, which every orchestrator run and the timer
+  schedule call.
   Texts wait for the store, because the store is what guarantees one text per alert.
 """
 

@@ -3,9 +3,9 @@
 It reads materializations of every prediction asset (and `telemetry_window`, for the telemetry
 rules) from the instance's event log, after a cursor that holds the last storage id seen per
 asset, so nothing is skipped when one asset is busier than another and nothing is evaluated twice.
-Each window with new output gets one run of `orchestrator_job` for that partition, told which
-sources materialized; the run key names the window and the newest event, so a tick evaluated
-twice asks for no second run.
+Output of a run that is still going is left for a later tick, so a window's run is evaluated once,
+whole: one run of `orchestrator_job` per window, told which sources materialized. The run key names
+the window and the newest event, so a tick evaluated twice asks for no second run.
 """
 
 from __future__ import annotations
@@ -38,6 +38,14 @@ def new_outputs_by_window(
     """{window key: {source asset: newest storage id}} materialized after the cursor, and the new cursor."""
     by_window: dict[str, dict[str, int]] = defaultdict(dict)
     advanced = dict(cursor)
+    finished: dict[str, bool] = {}
+
+    def run_finished(run_id: str) -> bool:
+        if run_id not in finished:
+            run = instance.get_run_by_id(run_id)
+            finished[run_id] = run is None or run.is_finished
+        return finished[run_id]
+
     for asset in WATCHED_SOURCES:
         result = instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), after_storage_id=cursor.get(asset)),
@@ -45,6 +53,8 @@ def new_outputs_by_window(
             ascending=True,
         )
         for record in result.records:
+            if not run_finished(record.run_id):
+                break  # this and later output wait for the run to end (the cursor stops before it)
             advanced[asset] = max(advanced.get(asset, 0), record.storage_id)
             if record.partition_key:
                 seen = by_window[record.partition_key]
