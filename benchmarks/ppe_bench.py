@@ -1,8 +1,10 @@
 """Model quality of `ppe_vision`: train on labelled YOLO folders, score frames and boxes of a test folder.
 
 Calls `factory_pipelines.ppe_model.benchmark_ppe` (the function the acceptance run calls) and writes
-the figures with the command that produced them. Peak memory is measured by wrapping the command
-in `/usr/bin/time -v` (see benchmarks/results/models_ppe.md).
+the figures with the command that produced them. Besides F1 at the model's own threshold, the figures
+hold `violation_auc` and `best_f1` (the F1 of the best cut on the test frames): diagnostics of how
+well the frame score ranks frames, telling a weak network from a badly placed threshold. Peak memory
+is measured by wrapping the command in `/usr/bin/time -v` (see benchmarks/results/models_ppe.md).
 
     .venv/bin/python benchmarks/ppe_bench.py                      # train_subset -> valid; ~20-40 min on 2 busy cores
     .venv/bin/python benchmarks/ppe_bench.py --epochs 2 --no-write  # a quick smoke run

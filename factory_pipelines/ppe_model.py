@@ -34,7 +34,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd  # the pyfunc boundary: MLflow hands frames over as pandas
 import polars as pl
-from scipy import ndimage
+from scipy import ndimage, stats
 
 from factory_pipelines.model_registry import pinned_requirements
 from factory_pipelines.ppe_images import (
@@ -590,6 +590,17 @@ def best_f1_threshold(scores: np.ndarray, truth: np.ndarray, prior: float = 0.0)
     return best, best_f1
 
 
+def ranking_auc(scores: np.ndarray, truth: np.ndarray) -> float:
+    """ROC AUC of `scores` against `truth`: the chance a violating frame outscores a compliant one
+    (ties count half). It judges the network apart from its threshold; 0.5 when a class is missing."""
+    truth = truth.astype(bool)
+    positive, negative = scores[truth], scores[~truth]
+    if not positive.size or not negative.size:
+        return 0.5
+    ranks = stats.rankdata(scores)  # ties share their mean rank
+    return float((ranks[truth].sum() - positive.size * (positive.size + 1) / 2) / (positive.size * negative.size))
+
+
 def violation_metrics(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """Precision, recall and F1 of the frame verdict `violation` (1 = the frame violates)."""
     predicted, truth = predicted.astype(bool), truth.astype(bool)
@@ -633,6 +644,9 @@ def evaluate(model: PpeModel, validation: LabelledFrames) -> dict[str, float]:
     no_hardhat = violation_metrics(scores.no_hardhat >= threshold, frames["no_hardhat"].to_numpy())
     no_vest = violation_metrics(scores.no_vest >= threshold, frames["no_vest"].to_numpy())
     metrics |= {"no_hardhat_f1": no_hardhat["f1"], "no_vest_f1": no_vest["f1"]}
+    # how well the frame score ranks the frames, whatever the threshold: the network's own quality
+    metrics["violation_auc"] = ranking_auc(scores.violation, frames["violation"].to_numpy())
+    metrics["best_f1"] = best_f1_threshold(scores.violation, frames["violation"].to_numpy())[1]
     truth_classes, predicted_classes = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     crop_ids = [int(c) for c in CROP_CLASSES]
     for frame_maps, boxes in zip(output.maps, validation.boxes_by_frame(), strict=True):

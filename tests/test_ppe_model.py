@@ -99,6 +99,14 @@ def test_target_maps_paint_boxes_and_keep_tiny_ones() -> None:
     assert maps[:, :, pm.CHANNEL[pi.PpeClass.PERSON]].sum() == 0  # machinery paints nothing
 
 
+def test_ranking_auc_counts_ordered_pairs_and_ties_half() -> None:
+    truth = np.array([0, 1, 0, 1])
+    assert pm.ranking_auc(np.array([0.1, 0.2, 0.3, 0.9]), truth) == pytest.approx(0.75)
+    assert pm.ranking_auc(np.array([0.1, 0.2, 0.2, 0.9]), truth) == pytest.approx(0.875)  # a tie counts half
+    assert pm.ranking_auc(np.array([0.0, 1.0, 0.0, 1.0]), truth) == 1.0
+    assert pm.ranking_auc(np.array([0.3, 0.4]), np.array([1, 1])) == 0.5  # no compliant frame: no ranking
+
+
 # ---- the synthetic generator --------------------------------------------------------------------
 
 
@@ -170,7 +178,7 @@ def test_tiny_model_beats_trivial_baselines_on_held_out_frames(
     majority = crops["class_id"].value_counts()["count"].max() / crops.height
     assert metrics["crop_accuracy"] > majority + 0.15, metrics
     assert metrics["n_frames"] == held_out.n_frames and metrics["n_crops"] == crops.height
-    assert {"precision", "recall", "f1", "crop_accuracy", "n_frames"} <= metrics.keys()
+    assert {"precision", "recall", "f1", "crop_accuracy", "n_frames", "violation_auc", "best_f1"} <= metrics.keys()
 
 
 def test_predict_frames_takes_arrays_and_jpegs_and_gives_regions(tiny_model: pm.PpeModel) -> None:
