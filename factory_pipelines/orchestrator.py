@@ -102,6 +102,13 @@ class AlertOutbox:
         return done, len(paths) - done
 
 
+def queue_for_store(outbox: AlertOutbox, candidate: AlertCandidate, *, now: datetime, reason: str) -> QueuedDecision:
+    """Keep the candidate until the store is back; answer with the deterministic plan meanwhile."""
+    name = outbox.put(candidate)
+    log.warning("serving store unavailable (%s); alert queued as %s", reason, name)
+    return QueuedDecision(queued_as=name, plan=plan_for(candidate, now=now), reason=reason)
+
+
 @dataclass
 class AlertDesk:
     book: AlertBook
@@ -152,12 +159,7 @@ class AlertDesk:
         except Exception as exc:
             if self.outbox is None or not self.is_store_outage(exc):
                 raise
-            name = self.outbox.put(candidate)
-            log.warning("serving store unavailable (%s); alert queued as %s", exc, name)
-            return QueuedDecision(queued_as=name, plan=plan_for(candidate, now=now), reason=str(exc))
-
-    def handle_all(self, candidates: Sequence[AlertCandidate], *, now: datetime) -> list[Decision]:
-        return [self.handle(candidate, now=now) for candidate in candidates]
+            return queue_for_store(self.outbox, candidate, now=now, reason=str(exc))
 
     def run_timers(self, *, now: datetime) -> TimerReport:
         """Drain the outbox, clear what has not recurred, escalate unacknowledged CRITICAL alerts."""

@@ -25,8 +25,7 @@ from factory_pipelines.alert_model import (
     NotificationRecord,
     severity_of_level,
 )
-from factory_pipelines.orchestrator import AlertOutbox
-from factory_pipelines.planner import plan_for
+from factory_pipelines.orchestrator import AlertOutbox, queue_for_store
 from factory_pipelines.store import ServingStore, StoreUnavailableError
 from factory_pipelines.telemetry import Severity, utc_now
 from serving.context import ServingContext, get_context
@@ -141,10 +140,10 @@ def post_alert(body: ExternalAlert, context: Annotated[ServingContext, Depends(g
     candidate = external_candidate(body, now)
     try:
         decision = context.store.use(lambda store: context.alert_desks.for_store(store).handle(candidate, now=now))
-    except StoreUnavailableError:
-        AlertOutbox(context.settings.alert_outbox_dir).put(candidate)
-        plan = plan_for(candidate, now=now)
-        return AlertHandled(action=plan.action, plan=plan, queued=True)
+    except StoreUnavailableError as exc:
+        outbox = AlertOutbox(context.settings.alert_outbox_dir)
+        queued = queue_for_store(outbox, candidate, now=now, reason=str(exc))
+        return AlertHandled(action=queued.plan.action, plan=queued.plan, queued=True)
     return AlertHandled(
         action=decision.plan.action,
         alert_id=decision.alert.alert_id,
