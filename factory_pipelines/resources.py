@@ -217,21 +217,25 @@ class AlertDeskResource(dg.ConfigurableResource):
     gemini_base_url: str | None = None
     _store: ServingStore | None = PrivateAttr(default=None)
     _desk: AlertDesk | None = PrivateAttr(default=None)
+    _rules: RuleBook | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._store, self._desk = None, None
+        self._store, self._desk, self._rules = None, None, None
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
         if self._store is not None:
             self._store.dispose()
-        self._store, self._desk = None, None
+        self._store, self._desk, self._rules = None, None, None
 
     @property
     def layout(self) -> FactorySettings:
         return FactorySettings(data_dir=Path(self.data_dir), site=self.site)
 
     def rule_book(self) -> RuleBook:
-        return load_rules(Path(self.rules_file) if self.rules_file else None)
+        """The rules, read once per run (the evaluation and the desk's escalation stages share them)."""
+        if self._rules is None:
+            self._rules = load_rules(Path(self.rules_file) if self.rules_file else None)
+        return self._rules
 
     @property
     def _carry_path(self) -> Path:
