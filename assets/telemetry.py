@@ -13,9 +13,9 @@ import dagster as dg
 
 from factory_pipelines.energy_model import machine_frame_problems, type_machine_rows
 from factory_pipelines.resources import PartitionFilesResource
-from factory_pipelines.window_rows import TypedRows, camera_rows, robot_rows, safety_rows
+from factory_pipelines.window_rows import TypedRows, camera_rows, cleanroom_rows, robot_rows, safety_rows
 
-TYPED_KINDS = {"robots": robot_rows, "safety": safety_rows, "cameras": camera_rows}
+TYPED_KINDS = {"robots": robot_rows, "safety": safety_rows, "cameras": camera_rows, "cleanrooms": cleanroom_rows}
 """Besides machines: the typed-row files each window gets, by directory name under telemetry/."""
 
 window_partitions = dg.DynamicPartitionsDefinition(name="telemetry_windows")

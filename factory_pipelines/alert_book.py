@@ -41,6 +41,7 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -552,6 +553,23 @@ class AlertBook:
                 .offset(offset),
             )
         return AlertPage([_record(row) for row in rows], int(total))
+
+    def open_at(self, at: datetime, *, limit: int = 1000) -> list[AlertRecord]:
+        """Alerts that were open at `at` (first seen by then, not cleared by then), most recently seen first.
+
+        A backfilled shift asks this about its start; the records show their state now (count,
+        acknowledgement), so callers compare those times with `at` themselves.
+        """
+        t = alerts_table
+        moment = _utc(at)
+        query = (
+            select(t)
+            .where(t.c.first_seen <= moment, or_(t.c.cleared_at.is_(None), t.c.cleared_at > moment))
+            .order_by(t.c.last_seen.desc(), t.c.alert_id.desc())
+            .limit(limit)
+        )
+        with self._engine.connect() as conn:
+            return [_record(row) for row in _rows(conn, query)]
 
     def recent_decisions(self, limit: int = 20) -> list[DecisionRecord]:
         """Alerts that have a plan, newest plan first."""

@@ -51,7 +51,7 @@ class AlertLineage(BaseModel):
     mlflow_run_id: str | None = Field(None, description="MLflow run that trained the model version.")
     dagster_run_id: str | None = Field(None, description="Dagster run that produced the prediction.")
     orchestrator_run_id: str | None = Field(None, description="Dagster run of the orchestrator job that raised it.")
-    prediction_id: int | None = Field(None, description="Row id of the prediction in the serving store.")
+    prediction_id: str | None = Field(None, description="The prediction's id: model/window_key/asset_id.")
 
 
 class AlertCandidate(BaseModel):

@@ -376,6 +376,7 @@ class PredictionRule(AlertRule):
             model_version=prediction.model_version,
             mlflow_run_id=prediction.mlflow_run_id,
             dagster_run_id=prediction.dagster_run_id,
+            prediction_id=prediction.prediction_id,
         )
         return self.build_candidate(
             names,

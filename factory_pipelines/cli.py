@@ -249,11 +249,12 @@ def show_settings() -> None:
 
 
 def _register_model_commands() -> None:
-    from factory_pipelines import model_commands
+    from factory_pipelines import backlog_command, model_commands
 
     app.command("train")(model_commands.train)
     app.command("evaluate")(model_commands.evaluate)
     app.add_typer(model_commands.benchmark_app, name="benchmark")
+    app.command("backlog")(backlog_command.backlog)
 
 
 _register_model_commands()

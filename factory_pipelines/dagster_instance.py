@@ -12,6 +12,7 @@ that same instance, so the run appears in the Dagster UI like any other.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,17 @@ def _plain(value: Any) -> Any:
     return getattr(value, "value", value)
 
 
+def _definitions(settings: FactorySettings) -> Any:
+    """The code location's definitions, without the beta warning the window assets' backfill policy prints."""
+    from dagster import BetaWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BetaWarning)
+        from factory_pipelines.definitions import build_definitions
+
+        return build_definitions(settings)
+
+
 def run_training_job(
     settings: FactorySettings,
     model_name: str,
@@ -97,14 +109,13 @@ def run_training_job(
     """
     from dagster import DagsterInstance
 
-    from factory_pipelines.definitions import build_definitions
     from factory_pipelines.model_catalog import catalog_entry
 
     entry = catalog_entry(model_name)
     settings.ensure_dirs()
     if not (settings.dagster_home / "dagster.yaml").is_file():
         write_dagster_yaml(settings)
-    job = build_definitions(settings).resolve_job_def(entry.training_job)
+    job = _definitions(settings).resolve_job_def(entry.training_job)
     run_config = {
         "ops": {
             entry.dataset_asset: {"config": dict(dataset_config or {})},
@@ -155,3 +166,42 @@ def ensure_energy_champion(settings: FactorySettings) -> str:
     if champion is None:
         raise RuntimeError(f"{MODEL_NAME} trained in run {run.run_id} but no champion alias is set")
     return champion.version
+
+
+@dataclass(frozen=True)
+class BacklogRun:
+    run_id: str
+    success: bool
+    materialization: dict[str, Any]
+
+
+def run_backlog_job(
+    settings: FactorySettings,
+    shift_key: str,
+    *,
+    config: Mapping[str, Any] | None = None,
+    trigger: str = "factory backlog",
+) -> BacklogRun:
+    """Materialize one shift's `shift_backlog` partition in this process, in the platform's instance (like the UI)."""
+    from dagster import DagsterInstance
+
+    settings.ensure_dirs()
+    if not (settings.dagster_home / "dagster.yaml").is_file():
+        write_dagster_yaml(settings)
+    job = _definitions(settings).resolve_job_def("shift_backlog_job")
+    run_config = {
+        "ops": {"shift_backlog": {"config": dict(config or {})}},
+        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+    }
+    with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        result = job.execute_in_process(
+            instance=instance,
+            run_config=run_config,
+            partition_key=shift_key,
+            tags={"factory/trigger": trigger},
+            raise_on_error=False,
+        )
+        materialization: dict[str, Any] = {}
+        for event in result.get_asset_materialization_events():
+            materialization = {k: _plain(v) for k, v in event.materialization.metadata.items()}
+    return BacklogRun(run_id=result.run_id, success=result.success, materialization=materialization)

@@ -11,10 +11,17 @@ from __future__ import annotations
 import dagster as dg
 
 from assets import all_assets, window_partitions
+from assets.backlog import build_shift_backlog
 from factory_pipelines.alert_rules import load_rules
-from factory_pipelines.jobs import alert_timers_job, orchestrator_job, training_jobs, window_predictions_job
+from factory_pipelines.jobs import (
+    alert_timers_job,
+    build_backlog_job,
+    orchestrator_job,
+    training_jobs,
+    window_predictions_job,
+)
 from factory_pipelines.resources import build_resources
-from factory_pipelines.schedules import alert_timers_schedule
+from factory_pipelines.schedules import alert_timers_schedule, build_shift_backlog_schedule
 from factory_pipelines.settings import FactorySettings, load_settings
 from sensors.alert_sensor import build_prediction_alerts_sensor
 from sensors.retention_sensor import build_window_retention_sensor
@@ -27,10 +34,12 @@ __all__ = ["build_definitions", "defs", "window_partitions"]
 
 def build_definitions(settings: FactorySettings) -> dg.Definitions:
     load_rules(settings.alert_rules_file)  # a bad rules file stops the code location with file:line, not a run later
+    shift_backlog = build_shift_backlog(settings.shift_calendar, settings.site)
+    backlog_job = build_backlog_job(shift_backlog)
     return dg.Definitions(
-        assets=all_assets,
-        jobs=[window_predictions_job, *training_jobs, orchestrator_job, alert_timers_job],
-        schedules=[alert_timers_schedule],
+        assets=[*all_assets, shift_backlog],
+        jobs=[window_predictions_job, *training_jobs, orchestrator_job, alert_timers_job, backlog_job],
+        schedules=[alert_timers_schedule, build_shift_backlog_schedule(settings.shift_calendar, backlog_job)],
         sensors=[
             build_prediction_alerts_sensor(minimum_interval_seconds=settings.sensor_interval_seconds),
             build_sealed_windows_sensor(

@@ -1,13 +1,17 @@
 """Jobs of the code location: the window pipeline, one training job per model family, the
-orchestrator job (alert rules over new predictions) and the alert timers."""
+orchestrator job (alert rules over new predictions), the alert timers and the shift backlog."""
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from assets import window_alerts, window_assets
 from factory_pipelines.model_catalog import CATALOG
 from factory_pipelines.resources import AlertDeskResource
+
+if TYPE_CHECKING:  # what define_asset_job returns; Dagster does not export the name
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 window_predictions_job = dg.define_asset_job(
     "window_predictions_job",
@@ -33,6 +37,15 @@ orchestrator_job = dg.define_asset_job(
     description="Evaluate the alert rules on a window's new predictions and telemetry; record, plan and text.",
     executor_def=dg.in_process_executor,
 )
+
+
+def build_backlog_job(shift_backlog: dg.AssetsDefinition) -> "UnresolvedAssetJobDefinition":
+    return dg.define_asset_job(
+        "shift_backlog_job",
+        selection=dg.AssetSelection.assets(shift_backlog),
+        description="Write one shift's backlog from the evidence at its start (Gemini, or the deterministic writer).",
+        executor_def=dg.in_process_executor,
+    )
 
 
 @dg.op(description="Drain the alert outbox, clear alerts that have not recurred, escalate unacknowledged ones.")

@@ -25,7 +25,7 @@ benchmark_app = typer.Typer(help="Train and score a model family on a standard d
 MODEL_NAMES = ", ".join(CATALOG)
 
 
-def _settings() -> FactorySettings:
+def settings_or_exit() -> FactorySettings:
     try:
         settings = load_settings()
     except Exception as exc:  # a bad setting must read as one clear line, not a traceback
@@ -116,7 +116,7 @@ def train(
             )
         from factory_pipelines.model_registry import champion_info
 
-        settings = _settings()
+        settings = settings_or_exit()
         todo = [n for n in CATALOG if champion_info(settings.resolved_mlflow_uri, n) is None]
         console.print(f"models without a champion: {', '.join(todo) or 'none'}")
         if dry_run:
@@ -135,7 +135,7 @@ def train(
     training_config = parse_assignments(param, "--param")
     if force:
         training_config["force_promotion"] = True
-    result = _train_one(_settings(), name, parse_assignments(data, "--data"), training_config)
+    result = _train_one(settings_or_exit(), name, parse_assignments(data, "--data"), training_config)
     emit(result, as_json)
     if not result["success"]:
         raise typer.Exit(1)
@@ -163,7 +163,7 @@ def evaluate(
 
     entry = catalog_entry(_known_model(family_name or name))
     family = entry.family()
-    settings = _settings()
+    settings = settings_or_exit()
     tracking_uri = settings.resolved_mlflow_uri
     if version is None:
         info = champion_info(tracking_uri, name, alias)
@@ -221,7 +221,7 @@ def benchmark_cyber(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Train cyber_detector_ton_iot on TON_IoT (de-duplicated, earlier rows) and score the later rows."""
-    settings = _settings()
+    settings = settings_or_exit()
     meta = _train_for_benchmark(
         settings,
         "cyber_detector",
@@ -260,7 +260,7 @@ def benchmark_safety(
     from factory_pipelines.datasets import load_dataset
     from factory_pipelines.model_registry import use_tracking_uri
 
-    settings = _settings()
+    settings = settings_or_exit()
     meta = _train_for_benchmark(
         settings,
         "safety_hazard",
@@ -308,7 +308,7 @@ def benchmark_rul(
     for path in (test_file, rul_file):
         if not path.is_file():
             raise typer.BadParameter(f"{path} not found", param_hint="--test-dir")
-    settings = _settings()
+    settings = settings_or_exit()
     meta = _train_for_benchmark(
         settings,
         "rul_lstm",
@@ -348,7 +348,7 @@ def benchmark_ppe(
     from factory_pipelines import ppe_model
     from factory_pipelines.model_registry import use_tracking_uri
 
-    settings = _settings()
+    settings = settings_or_exit()
     meta = _train_for_benchmark(
         settings,
         "ppe_vision",

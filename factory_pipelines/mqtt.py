@@ -253,6 +253,7 @@ class BoundedPublisher:
         qos: int = 1,
         abort: threading.Event | None = None,
         timeout: float | None = None,
+        retain: bool = False,
     ) -> bool:
         """Queue one message, waiting while `max_pending` are unacknowledged.
 
@@ -270,7 +271,7 @@ class BoundedPublisher:
                 # Bounded slices so that `abort` is noticed while the broker is away.
                 self._changed.wait(0.25 if remaining is None else min(0.25, remaining))
             self._pending += 1
-        info = self.client.publish(topic, payload, qos=qos)
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
         kept = info.rc == mqtt.MQTT_ERR_SUCCESS or (info.rc == mqtt.MQTT_ERR_NO_CONN and qos > 0)
         if not kept:
             with self._changed:

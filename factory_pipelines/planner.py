@@ -18,10 +18,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from google import genai
-from google.genai import types as genai_types
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from factory_pipelines.alert_model import ActionPlan, AlertCandidate, AlertRecord
+from factory_pipelines.gemini import ask_for_json, gemini_client
 from factory_pipelines.telemetry import Severity
 
 log = logging.getLogger(__name__)
@@ -356,13 +356,13 @@ class GeminiPlanWriter:
         # Keep the client on the object: a client used inline is garbage-collected and then refuses to send.
         self._client: genai.Client | None = None
         if api_key:
-            http_options = genai_types.HttpOptions(
+            self._client = gemini_client(
+                api_key,
                 base_url=base_url,
+                timeout_s=timeout_s,
+                attempts=1,  # one try: an alert must not wait on retries
                 api_version=api_version,
-                timeout=max(1, int(timeout_s * 1000)),  # milliseconds
-                retry_options=genai_types.HttpRetryOptions(attempts=1),  # one try: an alert must not wait on retries
             )
-            self._client = genai.Client(api_key=api_key, http_options=http_options)
 
     @property
     def written_by(self) -> str:
@@ -389,20 +389,15 @@ class GeminiPlanWriter:
 
     def _ask(self, plan: ActionPlan, alert: AlertRecord | AlertCandidate) -> PlanWording:
         assert self._client is not None
-        response = self._client.models.generate_content(
+        answer = ask_for_json(
+            self._client,
             model=self.model,
-            contents=_prompt(plan, alert),
-            config=genai_types.GenerateContentConfig(
-                system_instruction=_INSTRUCTIONS,
-                response_mime_type="application/json",
-                response_json_schema=PLAN_WORDING_SCHEMA,
-                temperature=0.2,
-            ),
+            system_instruction=_INSTRUCTIONS,
+            prompt=_prompt(plan, alert),
+            json_schema=PLAN_WORDING_SCHEMA,
+            temperature=0.2,
         )
-        text = response.text
-        if not text:
-            raise ValueError("empty answer")
-        return PlanWording.model_validate_json(text)
+        return PlanWording.model_validate_json(answer.text)
 
 
 def _prompt(plan: ActionPlan, alert: AlertRecord | AlertCandidate) -> str:

@@ -20,6 +20,7 @@ from pydantic import PrivateAttr, SecretStr
 
 from factory_pipelines.alert_book import AlertBook
 from factory_pipelines.alert_rules import RuleBook, TelemetryCarry, load_rules
+from factory_pipelines.backlog_gemini import GeminiBacklogWriter
 from factory_pipelines.durable_files import write_bytes_atomic, write_parquet_atomic
 from factory_pipelines.model_registry import LoadedChampion, ensure_experiment, load_champion
 from factory_pipelines.mqtt import BoundedPublisher, connect_and_wait, make_client
@@ -170,17 +171,17 @@ class MqttPublisherResource(dg.ConfigurableResource):
         messages = [(prediction_topic(p.model_name, p.asset_id), dump_payload(p)) for p in predictions]
         return self.publish(messages, log)
 
-    def publish(self, messages: Sequence[tuple[str, bytes]], log: Any) -> int:
+    def publish(self, messages: Sequence[tuple[str, bytes]], log: Any, *, retain: bool = False) -> int:
         client = make_client(f"{self.client_id_prefix}-{uuid.uuid4().hex[:12]}")
         try:
             connect_and_wait(client, self.mqtt_url, timeout=self.connect_timeout_s)
         except ConnectionError as exc:
-            log.warning(f"{exc}; {len(messages)} predictions not published")
+            log.warning(f"{exc}; {len(messages)} messages not published")
             return 0
         publisher = BoundedPublisher(client)
         try:
             for topic, payload in messages:
-                if not publisher.publish(topic, payload, qos=self.qos, timeout=self.publish_timeout_s):
+                if not publisher.publish(topic, payload, qos=self.qos, timeout=self.publish_timeout_s, retain=retain):
                     break
         except ConnectionError as exc:
             log.warning(f"MQTT publish failed: {exc}")
@@ -188,7 +189,7 @@ class MqttPublisherResource(dg.ConfigurableResource):
             publisher.close(self.publish_timeout_s)
         sent = publisher.acknowledged
         if sent < len(messages):
-            log.warning(f"MQTT: {len(messages) - sent} of {len(messages)} predictions not acknowledged by the broker")
+            log.warning(f"MQTT: {len(messages) - sent} of {len(messages)} messages not acknowledged by the broker")
         return sent
 
 
@@ -276,6 +277,24 @@ class AlertDeskResource(dg.ConfigurableResource):
         return self._desk
 
 
+class GeminiResource(dg.ConfigurableResource):
+    """Google Gemini (google-genai) for the shift backlog; without a key the deterministic writer writes it.
+
+    The key arrives through `EnvVar` (see `build_resources`), so the Dagster UI shows its name only.
+    """
+
+    api_key: str | None = None
+    model: str = "gemini-2.5-flash"
+    base_url: str | None = None
+    timeout_s: float = 60.0
+    attempts: int = 3
+
+    def backlog_writer(self) -> GeminiBacklogWriter:
+        return GeminiBacklogWriter(
+            self.api_key, model=self.model, base_url=self.base_url, timeout_s=self.timeout_s, attempts=self.attempts
+        )
+
+
 def _secret(env_name: str, value: SecretStr | None) -> str | dg.EnvVar | None:
     """A secret for a resource: by name (`EnvVar`) when it is in the environment; the value read
     from `.env` otherwise (pydantic-settings reads that file, the process environment lacks it)."""
@@ -313,5 +332,10 @@ def build_resources(settings: FactorySettings) -> dict[str, dg.ConfigurableResou
             gemini_api_key=_secret("GEMINI_API_KEY", settings.gemini_api_key),
             gemini_model=settings.gemini_model,
             gemini_base_url=settings.gemini_base_url,
+        ),
+        "gemini": GeminiResource(
+            api_key=_secret("GEMINI_API_KEY", settings.gemini_api_key),
+            model=settings.gemini_model,
+            base_url=settings.gemini_base_url,
         ),
     }

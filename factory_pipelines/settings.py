@@ -9,18 +9,21 @@ only from the environment or `.env`, never from YAML.
 from __future__ import annotations
 
 import os
+from datetime import date
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+from factory_pipelines.shifts import DEFAULT_SHIFTS, ShiftCalendar, ShiftSpec
 
 CONFIG_ENV_VAR = "FACTORY_CONFIG"
 DEFAULT_CONFIG_FILE = "factory.yaml"
@@ -90,6 +93,16 @@ class FactorySettings(BaseSettings):
     escalate_after_s: float = Field(
         900.0, gt=0, description="A CRITICAL alert still unacknowledged this long is texted to the escalation list."
     )
+    shifts: list[ShiftSpec] = Field(
+        default_factory=lambda: list(DEFAULT_SHIFTS),
+        description='The plant\'s shifts, e.g. [{name: early, start: "06:00"}, ...]; all start on the same minute.',
+    )
+    plant_timezone: str = Field(
+        "UTC", description="Time zone of the shift start times (IANA name, e.g. Europe/Berlin)."
+    )
+    shifts_first_day: date = Field(
+        date(2026, 1, 1), description="First day with shift partitions (backfills reach back to it)."
+    )
 
     # Secrets: only from the environment or .env (names are the vendors' usual ones).
     twilio_account_sid: SecretStr | None = Field(None, validation_alias=AliasChoices("TWILIO_ACCOUNT_SID"))
@@ -138,6 +151,11 @@ class FactorySettings(BaseSettings):
         if parts.scheme not in {"mqtt", "tcp"} or not parts.hostname:
             raise ValueError(f"FACTORY_MQTT_URL must look like mqtt://host:1883, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _check_shift_calendar(self) -> FactorySettings:
+        self.shift_calendar  # noqa: B018 (a calendar that cannot be built stops start-up with its reason)
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -228,6 +246,10 @@ class FactorySettings(BaseSettings):
     @property
     def resolved_db_url(self) -> str:
         return self.db_url or f"sqlite:///{self.data_path / 'serving.db'}"
+
+    @cached_property
+    def shift_calendar(self) -> ShiftCalendar:
+        return ShiftCalendar(tuple(self.shifts), self.plant_timezone, self.shifts_first_day)
 
     @property
     def on_call_numbers(self) -> list[str]:

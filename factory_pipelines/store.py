@@ -166,8 +166,15 @@ class ServingStore:
                 conn.execute(stmt, rows)
         return len(rows)
 
-    def latest_predictions(self, *, model_name: str | None = None, asset_id: str | None = None) -> list[Prediction]:
-        """The newest prediction per (model, asset)."""
+    def latest_predictions(
+        self,
+        *,
+        model_name: str | None = None,
+        asset_id: str | None = None,
+        since: datetime | None = None,
+        before: datetime | None = None,
+    ) -> list[Prediction]:
+        """The newest prediction per (model, asset), among windows that start in [since, before) when given."""
         t = predictions_table
         rank = (
             func.row_number()
@@ -182,6 +189,10 @@ class ServingStore:
             inner = inner.where(t.c.model_name == model_name)
         if asset_id:
             inner = inner.where(t.c.asset_id == asset_id)
+        if since:
+            inner = inner.where(t.c.window_start >= _as_stored_time(since))
+        if before:
+            inner = inner.where(t.c.window_start < _as_stored_time(before))
         sub = inner.subquery()
         query = select(sub).where(sub.c.rank == 1).order_by(sub.c.model_name, sub.c.asset_id)
         with self.engine.connect() as conn:

@@ -290,6 +290,11 @@ class Prediction(BaseModel):
     mlflow_run_id: str | None = None
     dagster_run_id: str | None = None
 
+    @property
+    def prediction_id(self) -> str:
+        """Stable id of this prediction: the store keeps one per model, window and asset."""
+        return f"{self.model_name}/{self.window_key}/{self.asset_id}"
+
 
 class Alert(BaseModel):
     """Published on `alerts/{severity}` and `factory/{site}/{asset_id}/alerts`."""
@@ -342,6 +347,15 @@ def command_topic(site: str, asset_id: str) -> str:
 
 def asset_alert_topic(site: str, asset_id: str) -> str:
     return f"factory/{site}/{asset_id}/alerts"
+
+
+def backlog_topic(site: str) -> str:
+    """Each shift's backlog when it is written (retained: a new subscriber gets the current one)."""
+    return f"backlog/{site}"
+
+
+LEGACY_BACKLOG_TOPIC = "backlogs/shift_backlog"
+"""Where the earlier backlog agent published; consumers built for it still subscribe (SEED-CLIENTS.md)."""
 
 
 def cleanroom_topic(site: str) -> str:

@@ -17,7 +17,15 @@ from typing import Any, get_args
 import polars as pl
 from pydantic import BaseModel, ValidationError
 
-from factory_pipelines.telemetry import CameraFrame, InboundTelemetry, PayloadKind, RobotTelemetry, SafetyReading
+from factory_pipelines.telemetry import (
+    PARTICLE_SIZES_UM,
+    CameraFrame,
+    CleanroomStatus,
+    InboundTelemetry,
+    PayloadKind,
+    RobotTelemetry,
+    SafetyReading,
+)
 
 CONTRACT_BY_KIND: dict[str, type[BaseModel]] = {
     model.model_fields["kind"].default: model for model in get_args(InboundTelemetry)
@@ -154,3 +162,30 @@ def _flatten_safety(reading: SafetyReading) -> dict[str, Any]:
 
 def safety_rows(window: pl.DataFrame, window_key: str) -> TypedRows:
     return type_rows(window, window_key, PayloadKind.SAFETY, SAFETY_ROWS_SCHEMA, _flatten_safety)
+
+
+# ---- cleanrooms: particle counts by size and the room's climate ------------------------------
+
+CLEANROOM_ROWS_SCHEMA: dict[str, pl.DataType] = {
+    **ENVELOPE_SCHEMA,
+    **{f"particles_{size.replace('.', '_')}um": pl.Float64() for size in PARTICLE_SIZES_UM},
+    "iso_class": pl.Float64(),
+    "temperature": pl.Float64(),
+    "humidity": pl.Float64(),
+    "differential_pressure_pa": pl.Float64(),
+}
+
+
+def _flatten_cleanroom(status: CleanroomStatus) -> dict[str, Any]:
+    counts = status.particles_per_m3 or {}
+    return {
+        **{f"particles_{size.replace('.', '_')}um": counts.get(size) for size in PARTICLE_SIZES_UM},
+        "iso_class": status.iso_class,
+        "temperature": status.temperature,
+        "humidity": status.humidity,
+        "differential_pressure_pa": status.differential_pressure_pa,
+    }
+
+
+def cleanroom_rows(window: pl.DataFrame, window_key: str) -> TypedRows:
+    return type_rows(window, window_key, PayloadKind.CLEANROOM, CLEANROOM_ROWS_SCHEMA, _flatten_cleanroom)

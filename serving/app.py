@@ -22,7 +22,7 @@ from uvicorn.config import LOGGING_CONFIG
 
 from factory_pipelines import __version__
 from factory_pipelines.settings import FactorySettings, load_settings
-from serving import alerts, health, predictions, schemas
+from serving import alerts, backlog, health, predictions, schemas
 from serving.champions import DEFAULT_ANSWER_WITHIN_S, DEFAULT_CHAMPION_TTL_S, KNOWN_MODELS
 from serving.context import DEFAULT_BROKER_TTL_S, ServingContext
 from serving.problems import install_problem_handlers
@@ -35,7 +35,8 @@ API_DESCRIPTION = """\
 Latest and historical model predictions for every plant asset, with lineage (model version,
 MLflow run, Dagster run, data window); alerts with their action plans, texts and lineage, to raise
 (`POST /alert`), acknowledge and clear; the JSON schema of every MQTT payload; and the health of
-the broker, the serving store and the champion models.
+the broker, the serving store and the champion models. Each shift's backlog (prioritized tasks
+with their evidence) is served as JSON or, with `Accept: text/markdown`, as Markdown.
 
 Errors are RFC 9457 problem details (`application/problem+json`). A 503 means the serving store
 is unreachable: the API keeps running and recovers by itself once the store is back.
@@ -82,6 +83,7 @@ def create_app(
     app.include_router(predictions.router)
     app.include_router(schemas.router)
     app.include_router(alerts.router)
+    app.include_router(backlog.router)
     return app
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 from factory_pipelines.broker import RunningBroker, start_local_broker
 from factory_pipelines.mqtt import connect_and_wait, make_client
 from factory_pipelines.settings import FactorySettings, load_settings
+from tests.gemini_standin import gemini  # noqa: F401 - the Gemini stand-in fixture, for every test
 
 
 def find_free_port(host: str = "127.0.0.1") -> int:

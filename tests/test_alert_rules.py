@@ -176,6 +176,7 @@ def test_candidate_carries_lineage_evidence_and_the_rule_settings(defaults: Rule
         "model_version": "7",
         "mlflow_run_id": "mlflow-run-abc",
         "dagster_run_id": "dagster-run-xyz",
+        "prediction_id": f"rul_lstm/{WINDOW_KEY}/robot-3",  # the prediction, as the store and backlogs name it
     }
     assert candidate.evidence["field"] == "rul_lower"
     assert candidate.evidence["value"] == 150.0

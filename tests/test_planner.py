@@ -1,18 +1,15 @@
 """The planner: deterministic plans per alert type, and Gemini's rewording through the real google-genai client.
 
-A small HTTP server on loopback stands in for Gemini's generateContent endpoint and records each
-request; the real `google-genai` client talks to it.
+A small HTTP server on loopback (tests/gemini_standin.py, the `gemini` fixture) stands in for
+Gemini's generateContent endpoint and records each request; the real `google-genai` client talks to it.
 """
 
 from __future__ import annotations
 
 import gc
 import json
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -20,6 +17,7 @@ import pytest
 from factory_pipelines.alert_model import AlertCandidate, AlertRecord, AlertState
 from factory_pipelines.planner import PLAN_TEMPLATES, GeminiPlanWriter, Planner, plan_for
 from factory_pipelines.telemetry import Severity
+from tests.gemini_standin import GeminiStandIn, Reply, answer_with
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 MODEL = "gemini-test"
@@ -132,63 +130,7 @@ def test_long_evidence_is_shortened() -> None:
     assert len(plan.steps[0]) < 400
 
 
-# ---- the Gemini stand-in ----
-
-
-@dataclass
-class RecordedRequest:
-    path: str
-    headers: dict[str, str]
-    body: dict[str, Any]
-
-
-Reply = tuple[int, bytes]
-
-
-def answer_with(text: str) -> Reply:
-    """A generateContent answer whose single candidate says `text`."""
-    body = {
-        "candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP", "index": 0}]
-    }
-    return 200, json.dumps(body).encode()
-
-
-@dataclass
-class GeminiStandIn:
-    url: str
-    requests: list[RecordedRequest] = field(default_factory=list)
-    reply: Callable[[], Reply] = lambda: answer_with(json.dumps({"summary": "ok", "steps": ["ok"]}))
-    release: threading.Event = field(default_factory=threading.Event)
-
-
-@pytest.fixture
-def gemini() -> Iterator[GeminiStandIn]:
-    stand_in = GeminiStandIn(url="")
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-            raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            stand_in.requests.append(RecordedRequest(self.path, dict(self.headers.items()), json.loads(raw)))
-            status, body = stand_in.reply()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    stand_in.url = f"http://127.0.0.1:{server.server_address[1]}"
-    yield stand_in
-    stand_in.release.set()  # let a deliberately slow handler finish
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+# ---- Gemini's wording, through the stand-in (tests/gemini_standin.py) ----
 
 
 def writer_for(gemini: GeminiStandIn, timeout_s: float = 5.0) -> GeminiPlanWriter:
