@@ -269,18 +269,23 @@ def _anomaly_items(predictions: list[Prediction], kind: EvidenceKind) -> list[Ev
 
 
 def _hazard_items(predictions: list[Prediction]) -> list[EvidenceItem]:
-    by_zone: dict[str, list[Prediction]] = {}
-    for prediction in predictions:
-        zone = str((prediction.model_extra or {}).get("zone") or prediction.asset_id)
-        by_zone.setdefault(zone, []).append(prediction)
     items = []
-    for zone, zone_predictions in sorted(by_zone.items()):
+    for zone, zone_predictions in sorted(_by_zone(predictions).items()):
         high = [p for p in zone_predictions if p.label == "high"]
         if high:
             items.append(
                 _folded_item(EvidenceKind.SAFETY_HAZARD, zone, high, len(zone_predictions), "high hazard risk")
             )
     return items
+
+
+def _by_zone(predictions: Iterable[Prediction]) -> dict[str, list[Prediction]]:
+    """Predictions per plant zone (their `zone` field; the asset when they carry none)."""
+    by_zone: dict[str, list[Prediction]] = {}
+    for prediction in predictions:
+        zone = str((prediction.model_extra or {}).get("zone") or prediction.asset_id)
+        by_zone.setdefault(zone, []).append(prediction)
+    return by_zone
 
 
 def _count_by_asset(predictions: Iterable[Prediction]) -> dict[str, int]:
@@ -292,12 +297,8 @@ def _count_by_asset(predictions: Iterable[Prediction]) -> dict[str, int]:
 
 def _ppe_items(predictions: list[Prediction], limits: EvidenceLimits) -> list[EvidenceItem]:
     """PPE compliance per zone (frames without a violation / frames seen); every zone seen is evidence."""
-    by_zone: dict[str, list[Prediction]] = {}
-    for prediction in predictions:
-        zone = str((prediction.model_extra or {}).get("zone") or prediction.asset_id)
-        by_zone.setdefault(zone, []).append(prediction)
     items = []
-    for zone, zone_predictions in sorted(by_zone.items()):
+    for zone, zone_predictions in sorted(_by_zone(predictions).items()):
         frames = sum(int((p.model_extra or {}).get("frames", 1)) for p in zone_predictions)
         violating = sum(
             int((p.model_extra or {}).get("frames_in_violation", p.label == "violation")) for p in zone_predictions

@@ -204,52 +204,64 @@ def _rul_task(item: EvidenceItem, shift: Shift) -> TaskProposal:
     )
 
 
-def _share_parts(item: EvidenceItem, base: float, what: str, weight: float) -> list[tuple[float, str]]:
-    flagged, scored = int(item.facts.get("flagged_windows", 1)), max(1, int(item.facts.get("scored_windows", 1)))
-    return [(base, what), (round(weight * flagged / scored, 1), f"{flagged} of {scored} windows flagged last shift")]
+@dataclass(frozen=True)
+class FlaggedWindowsTask:
+    """The task for evidence that counts flagged windows: a base score plus the share of windows flagged."""
+
+    concern: str
+    action: str
+    title: str  # str.format over {asset}
+    skill: str
+    due_in: timedelta | None  # after the shift's start; None: by the shift's end
+    base: float
+    what: str
+    weight: float
 
 
-def _energy_task(item: EvidenceItem, shift: Shift) -> TaskProposal:
+FLAGGED_WINDOWS_TASKS: dict[EvidenceKind, FlaggedWindowsTask] = {
+    EvidenceKind.ENERGY_ANOMALY: FlaggedWindowsTask(
+        "energy", "INSPECT_POWER_DRAW", "Check the unusual power draw of {asset}", "electrician",
+        None, 25.0, "power-consumption anomalies", 20.0,
+    ),
+    EvidenceKind.CYBER_ANOMALY: FlaggedWindowsTask(
+        "cyber", "INSPECT_NETWORK_TRAFFIC", "Inspect the network traffic of {asset}", "OT security engineer",
+        timedelta(hours=1), 45.0, "attack or network anomaly", 25.0,
+    ),
+    EvidenceKind.SAFETY_HAZARD: FlaggedWindowsTask(
+        "safety", "REVIEW_ZONE_HAZARD", "Walk zone {asset} with the safety officer and remove the hazard's cause",
+        "shift safety officer", timedelta(hours=1), 55.0, "high hazard risk in the zone", 25.0,
+    ),
+}  # fmt: skip
+
+
+def _proposal(
+    item: EvidenceItem, shift: Shift, concern: str, action: str, title: str, skill: str, due_in: timedelta | None,
+    parts: list[tuple[float, str]],
+) -> TaskProposal:  # fmt: skip
     return TaskProposal(
         asset_id=item.asset_id,
-        concern="energy",
-        action="INSPECT_POWER_DRAW",
-        title=f"Check the unusual power draw of {item.asset_id}",
-        skill="electrician",
-        due_at=shift.end,
-        evidence_ids=[item.evidence_id, *item.related_ids],
-        parts=_share_parts(item, 25.0, "power-consumption anomalies", 20.0),
-    )
-
-
-def _cyber_task(item: EvidenceItem, shift: Shift) -> TaskProposal:
-    attack = item.facts.get("attack_type")
-    parts = _share_parts(item, 45.0, "attack or network anomaly", 25.0)
-    if attack and attack != "normal":
-        parts.append((5.0, f"classified as {attack}"))
-    return TaskProposal(
-        asset_id=item.asset_id,
-        concern="cyber",
-        action="INSPECT_NETWORK_TRAFFIC",
-        title=f"Inspect the network traffic of {item.asset_id}",
-        skill="OT security engineer",
-        due_at=shift.start + timedelta(hours=1),
+        concern=concern,
+        action=action,
+        title=title,
+        skill=skill,
+        due_at=shift.end if due_in is None else shift.start + due_in,
         evidence_ids=[item.evidence_id, *item.related_ids],
         parts=parts,
     )
 
 
-def _hazard_task(item: EvidenceItem, shift: Shift) -> TaskProposal:
-    return TaskProposal(
-        asset_id=item.asset_id,
-        concern="safety",
-        action="REVIEW_ZONE_HAZARD",
-        title=f"Walk zone {item.asset_id} with the safety officer and remove the hazard's cause",
-        skill="shift safety officer",
-        due_at=shift.start + timedelta(hours=1),
-        evidence_ids=[item.evidence_id, *item.related_ids],
-        parts=_share_parts(item, 55.0, "high hazard risk in the zone", 25.0),
-    )
+def _flagged_windows_task(item: EvidenceItem, shift: Shift) -> TaskProposal:
+    spec = FLAGGED_WINDOWS_TASKS[item.kind]
+    flagged, scored = int(item.facts.get("flagged_windows", 1)), max(1, int(item.facts.get("scored_windows", 1)))
+    parts = [
+        (spec.base, spec.what),
+        (round(spec.weight * flagged / scored, 1), f"{flagged} of {scored} windows flagged last shift"),
+    ]
+    attack = item.facts.get("attack_type")
+    if attack and attack != "normal":
+        parts.append((5.0, f"classified as {attack}"))
+    title = spec.title.format(asset=item.asset_id)
+    return _proposal(item, shift, spec.concern, spec.action, title, spec.skill, spec.due_in, parts)
 
 
 def _ppe_task(item: EvidenceItem, shift: Shift) -> TaskProposal | None:
@@ -257,44 +269,31 @@ def _ppe_task(item: EvidenceItem, shift: Shift) -> TaskProposal | None:
     if compliance >= target:
         return None
     gap = target - compliance
-    return TaskProposal(
-        asset_id=item.asset_id,
-        concern="ppe",
-        action="BRIEF_ZONE_ON_PPE",
-        title=f"Brief the crew of zone {item.asset_id} on hard hats and vests and check spares at the entrance",
-        skill="shift safety officer",
-        due_at=shift.start + timedelta(hours=1),
-        evidence_ids=[item.evidence_id, *item.related_ids],
-        parts=[
-            (35.0, f"PPE compliance {compliance:.0%} below the {target:.0%} target"),
-            (round(min(40.0, gap * 100), 1), f"{gap:.0%} short of the target"),
-        ],
-    )
+    parts = [
+        (35.0, f"PPE compliance {compliance:.0%} below the {target:.0%} target"),
+        (round(min(40.0, gap * 100), 1), f"{gap:.0%} short of the target"),
+    ]
+    title = f"Brief the crew of zone {item.asset_id} on hard hats and vests and check spares at the entrance"
+    return _proposal(item, shift, "ppe", "BRIEF_ZONE_ON_PPE", title, "shift safety officer", timedelta(hours=1), parts)
 
 
 def _cleanroom_task(item: EvidenceItem, shift: Shift) -> TaskProposal:
     out, total = int(item.facts["readings_out_of_limits"]), max(1, int(item.facts["readings"]))
-    return TaskProposal(
-        asset_id=item.asset_id,
-        concern="cleanroom",
-        action="CONTAIN_CLEANROOM_EXCURSION",
-        title=f"Find the cause of the excursion in {item.asset_id} and review the lots made during it",
-        skill="cleanroom supervisor",
-        due_at=shift.start + timedelta(minutes=30),
-        evidence_ids=[item.evidence_id, *item.related_ids],
-        parts=[
-            (50.0, f"cleanroom out of limits ({', '.join(item.facts.get('limits_broken', []))})"),
-            (round(min(20.0, 40.0 * out / total), 1), f"{out} of {total} readings last shift"),
-        ],
-    )
+    parts = [
+        (50.0, f"cleanroom out of limits ({', '.join(item.facts.get('limits_broken', []))})"),
+        (round(min(20.0, 40.0 * out / total), 1), f"{out} of {total} readings last shift"),
+    ]
+    title = f"Find the cause of the excursion in {item.asset_id} and review the lots made during it"
+    action, skill = "CONTAIN_CLEANROOM_EXCURSION", "cleanroom supervisor"
+    return _proposal(item, shift, "cleanroom", action, title, skill, timedelta(minutes=30), parts)
 
 
 _DRAFTERS: dict[EvidenceKind, Callable[[EvidenceItem, Shift], TaskProposal | None]] = {
     EvidenceKind.ALERT: _alert_task,
     EvidenceKind.RUL: _rul_task,
-    EvidenceKind.ENERGY_ANOMALY: _energy_task,
-    EvidenceKind.CYBER_ANOMALY: _cyber_task,
-    EvidenceKind.SAFETY_HAZARD: _hazard_task,
+    EvidenceKind.ENERGY_ANOMALY: _flagged_windows_task,
+    EvidenceKind.CYBER_ANOMALY: _flagged_windows_task,
+    EvidenceKind.SAFETY_HAZARD: _flagged_windows_task,
     EvidenceKind.PPE_COMPLIANCE: _ppe_task,
     EvidenceKind.CLEANROOM_EXCURSION: _cleanroom_task,
 }

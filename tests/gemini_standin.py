@@ -16,10 +16,12 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
+
+from tests.loopback_http import LoopbackServer, send_json
 
 Reply = tuple[int, bytes]
 
@@ -77,33 +79,18 @@ def running_gemini_standin() -> Iterator[GeminiStandIn]:
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
             raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             stand_in.requests.append(RecordedRequest(self.path, dict(self.headers.items()), json.loads(raw)))
-            status, body = stand_in.reply()
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client gave up (timed out) before the answer; that is the point of a stall
+            send_json(self, *stand_in.reply())
 
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
             """Quiet: tests assert on recorded requests, not on a request log."""
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="gemini-standin", daemon=True
-    )
-    thread.start()
-    stand_in.url = f"http://127.0.0.1:{server.server_address[1]}"
+    server = LoopbackServer.start(Handler, name="gemini-standin")
+    stand_in.url = server.url
     try:
         yield stand_in
     finally:
         stand_in.release.set()  # let a deliberately slow handler finish
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+        server.stop()
 
 
 @pytest.fixture

@@ -23,12 +23,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
+
+from tests.loopback_http import LoopbackServer, send_json
 
 API_VERSION = "2010-04-01"
 _MESSAGES_PATH = re.compile(r"^/2010-04-01/Accounts/(?P<account>[^/]+)/Messages\.json$")
@@ -134,8 +136,7 @@ class TwilioStandIn:
         self._lock = threading.Condition()
         self._state = _State()
         self._release = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server: LoopbackServer | None = None
 
     # ---- lifecycle ----
 
@@ -145,24 +146,14 @@ class TwilioStandIn:
         class Handler(_TwilioHandler):
             owner = standin
 
-        server = ThreadingHTTPServer((self._host, self._port), Handler)
-        server.daemon_threads = True
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="twilio-standin", daemon=True
-        )
-        self._thread.start()
+        self._server = LoopbackServer.start(Handler, name="twilio-standin", host=self._host, port=self._port)
         return self
 
     def stop(self) -> None:
         self._release.set()
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._server.stop()
         self._server = None
-        self._thread = None
 
     def __enter__(self) -> TwilioStandIn:
         return self.start()
@@ -174,8 +165,7 @@ class TwilioStandIn:
     def base_url(self) -> str:
         if self._server is None:
             raise RuntimeError("the Twilio stand-in is not running")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self._server.url
 
     def client(self, *, timeout_s: float = 5.0) -> Client:
         """A real twilio client with this stand-in's credentials, pointed at it."""
@@ -329,15 +319,7 @@ class _TwilioHandler(BaseHTTPRequestHandler):
         self.owner._record(recorded)
         status, payload = self._answer(method, url.path, query, form, auth)
         self.owner._answered(recorded, status)
-        body = json.dumps(payload).encode("utf-8")
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (timed out) before the answer; that is the point of a stall
+        send_json(self, status, json.dumps(payload).encode("utf-8"))
 
     def _answer(
         self, method: str, path: str, query: dict[str, str], form: dict[str, str], auth: tuple[str, str] | None
