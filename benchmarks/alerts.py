@@ -63,6 +63,9 @@ class Quantiles:
         return cls(len(values), _quantile(values, 0.5), _quantile(values, 0.95), max(values))
 
 
+BENCH_KEY = "bench-operator-key-0001"  # POST /alert needs the operator role
+
+
 def _env(data: Path, twilio: TwilioStandIn, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FACTORY_", "MLFLOW_", "DAGSTER_", "TWILIO_"))}
     env.update(
@@ -73,6 +76,7 @@ def _env(data: Path, twilio: TwilioStandIn, **extra: str) -> dict[str, str]:
         TWILIO_TO_NUMBERS=ON_CALL,
         TWILIO_API_BASE_URL=twilio.base_url,
         FACTORY_SMS_RATE_LIMIT="100000",
+        FACTORY_API_KEYS=f"{BENCH_KEY}:operator",
         **extra,
     )
     return env
@@ -113,9 +117,11 @@ def post_to_text(posts: int) -> tuple[Quantiles, Quantiles]:
         try:
             api = f"http://127.0.0.1:{port}"
             _wait_for(f"{api}/health", server, log, 120)
-            httpx.post(f"{api}/alert", json={"level": "INFO", "type": "WARM_UP", "source": "bench", "details": "-"})
+            headers = {"X-API-Key": BENCH_KEY}
+            warm_up = {"level": "INFO", "type": "WARM_UP", "source": "bench", "details": "-"}
+            httpx.post(f"{api}/alert", json=warm_up, headers=headers).raise_for_status()
             via_api: list[float] = []
-            with httpx.Client(base_url=api, timeout=30) as http:
+            with httpx.Client(base_url=api, timeout=30, headers=headers) as http:
                 for i in range(posts):
                     asset = f"bench-{i}"
                     before = len(twilio.message_posts)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -28,6 +29,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from factory_pipelines.api_keys import KEY_PREFIX
 from factory_pipelines.settings import FactorySettings
 
 STOP_GRACE_S = 20.0
@@ -128,6 +130,33 @@ def _wait_http(url: str, timeout_s: float, alive: Callable[[], bool], stop: thre
     raise PlatformError(f"{url} did not answer within {timeout_s:.0f} s")
 
 
+DEMO_KEY_FILE = "demo-admin-key"
+
+
+def demo_access(settings: FactorySettings, console: Console) -> dict[str, str]:
+    """What the local demo opens up, said out loud: anonymous reads, and an admin key when none is configured.
+
+    Settings given explicitly (environment, `.env`, YAML) win: the demo only fills in what is unset.
+    """
+    env: dict[str, str] = {}
+    if "allow_anonymous_read" not in settings.model_fields_set:
+        env["FACTORY_ALLOW_ANONYMOUS_READ"] = "true"
+        console.print(
+            "[yellow]access:[/yellow] local demo, anyone who reaches the API may read without a key "
+            "(FACTORY_ALLOW_ANONYMOUS_READ=false to require one); writes always need a key"
+        )
+    if not settings.api_key_roles:
+        path = settings.data_path / DEMO_KEY_FILE
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(KEY_PREFIX + secrets.token_urlsafe(24) + "\n")
+        key = path.read_text().strip()
+        env["FACTORY_API_KEYS"] = f"{key}:admin"
+        console.print(f"[yellow]access:[/yellow] no FACTORY_API_KEYS set; this demo's admin key is in {path}")
+    return env
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "factory_pipelines.cli", *args]
 
@@ -178,6 +207,7 @@ def run_platform(settings: FactorySettings, options: PlatformOptions, console: C
             "MLFLOW_HTTP_REQUEST_MAX_RETRIES": os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3"),
             "MLFLOW_HTTP_REQUEST_TIMEOUT": os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "30"),
         }
+        env.update(demo_access(settings, console))
         os.environ.update(settings.child_env())
         write_dagster_yaml(settings)
 

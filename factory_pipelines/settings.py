@@ -23,11 +23,14 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from factory_pipelines.api_keys import Role, parse_api_keys
 from factory_pipelines.shifts import DEFAULT_SHIFTS, ShiftCalendar, ShiftSpec
 
 CONFIG_ENV_VAR = "FACTORY_CONFIG"
 DEFAULT_CONFIG_FILE = "factory.yaml"
-SECRET_FIELDS = frozenset({"twilio_account_sid", "twilio_auth_token", "twilio_from_number", "gemini_api_key"})
+SECRET_FIELDS = frozenset(
+    {"twilio_account_sid", "twilio_auth_token", "twilio_from_number", "gemini_api_key", "api_keys"}
+)
 
 
 class _YamlWithoutSecrets(YamlConfigSettingsSource):
@@ -53,6 +56,7 @@ class FactorySettings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         populate_by_name=True,
+        hide_input_in_errors=True,  # an error must not echo a secret (API keys, tokens); messages name the setting
     )
 
     data_dir: Path = Field(Path(".factory"), description="All state: windows, predictions, DAGSTER_HOME, MLflow store.")
@@ -93,6 +97,12 @@ class FactorySettings(BaseSettings):
     escalate_after_s: float = Field(
         900.0, gt=0, description="A CRITICAL alert still unacknowledged this long is texted to the escalation list."
     )
+    allow_anonymous_read: bool = Field(
+        False, description="Let requests without a credential read (viewer); mutating calls always need a key."
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description='Browser origins allowed to call the API, e.g. ["https://hmi.plant"].'
+    )
     shifts: list[ShiftSpec] = Field(
         default_factory=lambda: list(DEFAULT_SHIFTS),
         description='The plant\'s shifts, e.g. [{name: early, start: "06:00"}, ...]; all start on the same minute.',
@@ -122,6 +132,11 @@ class FactorySettings(BaseSettings):
         description="A Twilio-compatible endpoint; default: Twilio's own API.",
     )
     gemini_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("GEMINI_API_KEY"))
+    api_keys: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("FACTORY_API_KEYS", "api_keys"),
+        description="API keys with their roles, comma-separated KEY:ROLE (roles: viewer, operator, admin).",
+    )
     gemini_model: str = Field("gemini-2.5-flash", validation_alias=AliasChoices("GEMINI_MODEL"))
     gemini_base_url: str | None = Field(None, validation_alias=AliasChoices("GEMINI_BASE_URL"))
 
@@ -137,6 +152,7 @@ class FactorySettings(BaseSettings):
         "alert_rules_file",
         "gemini_api_key",
         "gemini_base_url",
+        "api_keys",
         mode="before",
     )
     @classmethod
@@ -153,8 +169,10 @@ class FactorySettings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _check_shift_calendar(self) -> FactorySettings:
-        self.shift_calendar  # noqa: B018 (a calendar that cannot be built stops start-up with its reason)
+    def _check_derived(self) -> FactorySettings:
+        # A calendar or key list that cannot be built stops start-up with its reason.
+        self.shift_calendar  # noqa: B018
+        self.api_key_roles  # noqa: B018
         return self
 
     @classmethod
@@ -246,6 +264,10 @@ class FactorySettings(BaseSettings):
     @property
     def resolved_db_url(self) -> str:
         return self.db_url or f"sqlite:///{self.data_path / 'serving.db'}"
+
+    @cached_property
+    def api_key_roles(self) -> dict[str, Role]:
+        return parse_api_keys(self.api_keys.get_secret_value() if self.api_keys else None)
 
     @cached_property
     def shift_calendar(self) -> ShiftCalendar:

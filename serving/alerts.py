@@ -28,6 +28,7 @@ from factory_pipelines.alert_model import (
 from factory_pipelines.orchestrator import AlertOutbox, queue_for_store
 from factory_pipelines.store import ServingStore, StoreUnavailableError
 from factory_pipelines.telemetry import Severity, utc_now
+from serving.access import Operator
 from serving.context import ServingContext, get_context
 from serving.datetimes import IsoDatetime
 from serving.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, next_offset
@@ -89,7 +90,9 @@ class AlertList(BaseModel):
 
 
 class Acknowledgement(BaseModel):
-    by: str = Field(min_length=1, max_length=200, description="Who acknowledges or clears it.")
+    by: str | None = Field(
+        None, min_length=1, max_length=200, description="Who acknowledges or clears it; default: the API key's name."
+    )
     comment: str | None = Field(None, max_length=2000)
 
 
@@ -127,10 +130,12 @@ def external_candidate(body: ExternalAlert, now: datetime) -> AlertCandidate:
     "/alert",
     summary="Raise an alert (external agents)",
     response_model=AlertHandled,
-    responses=problem_responses(422),
+    responses=problem_responses(401, 403, 422),
 )
 @router.post("/api/orchestrator/alert", include_in_schema=False, response_model=AlertHandled)
-def post_alert(body: ExternalAlert, context: Annotated[ServingContext, Depends(get_context)]) -> AlertHandled:
+def post_alert(
+    body: ExternalAlert, context: Annotated[ServingContext, Depends(get_context)], _caller: Operator
+) -> AlertHandled:
     """Deduplicate, plan, record and (CRITICAL, EMERGENCY) text at once; answers `handled`.
 
     A body missing one of the four fields is a 422. When the store is down, the alert waits in the
@@ -226,16 +231,14 @@ def get_alert(alert_id: str, context: Annotated[ServingContext, Depends(get_cont
     "/alerts/{alert_id}/ack",
     summary="Acknowledge an alert",
     response_model=AlertOut,
-    responses=problem_responses(404, 422, 503),
+    responses=problem_responses(401, 403, 404, 422, 503),
 )
 def acknowledge_alert(
-    alert_id: str, body: Acknowledgement, context: Annotated[ServingContext, Depends(get_context)]
+    alert_id: str, body: Acknowledgement, context: Annotated[ServingContext, Depends(get_context)], caller: Operator
 ) -> AlertOut:
     """Records who and when (the first acknowledgement stands); stops its escalation."""
-    now = utc_now()
-    alert = _known(
-        alert_id, lambda book: book.acknowledge(alert_id, by=body.by, comment=body.comment, now=now), context
-    )
+    now, by = utc_now(), body.by or caller.name
+    alert = _known(alert_id, lambda book: book.acknowledge(alert_id, by=by, comment=body.comment, now=now), context)
     return AlertOut.model_validate(alert.model_dump())
 
 
@@ -243,14 +246,14 @@ def acknowledge_alert(
     "/alerts/{alert_id}/clear",
     summary="Clear an alert",
     response_model=AlertOut,
-    responses=problem_responses(404, 422, 503),
+    responses=problem_responses(401, 403, 404, 422, 503),
 )
 def clear_alert(
-    alert_id: str, body: Acknowledgement, context: Annotated[ServingContext, Depends(get_context)]
+    alert_id: str, body: Acknowledgement, context: Annotated[ServingContext, Depends(get_context)], caller: Operator
 ) -> AlertOut:
     """Records who and when; a recurrence later raises a new alert (or reopens it inside its cooldown)."""
-    now = utc_now()
-    alert = _known(alert_id, lambda book: book.clear(alert_id, by=body.by, comment=body.comment, now=now), context)
+    now, by = utc_now(), body.by or caller.name
+    alert = _known(alert_id, lambda book: book.clear(alert_id, by=by, comment=body.comment, now=now), context)
     return AlertOut.model_validate(alert.model_dump())
 
 

@@ -17,14 +17,17 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from uvicorn.config import LOGGING_CONFIG
 
 from factory_pipelines import __version__
 from factory_pipelines.settings import FactorySettings, load_settings
-from serving import alerts, backlog, health, predictions, schemas
+from serving import agents, alerts, backlog, fleet, health, keys, metrics, predictions, schemas
+from serving.access import require_viewer
 from serving.champions import DEFAULT_ANSWER_WITHIN_S, DEFAULT_CHAMPION_TTL_S, KNOWN_MODELS
 from serving.context import DEFAULT_BROKER_TTL_S, ServingContext
+from serving.metrics import ApiMetrics
 from serving.problems import install_problem_handlers
 from serving.ttl_cache import Clock
 
@@ -73,17 +76,31 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
-        context.store.close()
-        context.alert_desks.feed.close()
+        context.close()
 
     app = FastAPI(title=API_TITLE, description=API_DESCRIPTION, version=__version__, lifespan=lifespan)
     app.state.serving = context
+    app.state.metrics = ApiMetrics()
+    app.middleware("http")(app.state.metrics.middleware)
     install_problem_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "Accept"],
+        )
+    readers = [Depends(require_viewer)]  # every route reads at least; mutating ones ask for more themselves
     app.include_router(health.router)
-    app.include_router(predictions.router)
-    app.include_router(schemas.router)
-    app.include_router(alerts.router)
-    app.include_router(backlog.router)
+    app.include_router(metrics.router)
+    app.include_router(predictions.router, dependencies=readers)
+    app.include_router(schemas.router, dependencies=readers)
+    # The orchestrator's fixed paths (alerts router) come before /api/{agent}/..., which would shadow them.
+    app.include_router(alerts.router, dependencies=readers)
+    app.include_router(agents.router, dependencies=readers)
+    app.include_router(fleet.router, dependencies=readers)
+    app.include_router(keys.router)
+    app.include_router(backlog.router, dependencies=readers)
     return app
 
 

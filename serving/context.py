@@ -9,7 +9,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -17,18 +18,22 @@ import paho.mqtt.client as mqtt
 from fastapi import Request
 
 from factory_pipelines.alert_book import AlertBook
+from factory_pipelines.api_keys import Principal, key_digest
 from factory_pipelines.mqtt import broker_reachable, connect_and_wait, make_client
 from factory_pipelines.orchestrator import AlertDesk, alert_desk_for
 from factory_pipelines.settings import FactorySettings
 from factory_pipelines.store import ServingStore
 from factory_pipelines.telemetry import utc_now
 from serving.champions import DEFAULT_ANSWER_WITHIN_S, DEFAULT_CHAMPION_TTL_S, KNOWN_MODELS, ChampionTracker
+from serving.live import LiveTelemetry
 from serving.store_connection import StoreConnection
 from serving.ttl_cache import Clock, TtlCache
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BROKER_TTL_S = 5.0
+MANAGED_KEY_TTL_S = 5.0  # a revoked key is refused within this long
+MANAGED_KEY_CACHE_SIZE = 1024
 BROKER_PROBE_TIMEOUT_S = 1.0
 
 
@@ -122,6 +127,34 @@ class AlertDesks:
             return self._desk
 
 
+class ManagedKeyCache:
+    """Principals of recently seen managed keys (by digest), bounded in size and age."""
+
+    def __init__(self, ttl_s: float = MANAGED_KEY_TTL_S, size: int = MANAGED_KEY_CACHE_SIZE) -> None:
+        self.ttl_s = ttl_s
+        self.size = size
+        self._entries: OrderedDict[str, tuple[Principal | None, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def lookup(self, key: str, load: Callable[[str], Principal | None]) -> Principal | None:
+        digest, now = key_digest(key), time.monotonic()
+        with self._lock:
+            cached = self._entries.get(digest)
+            if cached is not None and now - cached[1] < self.ttl_s:
+                return cached[0]
+        found = load(key)
+        with self._lock:
+            self._entries[digest] = (found, now)
+            self._entries.move_to_end(digest)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return found
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
 @dataclass(slots=True)
 class ServingContext:
     settings: FactorySettings
@@ -129,9 +162,20 @@ class ServingContext:
     broker: BrokerMonitor
     champions: ChampionTracker
     alert_desks: AlertDesks = field(init=False)
+    managed_keys: ManagedKeyCache = field(init=False)
+    live: LiveTelemetry = field(init=False)
 
     def __post_init__(self) -> None:
         self.alert_desks = AlertDesks(self.settings)
+        self.managed_keys = ManagedKeyCache()
+        # The live MQTT feed connects on first use (a route or the WebSocket hub), not when the app is built.
+        self.live = LiveTelemetry(self.settings.mqtt_url, site=self.settings.site, store=self.store)
+
+    def close(self) -> None:
+        """Release what the app holds open: the store, the MQTT clients."""
+        self.live.close()
+        self.store.close()
+        self.alert_desks.feed.close()
 
     @classmethod
     def build(

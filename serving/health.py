@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from factory_pipelines import __version__
@@ -126,6 +127,28 @@ def check_health(context: ServingContext) -> HealthReport:
         checked_at=utc_now(),
         components=components,
     )
+
+
+class NotReady(HealthReport):
+    """The health report, answered with 503 by /ready while a part the API needs is down."""
+
+
+@router.get(
+    "/ready",
+    summary="Readiness: 200 when the broker, the store and the model registry answer; 503 otherwise",
+    response_model=HealthReport,
+    responses={503: {"model": NotReady, "description": "Some component is down; `components` says which."}},
+)
+def ready(context: Annotated[ServingContext, Depends(get_context)]) -> HealthReport | JSONResponse:
+    """For load balancers and Kubernetes: take this instance out of rotation while a dependency is down.
+
+    A model that has no champion yet does not make the API unready (it serves the others); a registry
+    that does not answer does.
+    """
+    report = check_health(context)
+    if report.status == "ok":
+        return report
+    return JSONResponse(report.model_dump(mode="json"), status_code=503)
 
 
 @router.get(

@@ -24,6 +24,8 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 VALIDATION_ERROR = "urn:factory-pipelines:problem:validation-error"
 STORE_UNAVAILABLE = "urn:factory-pipelines:problem:store-unavailable"
 NOT_FOUND = "urn:factory-pipelines:problem:not-found"
+UNAUTHENTICATED = "urn:factory-pipelines:problem:unauthenticated"
+FORBIDDEN = "urn:factory-pipelines:problem:forbidden"
 INTERNAL_ERROR = "urn:factory-pipelines:problem:internal-error"
 
 STORE_RETRY_AFTER_S = 5
@@ -51,12 +53,21 @@ class Problem(BaseModel):
 class ProblemError(Exception):
     """Raised by route code to answer with a problem of our own type."""
 
-    def __init__(self, status: int, detail: str, *, type_: str = "about:blank", title: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        type_: str = "about:blank",
+        title: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.type = type_
         self.title = title or HTTPStatus(status).phrase
+        self.headers = headers
 
 
 def problem_response(
@@ -131,7 +142,9 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ProblemError)
-    return problem_response(request, exc.status, detail=exc.detail, type_=exc.type, title=exc.title)
+    return problem_response(
+        request, exc.status, detail=exc.detail, type_=exc.type, title=exc.title, headers=exc.headers
+    )
 
 
 async def _on_store_unavailable(request: Request, exc: Exception) -> JSONResponse:

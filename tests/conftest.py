@@ -114,6 +114,17 @@ def mqtt_recorder(mqtt_url: str) -> Iterator[Callable[..., MqttRecorder]]:
 
 # ---- fixtures added by other parts of the platform go below this line ----
 
+TEST_API_KEYS = {"viewer": "test-viewer-key-0001", "operator": "test-operator-key-01", "admin": "test-admin-key-00001"}
+OPERATOR_HEADERS = {"X-API-Key": TEST_API_KEYS["operator"]}
+
+
+@pytest.fixture(autouse=True)
+def demo_access(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs with the local demo's access (anonymous reads) and one key per role, by environment;
+    tests of access itself pass `allow_anonymous_read=False` / `api_keys=...` to `load_settings`, which win."""
+    monkeypatch.setenv("FACTORY_ALLOW_ANONYMOUS_READ", "true")
+    monkeypatch.setenv("FACTORY_API_KEYS", ",".join(f"{key}:{role}" for role, key in TEST_API_KEYS.items()))
+
 
 PG_URL = os.environ.get("FACTORY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 

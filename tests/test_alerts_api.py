@@ -17,7 +17,7 @@ from factory_pipelines.settings import FactorySettings, load_settings
 from factory_pipelines.store import ServingStore
 from factory_pipelines.telemetry import utc_now
 from serving import create_app
-from tests.conftest import MqttRecorder
+from tests.conftest import OPERATOR_HEADERS, MqttRecorder
 from tests.twilio_standin import TwilioStandIn
 
 ON_CALL = ["+15551110001", "+15551110002"]
@@ -48,7 +48,7 @@ def alert_settings(tmp_path: Path, twilio: TwilioStandIn, **overrides: object) -
 
 @pytest.fixture
 def api(tmp_path: Path, twilio: TwilioStandIn) -> Iterator[TestClient]:
-    with TestClient(create_app(alert_settings(tmp_path, twilio))) as client:
+    with TestClient(create_app(alert_settings(tmp_path, twilio)), headers=OPERATOR_HEADERS) as client:
         yield client
 
 
@@ -126,7 +126,7 @@ def test_bad_bodies_are_refused_as_problems(api: TestClient) -> None:
 
 def test_without_credentials_texts_are_recorded_as_not_sent(tmp_path: Path) -> None:
     settings = load_settings(data_dir=tmp_path / "data", mqtt_url=UNREACHABLE_MQTT, twilio_to_numbers=ON_CALL[0])
-    with TestClient(create_app(settings)) as api:
+    with TestClient(create_app(settings), headers=OPERATOR_HEADERS) as api:
         handled = api.post("/alert", json=RUL_ALERT).json()
         notes = api.get(f"/alerts/{handled['alert_id']}").json()["notifications"]
     assert [(n["status"], n["detail"]) for n in notes] == [("not_sent", "not sent: no credentials")]
@@ -138,7 +138,7 @@ def test_a_store_outage_queues_the_alert_and_the_timers_record_and_text_it(
     blocker = tmp_path / "db-dir"
     blocker.write_text("a file where the database directory should be: the store cannot open")
     settings = alert_settings(tmp_path, twilio, db_url=f"sqlite:///{blocker / 'serving.db'}")
-    with TestClient(create_app(settings)) as api:
+    with TestClient(create_app(settings), headers=OPERATOR_HEADERS) as api:
         queued = api.post("/alert", json={**RUL_ALERT, "asset_id": "R-09"})
         assert queued.status_code == 200, queued.text
         assert queued.json()["status"] == "handled" and queued.json()["queued"] is True
@@ -159,7 +159,7 @@ def test_an_unacknowledged_critical_alert_escalates_once_and_an_acknowledged_one
     tmp_path: Path, twilio: TwilioStandIn
 ) -> None:
     settings = alert_settings(tmp_path, twilio, escalate_after_s=600)
-    with TestClient(create_app(settings)) as api:
+    with TestClient(create_app(settings), headers=OPERATOR_HEADERS) as api:
         ignored = api.post("/alert", json={**RUL_ALERT, "asset_id": "R-01"}).json()
         handled = api.post("/alert", json={**RUL_ALERT, "asset_id": "R-02"}).json()
         api.post(f"/alerts/{handled['alert_id']}/ack", json={"by": "ana"})
@@ -195,7 +195,7 @@ def test_escalation_stages_from_the_rules_file_go_in_order_to_their_recipients(
     rules = tmp_path / "rules.yaml"
     rules.write_text(STAGED_RULES)
     settings = alert_settings(tmp_path, twilio, alert_rules_file=rules)
-    with TestClient(create_app(settings)) as api:
+    with TestClient(create_app(settings), headers=OPERATOR_HEADERS) as api:
         raised = api.post("/alert", json={**RUL_ALERT, "asset_id": "R-03"}).json()
     store = ServingStore(settings.resolved_db_url)
     desk = alert_desk_for(settings, AlertBook(store.engine))
@@ -228,7 +228,7 @@ def test_twilio_and_gemini_outages_leave_the_alert_recorded_planned_and_publishe
         gemini_base_url=f"http://127.0.0.1:{free_port()}",  # nothing listens there
     )
     recorder = mqtt_recorder("alerts/#", "factory/main/+/alerts")
-    with TestClient(create_app(settings)) as api:
+    with TestClient(create_app(settings), headers=OPERATOR_HEADERS) as api:
         handled = api.post("/alert", json={**RUL_ALERT, "asset_id": "R-05"})
         assert handled.status_code == 200 and handled.json()["status"] == "handled"
         body = handled.json()
