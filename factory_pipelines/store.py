@@ -43,24 +43,41 @@ from factory_pipelines.telemetry import Prediction
 
 metadata = MetaData()
 
+
+def _prediction_values() -> list[Column[Any]]:
+    """The columns of one prediction besides its key; both prediction tables hold them."""
+    return [
+        Column("model_version", String(32), nullable=False),
+        Column("window_key", String(128), nullable=False),
+        Column("window_start", DateTime(timezone=True)),
+        Column("window_end", DateTime(timezone=True)),
+        Column("score", Float, nullable=False),
+        Column("label", String(32), nullable=False),
+        Column("produced_at", DateTime(timezone=True), nullable=False),
+        Column("mlflow_run_id", String(64)),
+        Column("dagster_run_id", String(64)),
+        Column("details", JSON),
+    ]
+
+
 predictions_table = Table(
     "predictions",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("model_name", String(64), nullable=False),
-    Column("model_version", String(32), nullable=False),
     Column("asset_id", String(128), nullable=False),
-    Column("window_key", String(128), nullable=False),
-    Column("window_start", DateTime(timezone=True)),
-    Column("window_end", DateTime(timezone=True)),
-    Column("score", Float, nullable=False),
-    Column("label", String(32), nullable=False),
-    Column("produced_at", DateTime(timezone=True), nullable=False),
-    Column("mlflow_run_id", String(64)),
-    Column("dagster_run_id", String(64)),
-    Column("details", JSON),
+    *_prediction_values(),
     UniqueConstraint("model_name", "window_key", "asset_id", name="uq_prediction_window"),
 )
+
+latest_predictions_table = Table(
+    "latest_predictions",
+    metadata,
+    Column("model_name", String(64), primary_key=True),
+    Column("asset_id", String(128), primary_key=True),
+    *_prediction_values(),
+)
+"""The newest prediction per (model, asset), kept by `upsert_predictions`: what 'latest' reads."""
 
 model_promotions_table = Table(
     "model_promotions",
@@ -142,6 +159,7 @@ class ServingStore:
             return 0
         dialect = self.engine.dialect.name
         insert = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}.get(dialect)
+        newest = _newest_per_asset(rows)
         with self.engine.begin() as conn:
             if insert is None:  # other databases: replace row by row
                 for row in rows:
@@ -153,6 +171,7 @@ class ServingStore:
                         )
                     )
                 conn.execute(predictions_table.insert(), rows)
+                _replace_latest_row_by_row(conn, newest)
             else:
                 stmt = insert(predictions_table)
                 stmt = stmt.on_conflict_do_update(
@@ -164,6 +183,15 @@ class ServingStore:
                     },
                 )
                 conn.execute(stmt, rows)
+                latest = insert(latest_predictions_table)
+                t = latest_predictions_table
+                # A backfill of an older window leaves the newer latest row alone.
+                latest = latest.on_conflict_do_update(
+                    index_elements=["model_name", "asset_id"],
+                    set_={name: latest.excluded[name] for name in newest[0] if name not in {"model_name", "asset_id"}},
+                    where=t.c.window_start.is_(None) | (t.c.window_start <= latest.excluded.window_start),
+                )
+                conn.execute(latest, newest)
         return len(rows)
 
     def latest_predictions(
@@ -175,6 +203,8 @@ class ServingStore:
         before: datetime | None = None,
     ) -> list[Prediction]:
         """The newest prediction per (model, asset), among windows that start in [since, before) when given."""
+        if since is None and before is None:
+            return self._latest_kept(model_name=model_name, asset_id=asset_id)
         t = predictions_table
         rank = (
             func.row_number()
@@ -195,6 +225,16 @@ class ServingStore:
             inner = inner.where(t.c.window_start < _as_stored_time(before))
         sub = inner.subquery()
         query = select(sub).where(sub.c.rank == 1).order_by(sub.c.model_name, sub.c.asset_id)
+        with self.engine.connect() as conn:
+            return [_row_prediction(row._mapping) for row in conn.execute(query)]
+
+    def _latest_kept(self, *, model_name: str | None, asset_id: str | None) -> list[Prediction]:
+        t = latest_predictions_table
+        query = select(t).order_by(t.c.model_name, t.c.asset_id)
+        if model_name:
+            query = query.where(t.c.model_name == model_name)
+        if asset_id:
+            query = query.where(t.c.asset_id == asset_id)
         with self.engine.connect() as conn:
             return [_row_prediction(row._mapping) for row in conn.execute(query)]
 
@@ -250,6 +290,33 @@ class ServingStore:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _newest_per_asset(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Of a batch of prediction rows, the newest window per (model, asset)."""
+    newest: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["model_name"], row["asset_id"])
+        held = newest.get(key)
+        if held is None or _window_order(row) >= _window_order(held):
+            newest[key] = row
+    return list(newest.values())
+
+
+def _window_order(row: dict[str, Any]) -> tuple[datetime, datetime]:
+    floor = datetime.min.replace(tzinfo=UTC)
+    return (_as_stored_time(row["window_start"]) if row["window_start"] else floor, _as_stored_time(row["produced_at"]))
+
+
+def _replace_latest_row_by_row(conn: Any, newest: list[dict[str, Any]]) -> None:
+    t = latest_predictions_table
+    for row in newest:
+        where = (t.c.model_name == row["model_name"]) & (t.c.asset_id == row["asset_id"])
+        held = conn.execute(select(t.c.window_start).where(where)).first()
+        if held is not None and held.window_start and row["window_start"] and held.window_start > row["window_start"]:
+            continue
+        conn.execute(t.delete().where(where))
+        conn.execute(t.insert(), [row])
 
 
 def _as_stored_time(value: datetime) -> datetime:

@@ -43,13 +43,23 @@ def current_principal(
     """The caller, or None when no credential was sent; 401 for a key nobody issued (or one revoked)."""
     if key is None:
         return None
+    found = principal_for_key(key, context)
+    if found is None:
+        raise _unauthenticated("unknown or revoked API key")
+    return found
+
+
+def principal_for_key(key: str, context: ServingContext) -> Principal | None:
+    """Whom a key names: a settings key, else a managed one (cached); None when nobody issued it or it was revoked.
+
+    Also used by the WebSocket hub, which takes its key from the query string. May read the store
+    (StoreUnavailableError when it is down).
+    """
     found = settings_principal(context.settings.api_key_roles, key)
     if found is None:
         found = context.managed_keys.lookup(
             key, lambda k: context.store.use(lambda store: ApiKeyBook(store.engine).principal_for(k))
         )
-    if found is None:
-        raise _unauthenticated("unknown or revoked API key")
     return found
 
 

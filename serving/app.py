@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 import signal
 import threading
 import time
@@ -23,7 +24,21 @@ from uvicorn.config import LOGGING_CONFIG
 
 from factory_pipelines import __version__
 from factory_pipelines.settings import FactorySettings, load_settings
-from serving import agents, alerts, backlog, fleet, health, keys, metrics, predictions, schemas
+from serving import (
+    agents,
+    alerts,
+    backlog,
+    dashboard,
+    events,
+    fleet,
+    health,
+    keys,
+    metrics,
+    ml,
+    predictions,
+    schemas,
+    websocket,
+)
 from serving.access import require_viewer
 from serving.champions import DEFAULT_ANSWER_WITHIN_S, DEFAULT_CHAMPION_TTL_S, KNOWN_MODELS
 from serving.context import DEFAULT_BROKER_TTL_S, ServingContext
@@ -76,6 +91,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
+        events.close_hub(_app)  # closes open WebSockets with 1001 and stops the hub's thread
         context.close()
 
     app = FastAPI(title=API_TITLE, description=API_DESCRIPTION, version=__version__, lifespan=lifespan)
@@ -99,14 +115,34 @@ def create_app(
     app.include_router(alerts.router, dependencies=readers)
     app.include_router(agents.router, dependencies=readers)
     app.include_router(fleet.router, dependencies=readers)
+    app.include_router(ml.router, dependencies=readers)  # inference reads: the viewer role is enough
     app.include_router(keys.router)
+    app.include_router(websocket.router)  # authenticates its own connections (browsers cannot set headers)
+    app.include_router(dashboard.router)  # static files; the data behind them needs a key like any client
     app.include_router(backlog.router, dependencies=readers)
     return app
 
 
+class RedactApiKeys(logging.Filter):
+    """Blank out `api_key=...` in log lines: a WebSocket client sends its key in the URL, which uvicorn logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "api_key=" in message:
+            record.msg, record.args = API_KEY_IN_URL.sub(r"\1***", message), ()
+        return True
+
+
+API_KEY_IN_URL = re.compile(r"(api_key=)[^&\s\"']+")
+
+
 def log_config() -> dict[str, Any]:
-    """uvicorn's logging with timestamps, plus our own `serving` logger (store outages, recoveries)."""
+    """uvicorn's logging with timestamps, plus our own `serving` logger (store outages, recoveries);
+    API keys in URLs are blanked in every line."""
     config = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["redact_api_keys"] = {"()": RedactApiKeys}
+    for handler in config["handlers"].values():
+        handler.setdefault("filters", []).append("redact_api_keys")
     config["formatters"]["default"]["fmt"] = "%(asctime)s %(levelprefix)s %(name)s: %(message)s"
     config["formatters"]["access"]["fmt"] = (
         '%(asctime)s %(levelprefix)s %(client_addr)s - "%(request_line)s" %(status_code)s'

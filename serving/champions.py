@@ -23,6 +23,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from factory_pipelines.model_catalog import CATALOG
 from factory_pipelines.model_registry import CHAMPION_ALIAS, ModelVersionInfo, champion_info
 from factory_pipelines.telemetry import utc_now
 from serving.schema_lock import MIGRATION_LOCK
@@ -31,8 +32,8 @@ from serving.ttl_cache import Clock
 
 log = logging.getLogger(__name__)
 
-# Models the platform serves; more join as their training assets land.
-KNOWN_MODELS: tuple[str, ...] = ("energy_iforest",)
+# Models the platform serves: every family in the catalog.
+KNOWN_MODELS: tuple[str, ...] = tuple(CATALOG)  # every model family the platform trains and serves
 DEFAULT_CHAMPION_TTL_S = 30.0
 DEFAULT_ANSWER_WITHIN_S = 3.0
 

@@ -27,11 +27,12 @@ from factory_pipelines.telemetry import utc_now
 from serving.champions import DEFAULT_ANSWER_WITHIN_S, DEFAULT_CHAMPION_TTL_S, KNOWN_MODELS, ChampionTracker
 from serving.live import LiveTelemetry
 from serving.store_connection import StoreConnection
-from serving.ttl_cache import Clock, TtlCache
+from serving.ttl_cache import AnswerCache, Clock, TtlCache
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BROKER_TTL_S = 5.0
+ANSWER_TTL_S = 1.0  # hot read routes answer from memory for this long (see AnswerCache)
 MANAGED_KEY_TTL_S = 5.0  # a revoked key is refused within this long
 MANAGED_KEY_CACHE_SIZE = 1024
 BROKER_PROBE_TIMEOUT_S = 1.0
@@ -164,8 +165,10 @@ class ServingContext:
     alert_desks: AlertDesks = field(init=False)
     managed_keys: ManagedKeyCache = field(init=False)
     live: LiveTelemetry = field(init=False)
+    answers: AnswerCache = field(init=False)
 
     def __post_init__(self) -> None:
+        self.answers = AnswerCache(ttl_s=ANSWER_TTL_S)
         self.alert_desks = AlertDesks(self.settings)
         self.managed_keys = ManagedKeyCache()
         # The live MQTT feed connects on first use (a route or the WebSocket hub), not when the app is built.
@@ -205,6 +208,7 @@ class ServingContext:
         """Probe the broker and re-resolve champions on the next /health."""
         self.broker.expire()
         self.champions.expire()
+        self.answers.expire()
 
 
 def get_context(request: Request) -> ServingContext:

@@ -44,9 +44,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
+from factory_pipelines.api_keys import Principal
 from factory_pipelines.backlog_evidence import RUL_MODEL, EvidenceLimits
 from factory_pipelines.command_book import CommandBook, CommandRecord, CommandStatus
 from factory_pipelines.telemetry import (
@@ -412,6 +413,29 @@ def _warnings(snapshot: RulSnapshot) -> list[str]:
     return [snapshot.error] if snapshot.error else []
 
 
+def fleet_robots(app: FastAPI, live: LiveTelemetry) -> tuple[list[RobotOut], RulSnapshot]:
+    """Every robot, by id, as `GET /api/robots` lists them (also the WebSocket hub's `init`)."""
+    now = utc_now()
+    readings = {r.asset_id: r for r in live.latest(kind=PayloadKind.ROBOT)}
+    snapshot = _rul_snapshot(app)
+    robots = [
+        _robot_out(robot_id, readings.get(robot_id), snapshot.by_robot.get(robot_id), now)
+        for robot_id in sorted(readings.keys() | snapshot.by_robot.keys())
+    ]
+    return robots, snapshot
+
+
+def robot_detail(app: FastAPI, live: LiveTelemetry, robot_id: str) -> RobotDetail:
+    """One robot as `GET /api/robots/{id}` answers it (also the WebSocket hub's `robot_update`); 404 problem."""
+    reading = live.reading(PayloadKind.ROBOT, robot_id)
+    snapshot = _rul_snapshot(app)
+    prediction = snapshot.by_robot.get(robot_id)
+    if reading is None and prediction is None:
+        raise _unknown_asset(robot_id, snapshot)
+    robot = _robot_out(robot_id, reading, prediction, utc_now())
+    return RobotDetail(**robot.model_dump(), live=LiveFeed.of(live.status()), warnings=_warnings(snapshot))
+
+
 @router.get(
     "/api/robots",
     summary="Every robot: latest telemetry, health, RUL and maintenance priority",
@@ -424,30 +448,35 @@ def list_robots(
     priority: Annotated[Priority | None, Query(description="Only robots with this maintenance priority.")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> RobotList:
+) -> Response:
     """Robots seen on MQTT plus robots with a RUL prediction of the last week, by robot id.
 
     When the store cannot be read the live robots are still listed, without RUL, and `warnings` says so.
+    Answers may be up to a second old (the WebSocket `/ws` streams every change as it happens).
     """
-    now = utc_now()
-    readings = {r.asset_id: r for r in live.latest(kind=PayloadKind.ROBOT)}
-    snapshot = _rul_snapshot(request.app)
-    robots = [
-        _robot_out(robot_id, readings.get(robot_id), snapshot.by_robot.get(robot_id), now)
-        for robot_id in sorted(readings.keys() | snapshot.by_robot.keys())
-    ]
-    if priority is not None:
-        robots = [r for r in robots if r.maintenance_priority == priority]
-    page = robots[offset : offset + limit]
-    return RobotList(
-        items=page,
-        total=len(robots),
-        limit=limit,
-        offset=offset,
-        next_offset=next_offset(offset, len(page), len(robots)),
-        live=LiveFeed.of(live.status()),
-        warnings=_warnings(snapshot),
-    )
+
+    def answer() -> bytes:
+        robots, snapshot = fleet_robots(request.app, live)
+        if priority is not None:
+            robots = [r for r in robots if r.maintenance_priority == priority]
+        page = robots[offset : offset + limit]
+        return (
+            RobotList(
+                items=page,
+                total=len(robots),
+                limit=limit,
+                offset=offset,
+                next_offset=next_offset(offset, len(page), len(robots)),
+                live=LiveFeed.of(live.status()),
+                warnings=_warnings(snapshot),
+            )
+            .model_dump_json()
+            .encode()
+        )
+
+    context: ServingContext = request.app.state.serving
+    body = context.answers.get(("api/robots", priority, limit, offset), answer)
+    return Response(body, media_type="application/json")
 
 
 @router.get(
@@ -459,13 +488,7 @@ def list_robots(
 def get_robot(
     robot_id: AssetIdPath, request: Request, live: Annotated[LiveTelemetry, Depends(live_for)]
 ) -> RobotDetail:
-    reading = live.reading(PayloadKind.ROBOT, robot_id)
-    snapshot = _rul_snapshot(request.app)
-    prediction = snapshot.by_robot.get(robot_id)
-    if reading is None and prediction is None:
-        raise _unknown_asset(robot_id, snapshot)
-    robot = _robot_out(robot_id, reading, prediction, utc_now())
-    return RobotDetail(**robot.model_dump(), live=LiveFeed.of(live.status()), warnings=_warnings(snapshot))
+    return robot_detail(request.app, live, robot_id)
 
 
 def _unknown_asset(asset_id: str, snapshot: RulSnapshot) -> ProblemError:
@@ -498,7 +521,38 @@ def send_command(
     The asset's acknowledgement settles it: follow `GET /api/commands/{command_id}`. Broker
     unavailable: 503 with the `command_id`, recorded as `unanswered` (nothing is sent later).
     """
-    snapshot = _rul_snapshot(request.app)
+    try:
+        return issue_command(request.app, context, live, robot_id, body, caller)
+    except CommandNotDelivered as exc:
+        return problem_response(
+            request,
+            503,
+            detail=str(exc),
+            type_=BROKER_UNAVAILABLE,
+            title="MQTT broker unavailable",
+            headers={"Retry-After": str(BROKER_RETRY_AFTER_S)},
+            command_id=exc.command_id,
+            command_status=CommandStatus.UNANSWERED.value,
+        )
+
+
+class CommandNotDelivered(Exception):
+    """The broker did not take a recorded command; it stays recorded as `unanswered`."""
+
+    def __init__(self, command_id: str, reason: str) -> None:
+        super().__init__(f"command {command_id} recorded as unanswered: {reason}")
+        self.command_id = command_id
+
+
+def issue_command(
+    app: FastAPI, context: ServingContext, live: LiveTelemetry, robot_id: str, body: CommandRequest, caller: Principal
+) -> CommandAccepted:
+    """Record, then publish a command (the REST route's and the WebSocket hub's); blocks up to the publish timeout.
+
+    Raises a 404 ProblemError for an unknown asset, StoreUnavailableError when it cannot be
+    recorded (nothing sent), CommandNotDelivered when the broker did not take it.
+    """
+    snapshot = _rul_snapshot(app)
     if not live.latest(asset_id=robot_id) and robot_id not in snapshot.by_robot:
         raise _unknown_asset(robot_id, snapshot)
     command = Command(
@@ -514,16 +568,7 @@ def send_command(
     except (ConnectionError, TimeoutError) as exc:
         reason = f"not delivered: {exc}"
         context.store.use(lambda store: CommandBook(store.engine).mark_unanswered(command.command_id, reason))
-        return problem_response(
-            request,
-            503,
-            detail=f"command {command.command_id} recorded as unanswered: {exc}",
-            type_=BROKER_UNAVAILABLE,
-            title="MQTT broker unavailable",
-            headers={"Retry-After": str(BROKER_RETRY_AFTER_S)},
-            command_id=command.command_id,
-            command_status=CommandStatus.UNANSWERED.value,
-        )
+        raise CommandNotDelivered(command.command_id, str(exc)) from exc
     return CommandAccepted(**CommandOut.of(record).model_dump(), topic=topic)
 
 
@@ -630,6 +675,17 @@ def cleanroom_status(live: Annotated[LiveTelemetry, Depends(live_for)]) -> Clean
 # ---- any telemetry ----
 
 
+def telemetry_item(reading: LatestReading) -> TelemetryItem:
+    """One reading as `GET /api/telemetry/latest` lists it (also the WebSocket hub's `telemetry` event)."""
+    return TelemetryItem(
+        kind=reading.kind,
+        asset_id=reading.asset_id,
+        topic=reading.topic,
+        received_at=reading.received_at,
+        reading=reading.model.model_dump(mode="json", by_alias=True, exclude_none=True),
+    )
+
+
 @router.get(
     "/api/telemetry/latest",
     summary="Latest reading per asset and kind",
@@ -647,16 +703,7 @@ def latest_telemetry(
     readings = live.latest(kind=kind, asset_id=asset_id)
     page = readings[offset : offset + limit]
     return TelemetryLatest(
-        items=[
-            TelemetryItem(
-                kind=r.kind,
-                asset_id=r.asset_id,
-                topic=r.topic,
-                received_at=r.received_at,
-                reading=r.model.model_dump(mode="json", by_alias=True, exclude_none=True),
-            )
-            for r in page
-        ],
+        items=[telemetry_item(r) for r in page],
         total=len(readings),
         limit=limit,
         offset=offset,

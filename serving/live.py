@@ -9,6 +9,12 @@ bounded (the least recently updated go first). A payload the contract refuses is
 reason kept among the last few, and skipped: nothing a device sends can raise out of the network
 thread. Messages of other sites are ignored: an API serves one site (`settings.site`).
 
+It also follows what the platform itself publishes, for the WebSocket hub: predictions
+(`predictions/#`), alerts (`alerts/#`) and this site's shift backlog (`backlog/{site}`), each
+validated with its contract model (`Prediction`, `Alert`, `Backlog`) and handed to followers
+(`follow`) as a `PlatformOutput`; none of them is kept (the store holds them). They are parsed only
+while someone follows, and counted apart from telemetry (`outputs_accepted`, `outputs_rejected`).
+
 Command acknowledgements (`CommandAck` on an asset's telemetry topic) are recorded in the
 serving store through `CommandBook`, on a worker thread of their own (a slow or absent database
 must never stall the MQTT network loop; while the store is down they wait, bounded, and are
@@ -16,8 +22,8 @@ retried).
 
 The connection is made in the background (`start()` never blocks and never fails: while the
 broker is away it retries with backoff); once connected, paho reconnects by itself and
-`on_connect` subscribes again. `subscribe(callback)` lets a WebSocket hub follow every accepted
-message.
+`on_connect` subscribes again. `subscribe(callback)` calls back on every accepted telemetry
+message; `follow(callback)` on every telemetry message and platform output, as one event type.
 """
 
 from __future__ import annotations
@@ -31,20 +37,26 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from pydantic import ValidationError
 
+from factory_pipelines.backlog_model import Backlog
 from factory_pipelines.command_book import CommandBook
 from factory_pipelines.mqtt import connect_and_wait, make_client
 from factory_pipelines.store import StoreUnavailableError
 from factory_pipelines.telemetry import (
     COLLECTOR_SUBSCRIPTIONS,
+    Alert,
     CommandAck,
     InboundTelemetry,
     PayloadError,
     PayloadKind,
+    Prediction,
     TopicError,
+    backlog_topic,
     parse_telemetry,
     parse_telemetry_topic,
     utc_now,
@@ -60,6 +72,9 @@ ACK_RETRY_S = 1.0
 CONNECT_TIMEOUT_S = 5.0
 RECONNECT_MAX_DELAY_S = 10.0
 
+PREDICTIONS_PREFIX = "predictions/"
+ALERTS_PREFIX = "alerts/"
+
 LiveCallback = Callable[[PayloadKind, str, InboundTelemetry], None]
 
 
@@ -72,6 +87,40 @@ class LatestReading:
     topic: str
     received_at: datetime
     model: InboundTelemetry
+
+
+class OutputChannel(StrEnum):
+    """What the platform publishes that the API follows (the WebSocket channels of the same names)."""
+
+    PREDICTION = "prediction"
+    ALERT = "alert"
+    BACKLOG = "backlog"
+
+
+OUTPUT_MODELS: dict[OutputChannel, type[Prediction | Alert | Backlog]] = {
+    OutputChannel.PREDICTION: Prediction,
+    OutputChannel.ALERT: Alert,
+    OutputChannel.BACKLOG: Backlog,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformOutput:
+    """A prediction, alert or shift backlog as published on MQTT, validated by its contract model."""
+
+    channel: OutputChannel
+    topic: str
+    received_at: datetime
+    model: Prediction | Alert | Backlog
+
+
+LiveEvent = LatestReading | PlatformOutput
+LiveFollower = Callable[[LiveEvent], None]
+
+
+def output_subscriptions(site: str) -> tuple[str, ...]:
+    """The platform's outputs the API follows: every prediction and alert, and its own site's backlog."""
+    return (f"{PREDICTIONS_PREFIX}#", f"{ALERTS_PREFIX}#", backlog_topic(site))
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +148,8 @@ class LiveStatus:
     last_message_at: datetime | None
     last_error: str | None
     recent_rejections: tuple[Rejection, ...]
+    outputs_accepted: int = 0
+    outputs_rejected: int = 0
 
 
 class LiveTelemetry:
@@ -125,8 +176,16 @@ class LiveTelemetry:
         self._state_changed = threading.Condition(self._lock)
         self._readings: OrderedDict[tuple[PayloadKind, str], LatestReading] = OrderedDict()
         self._callbacks: list[LiveCallback] = []
+        self._followers: list[LiveFollower] = []
         self._rejections: deque[Rejection] = deque(maxlen=RECENT_REJECTIONS)
-        self._counts = {"accepted": 0, "rejected": 0, "other_sites": 0, "evicted": 0}
+        self._counts = {
+            "accepted": 0,
+            "rejected": 0,
+            "other_sites": 0,
+            "evicted": 0,
+            "outputs_accepted": 0,
+            "outputs_rejected": 0,
+        }
         self._acks_recorded = 0
         self._acks_dropped = 0
         self._last_message_at: datetime | None = None
@@ -220,7 +279,8 @@ class LiveTelemetry:
         with self._state_changed:
             self._connected = True
             self._state_changed.notify_all()
-        client.subscribe([(topic, 1) for topic in COLLECTOR_SUBSCRIPTIONS])
+        topics = (*COLLECTOR_SUBSCRIPTIONS, *output_subscriptions(self.site))
+        client.subscribe([(topic, 1) for topic in topics])
 
     def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, _mid: int, reasons: Any, _props: Any) -> None:
         refused = [str(r) for r in reasons if getattr(r, "is_failure", False)]
@@ -240,7 +300,10 @@ class LiveTelemetry:
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:
-            self.handle(message.topic, message.payload)
+            if self.output_channel(message.topic) is not None:
+                self.handle_output(message.topic, message.payload)
+            else:
+                self.handle(message.topic, message.payload)
         except Exception:  # never let one message stop the network thread
             log.exception("live telemetry: unexpected failure on a message from %s", message.topic)
 
@@ -273,6 +336,43 @@ class LiveTelemetry:
             self._queue_ack(model, received_at)
         self._fan_out(reading)
         return reading
+
+    def output_channel(self, topic: str) -> OutputChannel | None:
+        """Which platform output a topic carries; None for telemetry (and anything else)."""
+        if topic.startswith(PREDICTIONS_PREFIX):
+            return OutputChannel.PREDICTION
+        if topic.startswith(ALERTS_PREFIX):
+            return OutputChannel.ALERT
+        if topic == backlog_topic(self.site):
+            return OutputChannel.BACKLOG
+        return None
+
+    def handle_output(
+        self, topic: str, payload: bytes, *, received_at: datetime | None = None
+    ) -> PlatformOutput | None:
+        """Validate a prediction, alert or backlog and hand it to followers.
+
+        None when the topic carries none, when nobody follows (not even parsed then), or when its
+        contract model refuses it (counted in `outputs_rejected`, skipped).
+        """
+        channel = self.output_channel(topic)
+        with self._lock:
+            followed = bool(self._followers)
+        if channel is None or not followed:
+            return None
+        received_at = received_at or utc_now()
+        try:
+            model = OUTPUT_MODELS[channel].model_validate_json(payload)
+        except ValidationError as exc:
+            with self._lock:
+                self._counts["outputs_rejected"] += 1
+            log.debug("live telemetry: skipped a %s on %s: %s", channel.value, topic, exc)
+            return None
+        output = PlatformOutput(channel, topic, received_at, model)
+        with self._lock:
+            self._counts["outputs_accepted"] += 1
+        self._notify_followers(output)
+        return output
 
     def _reject(self, topic: str, reason: str, received_at: datetime) -> None:
         with self._lock:
@@ -322,6 +422,8 @@ class LiveTelemetry:
                 last_message_at=self._last_message_at,
                 last_error=self._last_error,
                 recent_rejections=tuple(self._rejections),
+                outputs_accepted=self._counts["outputs_accepted"],
+                outputs_rejected=self._counts["outputs_rejected"],
             )
 
     # ---- followers (a WebSocket hub) ----
@@ -342,6 +444,36 @@ class LiveTelemetry:
 
         return unsubscribe
 
+    def follow(self, follower: LiveFollower) -> Callable[[], None]:
+        """Call `follower(event)` for every accepted telemetry message (a `LatestReading`) and every
+        platform output (a `PlatformOutput`), on the network thread.
+
+        Keep it quick: hand the event to a queue, never block (the network thread serves every
+        follower and the REST routes' picture). One that raises is logged and dropped. Returns a
+        function that stops following.
+        """
+        with self._lock:
+            self._followers.append(follower)
+
+        def unfollow() -> None:
+            with self._lock:
+                if follower in self._followers:
+                    self._followers.remove(follower)
+
+        return unfollow
+
+    def _notify_followers(self, event: LiveEvent) -> None:
+        with self._lock:
+            followers = list(self._followers)
+        for follower in followers:
+            try:
+                follower(event)
+            except Exception:
+                log.exception("live telemetry: dropping a follower that failed on an event from %s", event.topic)
+                with self._lock:
+                    if follower in self._followers:
+                        self._followers.remove(follower)
+
     def _fan_out(self, reading: LatestReading) -> None:
         with self._lock:
             callbacks = list(self._callbacks)
@@ -353,6 +485,7 @@ class LiveTelemetry:
                 with self._lock:
                     if callback in self._callbacks:
                         self._callbacks.remove(callback)
+        self._notify_followers(reading)
 
     # ---- publishing (commands) ----
 

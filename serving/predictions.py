@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 
@@ -65,10 +65,17 @@ def latest_predictions(
     context: Annotated[ServingContext, Depends(get_context)],
     model: ModelFilter = None,
     asset_id: AssetFilter = None,
-) -> LatestPredictions:
-    """The prediction of the newest window for every (model, asset) pair matching the filters."""
-    rows = context.store.use(lambda store: store.latest_predictions(model_name=model, asset_id=asset_id))
-    return LatestPredictions(items=[PredictionOut.of(p) for p in rows])
+) -> Response:
+    """The prediction of the newest window for every (model, asset) pair matching the filters.
+
+    Answers may be up to a second old (predictions change once per window).
+    """
+
+    def answer() -> bytes:
+        rows = context.store.use(lambda store: store.latest_predictions(model_name=model, asset_id=asset_id))
+        return LatestPredictions(items=[PredictionOut.of(p) for p in rows]).model_dump_json().encode()
+
+    return Response(context.answers.get(("predictions/latest", model, asset_id), answer), media_type="application/json")
 
 
 @router.get(

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -73,3 +74,38 @@ class TtlCache(Generic[K, V]):
     def _key_lock(self, key: K) -> threading.Lock:
         with self._lock:
             return self._key_locks.setdefault(key, threading.Lock())
+
+
+class AnswerCache:
+    """Serialized answers of hot read routes, by query, for a short time and a bounded number of queries.
+
+    Predictions change once per window and the live picture a few times a second, so a second-old
+    answer costs a reader nothing, while answering from memory is what lets one worker serve
+    hundreds of requests per second. Computing is not locked: two requests racing on an expired
+    entry both compute, and the later one is kept.
+    """
+
+    def __init__(self, ttl_s: float, max_entries: int = 64, clock: Clock = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[Hashable, tuple[bytes, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, compute: Callable[[], bytes]) -> bytes:
+        now = self._clock()
+        with self._lock:
+            held = self._entries.get(key)
+            if held is not None and now - held[1] < self.ttl_s:
+                return held[0]
+        body = compute()  # an exception (store down) is not cached: the next request asks again
+        with self._lock:
+            self._entries[key] = (body, now)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return body
+
+    def expire(self) -> None:
+        with self._lock:
+            self._entries.clear()

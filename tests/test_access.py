@@ -14,6 +14,7 @@ from factory_pipelines.api_keys import Role, parse_api_keys
 from factory_pipelines.launcher import DEMO_KEY_FILE, demo_access
 from factory_pipelines.settings import FactorySettings, load_settings
 from serving import create_app
+from serving.app import RedactApiKeys, log_config
 
 UNREACHABLE_MQTT = "mqtt://127.0.0.1:9"
 VIEWER, OPERATOR, ADMIN = "viewer-key-aaaa1111", "operator-key-bbbb2222", "admin-key-cccc3333"
@@ -160,3 +161,14 @@ def test_the_local_demo_opens_reads_and_makes_an_admin_key_once(
     # What the operator set explicitly wins.
     explicit = load_settings(data_dir=tmp_path / "data", allow_anonymous_read=False, api_keys=f"{OPERATOR}:operator")
     assert demo_access(explicit, console) == {}
+
+
+def test_keys_in_websocket_urls_are_blanked_in_the_server_log() -> None:
+    handler_filters = log_config()["handlers"]
+    assert all("redact_api_keys" in handler["filters"] for handler in handler_filters.values())
+    record = logging.LogRecord(
+        "uvicorn.error", logging.INFO, __file__, 1, '%s - "WebSocket %s" [accepted]',
+        ("127.0.0.1:5000", f"/ws?api_key={OPERATOR}&channel=all"), None,
+    )  # fmt: skip
+    assert RedactApiKeys().filter(record)
+    assert record.getMessage() == '127.0.0.1:5000 - "WebSocket /ws?api_key=***&channel=all" [accepted]'

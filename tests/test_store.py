@@ -7,8 +7,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import create_engine
 
-from factory_pipelines.store import ServingStore, StoreUnavailableError
+import factory_pipelines
+from factory_pipelines.store import ServingStore, StoreUnavailableError, _prediction_row, predictions_table
 from factory_pipelines.telemetry import Prediction
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -64,6 +68,36 @@ def test_recomputing_a_window_replaces_its_prediction(store: ServingStore) -> No
     assert store.count_predictions() == 1
     (only,) = store.latest_predictions()
     assert (only.model_version, only.score, only.label) == ("2", 0.8, "anomaly")
+
+
+def test_the_kept_latest_row_survives_backfills_and_agrees_with_the_full_ranking(store: ServingStore) -> None:
+    store.upsert_predictions([_prediction("machine-01", 5, 0.2)])
+    store.upsert_predictions([_prediction("machine-01", 2, 0.9, version="2")])  # a backfill of an older window
+    (kept,) = store.latest_predictions()
+    assert (kept.window_start, kept.score, kept.model_version) == (T0 + timedelta(minutes=5), 0.2, "1")
+    store.upsert_predictions([_prediction("machine-01", 5, 0.7, version="3")])  # the newest window, recomputed
+    assert [(p.score, p.model_version) for p in store.latest_predictions()] == [(0.7, "3")]
+    # The kept table answers what ranking every stored prediction answers.
+    ranked = store.latest_predictions(since=T0 - timedelta(days=1), before=T0 + timedelta(days=1))
+    assert [p.model_dump() for p in ranked] == [p.model_dump() for p in store.latest_predictions()]
+
+
+def test_the_migration_fills_the_latest_table_from_stored_predictions(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    config = AlembicConfig()
+    config.set_main_option("script_location", str(Path(factory_pipelines.__file__).with_name("migrations")))
+    config.set_main_option("sqlalchemy.url", url)
+    command.upgrade(config, "0006")
+    engine = create_engine(url)
+    rows = [_prediction("machine-01", m, m / 10) for m in range(3)] + [_prediction("machine-02", 1, 0.5)]
+    with engine.begin() as conn:
+        conn.execute(predictions_table.insert(), [_prediction_row(p) for p in rows])
+    engine.dispose()
+    store = ServingStore(url)  # migrates to the newest schema
+    try:
+        assert [(p.asset_id, p.score) for p in store.latest_predictions()] == [("machine-01", 0.2), ("machine-02", 0.5)]
+    finally:
+        store.dispose()
 
 
 def test_history_pages_newest_first_within_a_time_range(store: ServingStore) -> None:
