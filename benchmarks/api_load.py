@@ -4,7 +4,7 @@
 model, `--assets` assets, `--windows` windows each) and a live feed of robot telemetry on a local
 broker. A separate load process sends requests open-loop at `--rate` per second (each request is
 due at its slot whatever the earlier ones did, and its latency counts from that slot, so a slow
-server cannot hide its queueing), over keep-alive connections, for `--seconds`. Baseline in the same
+server cannot hide its queueing), over keep-alive connections, for `--seconds` (`http_load.py`). Baseline in the same
 run: a bare uvicorn app answering a fixed JSON body of the same size, loaded the same way, so the
 ratio says what the platform's routes cost on top of the HTTP stack on this machine.
 
@@ -49,34 +49,6 @@ body = open(sys.argv[2], "rb").read()
 async def fixed(request):
     return Response(body, media_type="application/json")
 uvicorn.run(Starlette(routes=[Route("/fixed", fixed)]), host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
-"""
-LOAD_PROCESS = """
-import asyncio, json, sys, time, httpx
-url, rate, seconds, connections = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
-async def main():
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    latencies, errors = [], 0
-    async with httpx.AsyncClient(limits=limits, timeout=10.0, headers={"X-API-Key": sys.argv[5]}) as client:
-        for _ in range(20):  # warm the connections and the route's caches
-            await client.get(url)
-        start = time.perf_counter()
-        total = int(rate * seconds)
-        async def one(due):
-            nonlocal errors
-            delay = due - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            try:
-                answer = await client.get(url)
-                if answer.status_code != 200:
-                    errors += 1
-            except httpx.HTTPError:
-                errors += 1
-            latencies.append(time.perf_counter() - due)
-        await asyncio.gather(*(one(start + i / rate) for i in range(total)))
-        elapsed = time.perf_counter() - start
-    print(json.dumps({"latencies": latencies, "errors": errors, "elapsed": elapsed}))
-asyncio.run(main())
 """
 BENCH_KEY = "bench-viewer-key-0001"
 
@@ -133,7 +105,8 @@ def wait_http(url: str, process: subprocess.Popen[bytes], timeout_s: float = 120
 def load(url: str, rate: float, seconds: float, connections: int) -> dict[str, float]:
     """Run the load process against `url`; latency quantiles in milliseconds and the achieved rate."""
     done = subprocess.run(
-        [sys.executable, "-c", LOAD_PROCESS, url, str(rate), str(seconds), str(connections), BENCH_KEY],
+        [sys.executable, str(Path(__file__).with_name("http_load.py")), url, str(rate), str(seconds), str(connections),
+         BENCH_KEY],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     result = json.loads(done.stdout)

@@ -5,6 +5,7 @@ The clock is injectable so tests can expire entries without sleeping.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -81,26 +82,50 @@ class AnswerCache:
 
     Predictions change once per window and the live picture a few times a second, so a second-old
     answer costs a reader nothing, while answering from memory is what lets one worker serve
-    hundreds of requests per second. Computing is not locked: two requests racing on an expired
-    entry both compute, and the later one is kept.
+    hundreds of requests per second. An answer past its TTL is still served while one background
+    thread computes the next (so no request waits on the store), unless it is older than
+    `max_stale_s`; then, as for a query never asked, the request computes it itself, and an error
+    (the store is down) reaches the caller instead of being cached.
     """
 
-    def __init__(self, ttl_s: float, max_entries: int = 64, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, ttl_s: float, max_entries: int = 64, max_stale_s: float = 10.0, clock: Clock = time.monotonic
+    ) -> None:
         self.ttl_s = ttl_s
         self.max_entries = max_entries
+        self.max_stale_s = max_stale_s
         self._clock = clock
         self._entries: OrderedDict[Hashable, tuple[bytes, float]] = OrderedDict()
+        self._refreshing: set[Hashable] = set()
         self._lock = threading.Lock()
 
     def get(self, key: Hashable, compute: Callable[[], bytes]) -> bytes:
         now = self._clock()
         with self._lock:
             held = self._entries.get(key)
-            if held is not None and now - held[1] < self.ttl_s:
-                return held[0]
-        body = compute()  # an exception (store down) is not cached: the next request asks again
+            if held is not None:
+                age = now - held[1]
+                if age < self.ttl_s:
+                    return held[0]
+                if age < self.max_stale_s:
+                    if key not in self._refreshing:
+                        self._refreshing.add(key)
+                        threading.Thread(target=self._refresh, args=(key, compute), daemon=True).start()
+                    return held[0]
+        return self._store(key, compute(), now)
+
+    def _refresh(self, key: Hashable, compute: Callable[[], bytes]) -> None:
+        try:
+            self._store(key, compute(), self._clock())
+        except Exception:  # the next request past max_stale_s computes itself and sees the error
+            logging.getLogger(__name__).debug("background refresh of %r failed", key, exc_info=True)
+        finally:
+            with self._lock:
+                self._refreshing.discard(key)
+
+    def _store(self, key: Hashable, body: bytes, at: float) -> bytes:
         with self._lock:
-            self._entries[key] = (body, now)
+            self._entries[key] = (body, at)
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
