@@ -96,7 +96,7 @@ def create_app(
 
     app = FastAPI(title=API_TITLE, description=API_DESCRIPTION, version=__version__, lifespan=lifespan)
     app.state.serving = context
-    app.state.metrics = ApiMetrics()
+    app.state.metrics = ApiMetrics(app)
     app.middleware("http")(app.state.metrics.middleware)
     install_problem_handlers(app)
     if settings.cors_origins:

@@ -8,14 +8,17 @@ own registry, so several apps in one process (tests) never mix their figures.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from factory_pipelines import __version__
 from serving.access import Viewer
+from serving.events import running_hub
 
 router = APIRouter(tags=["health"])
 
@@ -23,8 +26,9 @@ LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 
 
 class ApiMetrics:
-    def __init__(self) -> None:
+    def __init__(self, app: FastAPI) -> None:
         self.registry = CollectorRegistry()
+        self.registry.register(LiveHubCollector(app))
         self.requests = Counter(
             "factory_api_requests", "HTTP requests answered", ["method", "route", "status"], registry=self.registry
         )
@@ -53,6 +57,29 @@ class ApiMetrics:
             template = getattr(route, "path", "unmatched")  # an unknown path is one label, not one per path
             self.requests.labels(request.method, template, str(status)).inc()
             self.latency.labels(request.method, template).observe(time.perf_counter() - started)
+
+
+class LiveHubCollector(Collector):
+    """The WebSocket hub's counts, read when scraped (the hub exists once a client has connected)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[Metric]:
+        hub = running_hub(self.app)
+        stats = hub.stats() if hub is not None else None
+        figures = {
+            "factory_ws_connections": ("WebSocket clients connected", GaugeMetricFamily, "connections"),
+            "factory_ws_connected": ("WebSocket clients ever connected", CounterMetricFamily, "connected_total"),
+            "factory_ws_dropped_slow": (
+                "WebSocket clients dropped for not reading",
+                CounterMetricFamily,
+                "dropped_slow",
+            ),
+            "factory_ws_events_dropped": ("Live events dropped before fan-out", CounterMetricFamily, "events_dropped"),
+        }
+        for name, (text, family, field) in figures.items():
+            yield family(name, text, value=getattr(stats, field) if stats is not None else 0)
 
 
 def get_metrics(request: Request) -> ApiMetrics:

@@ -53,6 +53,7 @@ def test_metrics_count_requests_by_route_template(tmp_path: Path) -> None:
     assert figures[("factory_api_requests_total", (("method", "GET"), ("route", "unmatched"), ("status", "404")))] == 1
     assert figures[("factory_api_request_seconds_count", (("method", "GET"), ("route", "/alerts/{alert_id}")))] == 3
     assert not any("al-1" in str(labels) for _, labels in figures)
+    assert figures[("factory_ws_connections", ())] == 0  # the live hub's figures are there before any client
 
 
 def test_metrics_need_a_reader(tmp_path: Path) -> None:
