@@ -11,12 +11,10 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import paho.mqtt.client as mqtt
@@ -32,6 +30,7 @@ from factory_pipelines.telemetry import telemetry_topic, utc_now
 from serving import create_app
 from serving.fleet import live_of
 from tests.conftest import find_free_port
+from tests.waiting import wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -49,17 +48,6 @@ VIEWER_KEY = "viewer-key-1234"
 OPERATOR_NAME = "settings key 1"  # how the API names the first key of FACTORY_API_KEYS
 UI_TIMEOUT_MS = 20_000  # the page polls every 5 s when the live feed is not there; leave room for two polls
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll `check` until it returns something truthy; fail the test after `timeout`."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        pause.wait(0.05)
-    return result
 
 
 def dashboard_settings(tmp_path: Path, mqtt_url: str) -> FactorySettings:

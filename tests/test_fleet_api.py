@@ -6,8 +6,6 @@ broker that is down. Each test uses a site of its own, so no test sees another's
 from __future__ import annotations
 
 import json
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,6 +34,7 @@ from factory_pipelines.telemetry import (
 from serving import create_app
 from serving.fleet import live_of, maintenance_priority
 from tests.conftest import MqttRecorder
+from tests.waiting import wait_until
 
 OPERATOR = {"X-API-Key": "operator-key-123"}
 VIEWER = {"X-API-Key": "viewer-key-1234"}
@@ -78,19 +77,6 @@ class Fleet:
 
     def get(self, path: str, **params: Any) -> httpx.Response:
         return self.api.get(path, params=params, headers=VIEWER)
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll `check` until it returns something truthy; fail the test after `timeout`."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        pause.wait(0.05)
 
 
 def start_fleet(tmp_path: Path, mqtt_url: str, site: str) -> Iterator[Fleet]:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,6 +42,7 @@ from factory_pipelines.windows import window_key
 from serving import create_app, ml
 from serving.fleet import health_of, live_of, maintenance_priority
 from serving.model_cache import MODEL_UNAVAILABLE, model_cache_of
+from tests.waiting import wait_until
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -157,16 +156,6 @@ def robot_rows(robot_id: str, readings: list[dict[str, Any]]) -> pl.DataFrame:
         [{**dict.fromkeys(rm.ROBOT_ROW_SCHEMA), **r, "asset_id": robot_id} for r in readings],
         schema=rm.ROBOT_ROW_SCHEMA,
     )
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        pause.wait(0.05)
-    return result
 
 
 # ---- robots ----

@@ -46,23 +46,11 @@ from factory_pipelines.telemetry import (
 from serving import create_app
 from serving.events import close_hub, running_hub
 from tests.conftest import MqttRecorder, find_free_port
+from tests.waiting import wait_until
 
 OPERATOR_KEY = "operator-key-123"
 VIEWER_KEY = "viewer-key-1234"
 WAIT_S = 10.0
-
-
-def wait_until(check: Callable[[], Any], timeout: float = WAIT_S, what: str = "condition") -> Any:
-    """Poll `check` until it returns something truthy; fail the test after `timeout`."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        pause.wait(0.02)
 
 
 class LiveClient:
