@@ -250,11 +250,13 @@ def show_settings() -> None:
 
 def _register_model_commands() -> None:
     from factory_pipelines import backlog_command, model_commands
+    from scada_bridge import cli as scada_cli
 
     app.command("train")(model_commands.train)
     app.command("evaluate")(model_commands.evaluate)
     app.add_typer(model_commands.benchmark_app, name="benchmark")
     app.command("backlog")(backlog_command.backlog)
+    app.command("bridge")(scada_cli.bridge)
 
 
 _register_model_commands()

@@ -12,7 +12,7 @@ import os
 from datetime import date
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
@@ -29,7 +29,7 @@ from factory_pipelines.shifts import DEFAULT_SHIFTS, ShiftCalendar, ShiftSpec
 CONFIG_ENV_VAR = "FACTORY_CONFIG"
 DEFAULT_CONFIG_FILE = "factory.yaml"
 SECRET_FIELDS = frozenset(
-    {"twilio_account_sid", "twilio_auth_token", "twilio_from_number", "gemini_api_key", "api_keys"}
+    {"twilio_account_sid", "twilio_auth_token", "twilio_from_number", "gemini_api_key", "api_keys", "opcua_users"}
 )
 
 
@@ -103,6 +103,23 @@ class FactorySettings(BaseSettings):
     cors_origins: list[str] = Field(
         default_factory=list, description='Browser origins allowed to call the API, e.g. ["https://hmi.plant"].'
     )
+    modbus_host: str = Field(
+        "127.0.0.1", description="Interface the bridge's Modbus TCP server binds to (0.0.0.0: all)."
+    )
+    modbus_port: int = Field(5020, ge=1, le=65535, description="Port of the bridge's Modbus TCP server.")
+    modbus_writes_enabled: bool = Field(
+        False, description="Let Modbus clients write command registers (each write becomes an MQTT command)."
+    )
+    opcua_host: str = Field("127.0.0.1", description="Interface the bridge's OPC UA server binds to (0.0.0.0: all).")
+    opcua_port: int = Field(4840, ge=1, le=65535, description="Port of the bridge's OPC UA server.")
+    opcua_security: Literal["secure", "none"] = Field(
+        "secure",
+        description="secure: Basic256Sha256 Sign and SignAndEncrypt with users; none: no security (local demo).",
+    )
+    bridge_max_assets: int = Field(200, ge=1, le=322, description="Assets the bridge gives registers and nodes to.")
+    bridge_alert_resync_s: float = Field(
+        30.0, gt=0, description="How often the bridge re-reads open alerts from the store (clears are not on MQTT)."
+    )
     shifts: list[ShiftSpec] = Field(
         default_factory=lambda: list(DEFAULT_SHIFTS),
         description='The plant\'s shifts, e.g. [{name: early, start: "06:00"}, ...]; all start on the same minute.',
@@ -132,6 +149,11 @@ class FactorySettings(BaseSettings):
         description="A Twilio-compatible endpoint; default: Twilio's own API.",
     )
     gemini_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("GEMINI_API_KEY"))
+    opcua_users: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("FACTORY_OPCUA_USERS", "opcua_users"),
+        description="OPC UA users, comma-separated USER:PASSWORD:ROLE (viewer reads, operator may call methods).",
+    )
     api_keys: SecretStr | None = Field(
         None,
         validation_alias=AliasChoices("FACTORY_API_KEYS", "api_keys"),
@@ -153,6 +175,7 @@ class FactorySettings(BaseSettings):
         "gemini_api_key",
         "gemini_base_url",
         "api_keys",
+        "opcua_users",
         mode="before",
     )
     @classmethod
