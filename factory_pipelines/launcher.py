@@ -131,6 +131,7 @@ def _wait_http(url: str, timeout_s: float, alive: Callable[[], bool], stop: thre
 
 
 DEMO_KEY_FILE = "demo-admin-key"
+DEMO_OPCUA_USER_FILE = "demo-opcua-user"
 
 
 def demo_access(settings: FactorySettings, console: Console) -> dict[str, str]:
@@ -154,6 +155,15 @@ def demo_access(settings: FactorySettings, console: Console) -> dict[str, str]:
         key = path.read_text().strip()
         env["FACTORY_API_KEYS"] = f"{key}:admin"
         console.print(f"[yellow]access:[/yellow] no FACTORY_API_KEYS set; this demo's admin key is in {path}")
+    if settings.opcua_users is None and settings.opcua_security == "secure":
+        # OPC UA stays encrypted in the demo: one operator user, its password kept like the admin key.
+        path = settings.data_path / DEMO_OPCUA_USER_FILE
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch(mode=0o600)
+            path.write_text(f"operator:{secrets.token_urlsafe(18)}:operator\n")
+        env["FACTORY_OPCUA_USERS"] = path.read_text().strip()
+        console.print(f"[yellow]access:[/yellow] no FACTORY_OPCUA_USERS set; this demo's OPC UA user is in {path}")
     return env
 
 
@@ -179,6 +189,8 @@ def run_platform(settings: FactorySettings, options: PlatformOptions, console: C
             ("FACTORY_API_PORT", settings.api_port),
             ("FACTORY_DAGSTER_PORT", settings.dagster_port),
             ("FACTORY_MLFLOW_PORT", settings.mlflow_port),
+            ("FACTORY_MODBUS_PORT", settings.modbus_port),
+            ("FACTORY_OPCUA_PORT", settings.opcua_port),
         )
         if not _port_free(host, port)
     ]
@@ -233,6 +245,7 @@ def run_platform(settings: FactorySettings, options: PlatformOptions, console: C
 
         spawn("collector", _cli("collect"))
         api = spawn("api", _cli("serve"))
+        spawn("bridge", _cli("bridge"))
         if options.simulator:
             sim_args = ["simulate", "--machines", str(options.machines), "--robots", str(options.robots)]
             sim_args += ["--rate", str(options.rate_hz)]
@@ -269,6 +282,11 @@ def run_platform(settings: FactorySettings, options: PlatformOptions, console: C
         table.add_row("REST API (OpenAPI)", f"{api_url}/docs")
         table.add_row("Latest predictions", f"{api_url}/predictions/latest")
         table.add_row("MQTT broker", settings.mqtt_url)
+        table.add_row(
+            "SCADA bridge",
+            f"Modbus TCP {settings.modbus_host}:{settings.modbus_port}, "
+            f"OPC UA opc.tcp://{settings.opcua_host}:{settings.opcua_port}",
+        )
         table.add_row("Data dir", str(settings.data_path))
         table.add_row("Logs", str(settings.logs_dir))
         console.print(table)

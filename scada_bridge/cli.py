@@ -1,7 +1,7 @@
 """`factory bridge`: the SCADA bridge's command (registered in factory_pipelines/cli.py).
 
-For now it prints the Modbus register map (`--print-register-map`); serving OPC UA and Modbus TCP
-from this command comes with the bridge process (part 2 of the SCADA bridge issue).
+Runs the bridge (Modbus TCP and OPC UA fed from MQTT) until Ctrl-C, or prints the Modbus register
+map (`--print-register-map`).
 """
 
 from __future__ import annotations
@@ -30,11 +30,19 @@ def bridge(
     """Serve the live picture to SCADA and HMI systems over OPC UA and Modbus TCP, fed from MQTT."""
     settings = settings_or_exit()
     if not print_register_map:
-        console.print(
-            "[yellow]The bridge's servers are not wired into this command yet (SCADA bridge, part 2);[/yellow] "
-            "`factory bridge --print-register-map` prints the Modbus register map."
-        )
-        raise typer.Exit(1)
+        from scada_bridge.process import run_bridge
+
+        def ready(endpoints: list[str]) -> None:
+            console.print("SCADA bridge serving (Ctrl-C stops it):")
+            for endpoint in endpoints:
+                console.print(f"  {endpoint}")
+
+        try:
+            run_bridge(settings, on_ready=ready)
+        except (OSError, ValueError) as exc:  # a port in use, a bad users setting: one line, not a traceback
+            console.print(f"[red]bridge: {exc}[/red]")
+            raise typer.Exit(1) from exc
+        return
     capacity = settings.bridge_max_assets
     try:
         slots = AssetSlots(capacity, default_slots_path(settings.data_path))

@@ -156,10 +156,17 @@ def test_the_local_demo_opens_reads_and_makes_an_admin_key_once(
     key_value, role = first["FACTORY_API_KEYS"].rsplit(":", 1)
     assert role == "admin" and (tmp_path / "data" / DEMO_KEY_FILE).stat().st_mode & 0o077 == 0
     assert demo_access(settings, console)["FACTORY_API_KEYS"] == first["FACTORY_API_KEYS"]  # the same key next time
+    user, password, user_role = first["FACTORY_OPCUA_USERS"].split(":")  # OPC UA stays secure, with a demo operator
+    assert (user, user_role) == ("operator", "operator") and len(password) >= 16
     said = console.export_text()
     assert "anyone who reaches the API may read" in said and key_value not in said
     # What the operator set explicitly wins.
-    explicit = load_settings(data_dir=tmp_path / "data", allow_anonymous_read=False, api_keys=f"{OPERATOR}:operator")
+    explicit = load_settings(
+        data_dir=tmp_path / "data",
+        allow_anonymous_read=False,
+        api_keys=f"{OPERATOR}:operator",
+        opcua_users="plc-reader:a-long-password:viewer",
+    )
     assert demo_access(explicit, console) == {}
 
 

@@ -64,7 +64,7 @@ from scada_bridge.modbus_map import (
 )
 from scada_bridge.modbus_server import ModbusBridgeServer, ModbusServerThread
 from scada_bridge.points import POINTS, POINTS_BY_KEY, telemetry_points
-from scada_bridge.state import BridgeState, Quality
+from scada_bridge.state import DEFAULT_MAX_ASSETS, BridgeState, Quality
 from tests.conftest import MqttRecorder
 from tests.waiting import wait_until
 
@@ -567,3 +567,13 @@ def test_broker_outage_keeps_values_stale_then_recovers(
         assert bridge.asset_bits(slot)[AssetBit.QUALITY_GOOD]
     finally:
         broker.stop()
+
+
+def test_the_readme_shows_the_register_map_the_code_serves() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    shown = readme.split("<!-- register-map:start -->\n", 1)[1].split("\n<!-- register-map:end -->", 1)[0]
+    served = format_register_map(RegisterLayout.of(DEFAULT_MAX_ASSETS, POINTS))
+    demoted = "\n".join(("##" + line) if line.startswith("#") else line for line in served.splitlines())
+    assert shown.strip() == demoted.strip(), (
+        "README's register map is stale: paste `factory bridge --print-register-map`"
+    )

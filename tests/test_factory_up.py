@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pymodbus.client import ModbusTcpClient
 
 from factory_pipelines.mqtt import broker_reachable
 
@@ -54,7 +55,7 @@ UP_ARGS = ("--machines", "3", "--robots", "1", "--no-train-missing")
 
 @pytest.mark.e2e
 def test_factory_up_serves_predictions_and_stops_cleanly(tmp_path: Path, free_port: Callable[[], int]) -> None:
-    ports = {name: free_port() for name in ("MQTT", "API", "DAGSTER", "MLFLOW")}
+    ports = {name: free_port() for name in ("MQTT", "API", "DAGSTER", "MLFLOW", "MODBUS", "OPCUA")}
     mqtt_url = f"mqtt://127.0.0.1:{ports['MQTT']}"
     env = {key: value for key, value in os.environ.items() if not key.startswith(("FACTORY_", "MLFLOW_", "DAGSTER_"))}
     env.update(
@@ -63,6 +64,8 @@ def test_factory_up_serves_predictions_and_stops_cleanly(tmp_path: Path, free_po
         FACTORY_API_PORT=str(ports["API"]),
         FACTORY_DAGSTER_PORT=str(ports["DAGSTER"]),
         FACTORY_MLFLOW_PORT=str(ports["MLFLOW"]),
+        FACTORY_MODBUS_PORT=str(ports["MODBUS"]),
+        FACTORY_OPCUA_PORT=str(ports["OPCUA"]),
         FACTORY_WINDOW_SECONDS="5",
         FACTORY_SENSOR_INTERVAL_SECONDS="2",
     )
@@ -115,6 +118,19 @@ def test_factory_up_serves_predictions_and_stops_cleanly(tmp_path: Path, free_po
 
         assert _poll("materialized partitions in Dagster", materialized, deadline, process, log) >= 1
 
+        def bridge_header() -> list[int] | None:  # the SCADA bridge serves the simulated fleet over Modbus TCP
+            client = ModbusTcpClient("127.0.0.1", port=ports["MODBUS"], timeout=2)
+            try:
+                if not client.connect():
+                    return None
+                answer = client.read_input_registers(0, count=12, device_id=1)
+                return None if answer.isError() or answer.registers[6] < 1 else answer.registers  # slots in use
+            finally:
+                client.close()
+
+        header = _poll("assets at the bridge's Modbus server", bridge_header, deadline, process, log)
+        assert header[0] == 1  # the register map's version
+
         output = log.read_text()
         assert f"started mosquitto at {mqtt_url}" in output or f"started amqtt at {mqtt_url}" in output
         for url in (f"http://127.0.0.1:{ports['DAGSTER']}", f"http://127.0.0.1:{ports['MLFLOW']}", f"{api}/docs"):
@@ -130,7 +146,7 @@ def test_factory_up_serves_predictions_and_stops_cleanly(tmp_path: Path, free_po
     assert code == 0, log.read_text()[-4000:]
     assert "stopped." in log.read_text()
     # Nothing is left behind: the API, Dagster, MLflow and the broker it started are all gone.
-    for port in (ports["API"], ports["DAGSTER"], ports["MLFLOW"]):
+    for port in (ports["API"], ports["DAGSTER"], ports["MLFLOW"], ports["MODBUS"]):
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
     assert not broker_reachable(mqtt_url, timeout=1)
