@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from factory_pipelines.model_commands import settings_or_exit
+from scada_bridge.dnp3_points import format_dnp3_points
 from scada_bridge.modbus_map import AssetSlots, RegisterLayout, default_slots_path, format_register_map
 from scada_bridge.points import POINTS
 
@@ -26,8 +27,14 @@ def bridge(
             help="Print the Modbus register map as Markdown (with the asset slots assigned so far) and exit.",
         ),
     ] = False,
+    print_dnp3_points: Annotated[
+        bool, typer.Option("--print-dnp3-points", help="Print the DNP3 point list (ready for an outstation) and exit.")
+    ] = False,
 ) -> None:
     """Serve the live picture to SCADA and HMI systems over OPC UA and Modbus TCP, fed from MQTT."""
+    if print_dnp3_points:
+        print(format_dnp3_points(), end="")
+        return
     settings = settings_or_exit()
     if not print_register_map:
         from scada_bridge.process import run_bridge

@@ -43,6 +43,7 @@ from factory_pipelines.telemetry import (
 )
 from scada_bridge.cli import bridge as bridge_command
 from scada_bridge.commands import CommandSender
+from scada_bridge.dnp3_points import dnp3_points, format_dnp3_points
 from scada_bridge.feed import BridgeFeed
 from scada_bridge.modbus_map import (
     ASSET_BASE,
@@ -577,3 +578,13 @@ def test_the_readme_shows_the_register_map_the_code_serves() -> None:
     assert shown.strip() == demoted.strip(), (
         "README's register map is stale: paste `factory bridge --print-register-map`"
     )
+
+
+def test_the_dnp3_point_list_covers_every_point_once() -> None:
+    listed = dnp3_points()
+    analog = [d for d in listed if (d.group, d.variation) == (30, 5)]
+    binary = [d for d in listed if (d.group, d.variation) == (1, 2)]
+    assert len(analog) + len(binary) == len(POINTS) and {d.point.key for d in listed} == {p.key for p in POINTS}
+    assert [d.index for d in analog] == list(range(len(analog))) and [d.index for d in binary] == [0, 1, 2]
+    assert analog[0].point.key == telemetry_points()[0].key  # same order as the Modbus float block
+    assert "| binary input (open alerts) | 2 | g1v2 | `alerts/open_critical` |" in format_dnp3_points()
