@@ -27,7 +27,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from asyncua import Client, Node
+from latency import _free_port, _quantile  # noqa: E402 - the benchmarks' shared port and quantile helpers
 from pymodbus.client import ModbusTcpClient
 
 from factory_pipelines.broker import start_local_broker
@@ -53,17 +53,6 @@ SITE = "bench"
 PROBE = "bench-probe"
 POINT = "robot/temperature"
 WAIT_PER_PROBE_S = 5.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def _summary(latencies_s: list[float], probes: int) -> dict[str, Any]:

@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from typing import Any
 
 import httpx
 import paho.mqtt.client as mqtt
+from latency import _free_port, _quantile  # noqa: E402 - the benchmarks' shared port and quantile helpers
 from websockets.asyncio.client import ClientConnection, connect
 
 from factory_pipelines.broker import start_local_broker
@@ -47,17 +47,6 @@ ROBOT = "bench-robot"
 TELEMETRY_PREFIX = '{"type":"telemetry"'  # how the hub starts a telemetry message (cheap to test on receipt)
 START_TIMEOUT_S = 60.0
 SETTLE_TIMEOUT_S = 30.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def _summary_ms(delays_s: list[float]) -> dict[str, float | int | None]:
