@@ -313,3 +313,19 @@ __all__ = [
     "make_client",
     "supports_mqtt_v5",
 ]
+
+
+def publish_confirmed(client: mqtt.Client, topic: str, payload: bytes, *, timeout: float) -> None:
+    """Publish QoS 1 and wait for the broker's PUBACK: for a command, which must not sit in a queue.
+
+    ConnectionError when the client cannot send it, TimeoutError when the broker does not confirm it in time.
+    """
+    info = client.publish(topic, payload, qos=1)
+    if info.rc != mqtt.MQTT_ERR_SUCCESS:
+        raise ConnectionError(f"publish to {topic!r} failed: {mqtt.error_string(info.rc)}")
+    try:
+        info.wait_for_publish(timeout)
+    except (RuntimeError, ValueError) as exc:
+        raise ConnectionError(f"publish to {topic!r} failed: {exc}") from exc
+    if not info.is_published():
+        raise TimeoutError(f"the broker did not confirm the message on {topic!r} within {timeout:g} s")

@@ -32,7 +32,7 @@ import paho.mqtt.client as mqtt
 
 from factory_pipelines.alert_book import AlertBook
 from factory_pipelines.alert_model import AlertRecord
-from factory_pipelines.mqtt import connect_and_wait, make_client
+from factory_pipelines.mqtt import connect_and_wait, make_client, publish_confirmed
 from factory_pipelines.store import ServingStore
 from factory_pipelines.telemetry import LEGACY_MACHINE_SITE, cleanroom_topic
 from scada_bridge.state import ALERTS_PREFIX, PREDICTIONS_PREFIX, BridgeState
@@ -190,15 +190,7 @@ class BridgeFeed:
             client = self._client
         if client is None or not client.is_connected():
             raise ConnectionError(f"not connected to the MQTT broker at {self.mqtt_url}")
-        info = client.publish(topic, payload, qos=1)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            raise ConnectionError(f"publish to {topic!r} failed: {mqtt.error_string(info.rc)}")
-        try:
-            info.wait_for_publish(timeout)
-        except (RuntimeError, ValueError) as exc:
-            raise ConnectionError(f"publish to {topic!r} failed: {exc}") from exc
-        if not info.is_published():
-            raise TimeoutError(f"the broker did not confirm {topic!r} within {timeout:.0f} s")
+        publish_confirmed(client, topic, payload, timeout=timeout)
 
     # ---- serving store -----------------------------------------------------------------------
 

@@ -45,7 +45,7 @@ from pydantic import ValidationError
 
 from factory_pipelines.backlog_model import Backlog
 from factory_pipelines.command_book import CommandBook
-from factory_pipelines.mqtt import connect_and_wait, make_client
+from factory_pipelines.mqtt import connect_and_wait, make_client, publish_confirmed
 from factory_pipelines.store import StoreUnavailableError
 from factory_pipelines.telemetry import (
     COLLECTOR_SUBSCRIPTIONS,
@@ -510,15 +510,7 @@ class LiveTelemetry:
             last_error = self._last_error
         if client is None:
             raise ConnectionError(f"not connected to the MQTT broker at {self.mqtt_url}: {last_error or 'connecting'}")
-        info = client.publish(topic, payload, qos=1)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            raise ConnectionError(f"publish to {topic!r} failed: {mqtt.error_string(info.rc)}")
-        try:
-            info.wait_for_publish(timeout)
-        except (RuntimeError, ValueError) as exc:
-            raise ConnectionError(f"publish to {topic!r} failed: {exc}") from exc
-        if not info.is_published():
-            raise TimeoutError(f"the broker did not confirm the message on {topic!r} within {timeout:g} s")
+        publish_confirmed(client, topic, payload, timeout=timeout)
 
     # ---- command acks -> store ----
 
