@@ -31,7 +31,6 @@ from factory_pipelines.store import ServingStore
 from factory_pipelines.telemetry import (
     Alert,
     CommandAck,
-    Prediction,
     RobotTelemetry,
     Severity,
     alert_topic,
@@ -67,6 +66,7 @@ from scada_bridge.modbus_server import ModbusBridgeServer, ModbusServerThread
 from scada_bridge.points import POINTS, POINTS_BY_KEY, telemetry_points
 from scada_bridge.state import DEFAULT_MAX_ASSETS, BridgeState, Quality
 from tests.conftest import MqttRecorder
+from tests.predictions import recent_prediction
 from tests.waiting import wait_until
 
 FLOAT32 = ModbusTcpClient.DATATYPE.FLOAT32
@@ -208,22 +208,6 @@ def publisher(mqtt_url: str) -> Iterator[Publisher]:
     pub.close()
 
 
-def prediction(model: str, asset: str, score: float, label: str, minutes_ago: int = 0, **extra: Any) -> Prediction:
-    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=minutes_ago + 1)
-    return Prediction(
-        model_name=model,
-        model_version="3",
-        asset_id=asset,
-        window_key=f"w-{start:%H%M}-{uuid.uuid4().hex[:4]}",
-        score=score,
-        label=label,
-        produced_at=start + timedelta(seconds=70),
-        window_start=start,
-        window_end=start + timedelta(minutes=1),
-        **extra,
-    )
-
-
 # ---- the point list and the printed map (no network) -----------------------------------------
 
 
@@ -330,7 +314,7 @@ def test_registers_decode_the_values_just_published(
     )
     publisher.publish(cleanroom_topic(site), {"particles_per_m3": {"0.5": 3520.0}, "humidity": 45.5})
     publisher.publish(telemetry_topic(site, zone), {"kind": "safety", "gas_ppm": 12.5, "workers": 4})
-    rul = prediction("rul_lstm", robot, 812.5, "normal", rul_lower=640.0, rul_upper=990.5, confidence=0.9)
+    rul = recent_prediction("rul_lstm", robot, 812.5, "normal", rul_lower=640.0, rul_upper=990.5, confidence=0.9)
     publisher.publish(prediction_topic("rul_lstm", robot), dump_payload(rul))
 
     machine_slot = bridge.wait_slot(machine)
@@ -405,12 +389,12 @@ def test_compat_block_reads_stored_and_published_predictions(
     robot, machines, zone, camera = f"{site}-robot", [f"{site}-m{i}" for i in range(4)], f"{site}-z", f"{site}-cam"
     store.upsert_predictions(
         [
-            prediction("rul_lstm", robot, 3600.0, "normal", rul_lower=3000.0, rul_upper=4200.0),
-            *(prediction("energy_iforest", m, 0.52, "normal") for m in machines),
-            prediction("cyber_detector", machines[0], 0.91, "attack", attack_type="ddos"),
-            *(prediction("cyber_detector", m, 0.05, "normal") for m in machines[1:]),
-            prediction("safety_hazard", zone, 0.4, "medium", zone="assembly"),
-            prediction(
+            recent_prediction("rul_lstm", robot, 3600.0, "normal", rul_lower=3000.0, rul_upper=4200.0),
+            *(recent_prediction("energy_iforest", m, 0.52, "normal") for m in machines),
+            recent_prediction("cyber_detector", machines[0], 0.91, "attack", attack_type="ddos"),
+            *(recent_prediction("cyber_detector", m, 0.05, "normal") for m in machines[1:]),
+            recent_prediction("safety_hazard", zone, 0.4, "medium", zone="assembly"),
+            recent_prediction(
                 "ppe_vision", camera, 0.8, "violation", frames=10, frames_in_violation=2, no_hardhat=True, no_vest=False
             ),
         ]
@@ -455,7 +439,7 @@ def test_compat_block_reads_stored_and_published_predictions(
     # A prediction published now wins over the stored one.
     publisher.publish(
         prediction_topic("energy_iforest", machines[2]),
-        dump_payload(prediction("energy_iforest", machines[2], 0.83, "anomaly", minutes_ago=-1)),
+        dump_payload(recent_prediction("energy_iforest", machines[2], 0.83, "anomaly", minutes_ago=-1)),
     )
     wait_until(lambda: bridge.holding(103)[0] == 1, what="the energy anomaly")
     assert bridge.holding(100, 5) == [200, 75, 0, 1, 83]

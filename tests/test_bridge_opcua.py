@@ -38,7 +38,6 @@ from factory_pipelines.mqtt import connect_and_wait, make_client
 from factory_pipelines.store import ServingStore
 from factory_pipelines.telemetry import (
     Alert,
-    Prediction,
     RobotTelemetry,
     Severity,
     alert_topic,
@@ -63,6 +62,7 @@ from scada_bridge.opcua_server import (
 )
 from scada_bridge.state import BridgeState
 from tests.conftest import MqttRecorder
+from tests.predictions import recent_prediction
 
 pytestmark = pytest.mark.anyio
 T = TypeVar("T")
@@ -259,22 +259,6 @@ class Changes:
                 return arrived, value
 
 
-def prediction(model: str, asset: str, score: float, label: str, **extra: Any) -> Prediction:
-    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
-    return Prediction(
-        model_name=model,
-        model_version="3",
-        asset_id=asset,
-        window_key=f"w-{start:%H%M}-{uuid.uuid4().hex[:4]}",
-        score=score,
-        label=label,
-        produced_at=start + timedelta(seconds=70),
-        window_start=start,
-        window_end=start + timedelta(minutes=1),
-        **extra,
-    )
-
-
 # ---- settings (no network) --------------------------------------------------------------------
 
 
@@ -337,7 +321,7 @@ async def test_browse_and_read_values_just_published(
             "vibration": {"rms": 0.35},
         }
         await publisher.publish(telemetry_topic(site, robot), dump_payload(RobotTelemetry.model_validate(reading)))
-        rul = prediction("rul_lstm", robot, 812.5, "normal", rul_lower=640.0, rul_upper=990.5)
+        rul = recent_prediction("rul_lstm", robot, 812.5, "normal", rul_lower=640.0, rul_upper=990.5)
         await publisher.publish(prediction_topic("rul_lstm", robot), dump_payload(rul))
 
         temperature = await find(client, site, robot, "Telemetry", "robot", "temperature")
