@@ -235,6 +235,25 @@ def broker() -> None:
         running.stop()
 
 
+@app.command()
+def lineage(
+    alert_id: Annotated[str, typer.Argument(help="The alert to trace, e.g. al-3f2a9c.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Walk an alert back: prediction, data window, model version, MLflow run and datasets, Dagster runs, code."""
+    from factory_pipelines.lineage import UnknownAlertError, walk_lineage
+
+    try:
+        walked = walk_lineage(_settings(), alert_id)
+    except UnknownAlertError as exc:
+        console.print(f"[red]{exc.args[0]}[/red]")
+        raise typer.Exit(1) from exc
+    if as_json:
+        print(walked.model_dump_json())
+    else:
+        print(walked.as_text(), end="")
+
+
 @app.command("settings")
 def show_settings() -> None:
     """Print the resolved settings as JSON (secrets masked)."""

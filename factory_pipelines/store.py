@@ -228,6 +228,14 @@ class ServingStore:
         with self.engine.connect() as conn:
             return [_row_prediction(row._mapping) for row in conn.execute(query)]
 
+    def prediction(self, model_name: str, window_key: str, asset_id: str) -> Prediction | None:
+        """The one prediction a model made for an asset in a window (what a prediction id names)."""
+        t = predictions_table
+        query = select(t).where(t.c.model_name == model_name, t.c.window_key == window_key, t.c.asset_id == asset_id)
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return _row_prediction(row._mapping) if row is not None else None
+
     def _latest_kept(self, *, model_name: str | None, asset_id: str | None) -> list[Prediction]:
         t = latest_predictions_table
         query = select(t).order_by(t.c.model_name, t.c.asset_id)
