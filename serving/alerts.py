@@ -31,7 +31,7 @@ from factory_pipelines.telemetry import Severity, utc_now
 from serving.access import Operator
 from serving.context import ServingContext, get_context
 from serving.datetimes import IsoDatetime
-from serving.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, next_offset
+from serving.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Offset, next_offset
 from serving.problems import NOT_FOUND, VALIDATION_ERROR, ProblemError, problem_responses
 
 EXTERNAL_RULE = "external"
@@ -186,7 +186,7 @@ def list_alerts(
     type: Annotated[str | None, Query(max_length=64, description="Only this alert type.")] = None,
     open_only: Annotated[bool, Query(description="Only alerts not cleared yet.")] = False,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> AlertList:
     page = context.store.use(
         lambda store: _book(store).list_alerts(

@@ -21,7 +21,7 @@ from factory_pipelines.store import ServingStore
 from factory_pipelines.telemetry import utc_now
 from serving.context import ServingContext, get_context
 from serving.datetimes import IsoDatetime, iso_utc
-from serving.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, next_offset
+from serving.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Offset, next_offset
 from serving.problems import NOT_FOUND, VALIDATION_ERROR, ProblemError, problem_responses
 
 router = APIRouter(tags=["backlog"])
@@ -241,7 +241,7 @@ def backlog_of_shift(
 def list_backlogs(
     context: Annotated[ServingContext, Depends(get_context)],
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Page size.")] = DEFAULT_PAGE_SIZE,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> BacklogList:
     page: BacklogPage = context.store.use(lambda store: _book(store).history(limit=limit, offset=offset))
     return BacklogList(

@@ -64,7 +64,7 @@ from serving.access import Operator
 from serving.context import ServingContext, get_context
 from serving.datetimes import IsoDatetime
 from serving.live import LatestReading, LiveStatus, LiveTelemetry
-from serving.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, next_offset
+from serving.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Offset, next_offset
 from serving.problems import NOT_FOUND, ProblemError, problem_response, problem_responses
 from serving.ttl_cache import TtlCache
 
@@ -447,7 +447,7 @@ def list_robots(
     live: Annotated[LiveTelemetry, Depends(live_for)],
     priority: Annotated[Priority | None, Query(description="Only robots with this maintenance priority.")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> Response:
     """Robots seen on MQTT plus robots with a RUL prediction of the last week, by robot id.
 
@@ -697,7 +697,7 @@ def latest_telemetry(
     kind: Annotated[PayloadKind | None, Query(description="Only this kind, e.g. robot, machine, cleanroom.")] = None,
     asset_id: Annotated[str | None, Query(max_length=128, description="Only this asset.")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> TelemetryLatest:
     """What arrived last from each asset on this site since the API started (it keeps no history)."""
     readings = live.latest(kind=kind, asset_id=asset_id)

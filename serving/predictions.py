@@ -17,7 +17,7 @@ from factory_pipelines.store import PredictionPage, ServingStore
 from factory_pipelines.telemetry import Prediction
 from serving.context import ServingContext, get_context
 from serving.datetimes import IsoDatetime, as_utc
-from serving.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, next_offset
+from serving.paging import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Offset, next_offset
 from serving.problems import problem_responses
 
 router = APIRouter(prefix="/predictions", tags=["predictions"])
@@ -91,7 +91,7 @@ def prediction_history(
     start: Annotated[datetime | None, Query(description="Windows starting at or after this time.")] = None,
     end: Annotated[datetime | None, Query(description="Windows starting before this time.")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Page size.")] = DEFAULT_PAGE_SIZE,
-    offset: Annotated[int, Query(ge=0, description="Rows to skip.")] = 0,
+    offset: Offset = 0,
 ) -> PredictionHistory:
     """Predictions whose window starts in [start, end), newest window first.
 
