@@ -507,10 +507,6 @@ class BridgeState:
         with self._lock:
             return list(self._assets)
 
-    def has_asset(self, asset_id: str) -> bool:
-        with self._lock:
-            return asset_id in self._assets
-
     def value(self, asset_id: str, key: str) -> PointValue | None:
         """The latest value of one point of one asset; None if it never arrived."""
         with self._lock:
