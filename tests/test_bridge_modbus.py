@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import typer
@@ -26,7 +25,6 @@ from factory_pipelines.alert_book import AlertBook
 from factory_pipelines.alert_model import AlertCandidate
 from factory_pipelines.broker import start_local_broker
 from factory_pipelines.command_book import CommandBook
-from factory_pipelines.mqtt import connect_and_wait, make_client
 from factory_pipelines.store import ServingStore
 from factory_pipelines.telemetry import (
     Alert,
@@ -66,6 +64,7 @@ from scada_bridge.modbus_server import ModbusBridgeServer, ModbusServerThread
 from scada_bridge.points import POINTS, POINTS_BY_KEY, telemetry_points
 from scada_bridge.state import DEFAULT_MAX_ASSETS, BridgeState, Quality
 from tests.conftest import MqttRecorder
+from tests.device_publisher import Publisher
 from tests.predictions import recent_prediction
 from tests.waiting import wait_until
 
@@ -79,24 +78,6 @@ def as_float32(value: float) -> float:
 
 
 # ---- a bridge and a client for one test ------------------------------------------------------
-
-
-class Publisher:
-    """A plain MQTT client, as a device or the platform's publishers use."""
-
-    def __init__(self, url: str) -> None:
-        self.client = make_client(f"test-pub-{uuid.uuid4().hex[:8]}")
-        connect_and_wait(self.client, url)
-
-    def publish(self, topic: str, payload: bytes | dict[str, Any]) -> None:
-        body = json.dumps(payload).encode() if isinstance(payload, dict) else payload
-        info = self.client.publish(topic, body, qos=1)
-        info.wait_for_publish(5)
-        assert info.is_published(), f"broker did not take {topic}"
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @dataclass

@@ -34,7 +34,6 @@ from factory_pipelines.alert_model import AlertCandidate, AlertRecord
 from factory_pipelines.api_keys import Role
 from factory_pipelines.broker import start_local_broker
 from factory_pipelines.command_book import CommandBook
-from factory_pipelines.mqtt import connect_and_wait, make_client
 from factory_pipelines.store import ServingStore
 from factory_pipelines.telemetry import (
     Alert,
@@ -62,6 +61,7 @@ from scada_bridge.opcua_server import (
 )
 from scada_bridge.state import BridgeState
 from tests.conftest import MqttRecorder
+from tests.device_publisher import Publisher
 from tests.predictions import recent_prediction
 
 pytestmark = pytest.mark.anyio
@@ -90,24 +90,6 @@ async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 10.0, w
             raise AssertionError(f"{what} not met within {timeout} s")
         await asyncio.sleep(0.02)
     return result
-
-
-class Publisher:
-    """A plain MQTT client, as a device or the platform's publishers use."""
-
-    def __init__(self, url: str) -> None:
-        self.client = make_client(f"test-pub-{uuid.uuid4().hex[:8]}")
-        connect_and_wait(self.client, url)
-
-    async def publish(self, topic: str, payload: bytes | dict[str, Any]) -> None:
-        body = json.dumps(payload).encode() if isinstance(payload, dict) else payload
-        info = self.client.publish(topic, body, qos=1)
-        await asyncio.to_thread(info.wait_for_publish, 5)
-        assert info.is_published(), f"broker did not take {topic}"
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 @dataclass
@@ -320,9 +302,11 @@ async def test_browse_and_read_values_just_published(
             "state": "slow",
             "vibration": {"rms": 0.35},
         }
-        await publisher.publish(telemetry_topic(site, robot), dump_payload(RobotTelemetry.model_validate(reading)))
+        await publisher.publish_async(
+            telemetry_topic(site, robot), dump_payload(RobotTelemetry.model_validate(reading))
+        )
         rul = recent_prediction("rul_lstm", robot, 812.5, "normal", rul_lower=640.0, rul_upper=990.5)
-        await publisher.publish(prediction_topic("rul_lstm", robot), dump_payload(rul))
+        await publisher.publish_async(prediction_topic("rul_lstm", robot), dump_payload(rul))
 
         temperature = await find(client, site, robot, "Telemetry", "robot", "temperature")
         value = await holding(temperature, 47.25)
@@ -362,7 +346,7 @@ async def test_browse_and_read_values_just_published(
             message="bearing worn",
             state="ACTIVE_UNACK",
         )
-        await publisher.publish(alert_topic(alert.severity), dump_payload(alert))
+        await publisher.publish_async(alert_topic(alert.severity), dump_payload(alert))
         open_ids = await asset_node(client, site, robot, "Alerts", "OpenAlertIds")
         assert await eventually(lambda: _equals(open_ids, [alert.alert_id]), what="the open alert id")
         critical = await find(client, site, robot, "Alerts", "open_critical")
@@ -376,7 +360,7 @@ async def test_browse_and_read_values_just_published(
         await subscription.subscribe_data_change(temperature)
         await changes.next_where(lambda v: v.Value.Value == 47.25, timeout=5)  # the initial value
         sent = time.perf_counter()
-        await publisher.publish(telemetry_topic(site, robot), {"temperature": 48.5})
+        await publisher.publish_async(telemetry_topic(site, robot), {"temperature": 48.5})
         arrived, latest = await changes.next_where(lambda v: v.Value.Value == 48.5, timeout=5)
         assert arrived - sent < 1.0, f"the new value took {arrived - sent:.3f} s"
         assert latest.StatusCode.value == GOOD
@@ -442,7 +426,7 @@ async def test_methods_need_the_operator_role_over_sign_and_encrypt(
         acknowledge=acknowledge,
     ) as bridge:
         endpoint = bridge.server.endpoint
-        await publisher.publish(telemetry_topic(site, robot), {"temperature": 41.0})
+        await publisher.publish_async(telemetry_topic(site, robot), {"temperature": 41.0})
         server_cert = (cert_dir / SERVER_CERT_FILE).read_bytes()
         assert (cert_dir / SERVER_KEY_FILE).stat().st_mode & 0o077 == 0  # the key is the owner's only
 
@@ -527,7 +511,7 @@ async def test_values_turn_uncertain_while_the_broker_is_away_then_good(
             connected(bridge.server.endpoint) as client,
         ):
             publisher = Publisher(broker.url)
-            await publisher.publish(telemetry_topic(site, robot), {"temperature": 50.5})
+            await publisher.publish_async(telemetry_topic(site, robot), {"temperature": 50.5})
             publisher.close()
             temperature = await find(client, site, robot, "Telemetry", "robot", "temperature")
             first = await holding(temperature, 50.5)
@@ -550,7 +534,7 @@ async def test_values_turn_uncertain_while_the_broker_is_away_then_good(
             await eventually(lambda: _equals(link, True), timeout=15, what="the bridge reconnected")
             assert (await read(temperature)).StatusCode.value == STALE  # nothing new about this robot yet
             publisher = Publisher(broker.url)
-            await publisher.publish(telemetry_topic(site, robot), {"temperature": 52.0})
+            await publisher.publish_async(telemetry_topic(site, robot), {"temperature": 52.0})
             publisher.close()
 
             assert (await holding(temperature, 52.0)).StatusCode.value == GOOD
