@@ -11,6 +11,13 @@ over assets with `BackfillPolicy.single_run()`, which then see every key in
 `context.partition_keys`. Ranges of a dynamic partitions definition follow the order in which
 keys were added; the keys of one tick are added together, in order, in the same tick, so the
 range from the first to the last of them is exactly that batch.
+
+A run that fails leaves its windows registered, so the cursor has moved past them; they are not
+lost: each tick also looks at failed runs of the window job and asks again for the same windows
+(same partition tags, `factory/retry_of` and `factory/attempt` tags) once an exponential backoff
+has passed, up to `max_attempts` runs in all. A newer run for the same windows (the retry, or a
+backfill launched from the UI) supersedes the failed one. Until one succeeds, Dagster shows the
+partitions as failed; after the last attempt they stay failed for an operator to backfill.
 """
 
 import hashlib
@@ -26,6 +33,13 @@ from factory_pipelines.windows import WindowKeyError, iter_sealed_keys, window_s
 
 ASSET_PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
 ASSET_PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
+PARTITION_TAG = "dagster/partition"
+RETRY_OF_TAG = "factory/retry_of"
+ATTEMPT_TAG = "factory/attempt"
+WINDOW_COUNT_TAG = "factory/windows"
+DEFAULT_MAX_ATTEMPTS = 3
+DEFAULT_RETRY_AFTER_SECONDS = 60.0
+FAILED_RUNS_PER_TICK = 50  # failed runs looked at per tick, newest first
 LOOKBACK_WINDOWS = 5
 MIN_LOOKBACK_SECONDS = 30.0
 MAX_WINDOWS_PER_RUN = 1000
@@ -48,7 +62,7 @@ def windows_run_request(keys: Sequence[str]) -> dg.RunRequest:
     """One run for `keys` (in the order they were added as partitions); run_key derived from them."""
     digest = hashlib.sha1("\n".join(keys).encode()).hexdigest()[:12]
     run_key = f"windows:{keys[0]}..{keys[-1]}:{len(keys)}:{digest}"
-    tags = {"factory/windows": str(len(keys))}
+    tags = {WINDOW_COUNT_TAG: str(len(keys))}
     if len(keys) == 1:
         return dg.RunRequest(run_key=run_key, partition_key=keys[0], tags=tags)
     return dg.RunRequest(
@@ -64,13 +78,78 @@ def _registered(instance: dg.DagsterInstance, candidates: Sequence[str]) -> set[
     return set(instance.get_dynamic_partitions(name))
 
 
+def _partition_tags(run: dg.DagsterRun) -> dict[str, str]:
+    """The tags that say which windows a run covers (one partition, or a range of them)."""
+    return {
+        name: run.tags[name]
+        for name in (PARTITION_TAG, ASSET_PARTITION_RANGE_START_TAG, ASSET_PARTITION_RANGE_END_TAG)
+        if name in run.tags
+    }
+
+
+def failed_window_retries(
+    instance: dg.DagsterInstance,
+    *,
+    now: datetime,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    retry_after_seconds: float = DEFAULT_RETRY_AFTER_SECONDS,
+    since: datetime | None = None,
+) -> list[dg.RunRequest]:
+    """Run requests for the windows of failed window runs that no newer run has taken up yet.
+
+    Attempt n + 1 waits `retry_after_seconds * 2 ** (n - 1)` after attempt n ended; the run key is
+    derived from the failed run, so the daemon launches each retry once however often it is asked.
+    """
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(
+            job_name=window_predictions_job.name,
+            statuses=[dg.DagsterRunStatus.FAILURE],
+            updated_after=since,
+        ),
+        limit=FAILED_RUNS_PER_TICK,
+    )
+    requests: list[dg.RunRequest] = []
+    for record in records:
+        run = record.dagster_run
+        attempt = int(run.tags.get(ATTEMPT_TAG, "1"))
+        windows = _partition_tags(run)
+        if attempt >= max_attempts or not windows:
+            continue
+        ended = record.end_time or record.update_timestamp.timestamp()
+        if now.timestamp() - ended < retry_after_seconds * 2 ** (attempt - 1):
+            continue
+        newer = instance.get_run_records(
+            filters=dg.RunsFilter(
+                job_name=window_predictions_job.name, tags=windows, created_after=record.create_timestamp
+            ),
+            limit=1,
+        )
+        if newer:
+            continue
+        requests.append(
+            dg.RunRequest(
+                run_key=f"retry:{run.run_id}",
+                partition_key=windows.get(PARTITION_TAG),
+                tags={
+                    **{name: value for name, value in windows.items() if name != PARTITION_TAG},
+                    **({WINDOW_COUNT_TAG: run.tags[WINDOW_COUNT_TAG]} if WINDOW_COUNT_TAG in run.tags else {}),
+                    RETRY_OF_TAG: run.run_id,
+                    ATTEMPT_TAG: str(attempt + 1),
+                },
+            )
+        )
+    return requests
+
+
 def build_sealed_windows_sensor(
     *,
     minimum_interval_seconds: int,
     retention_days: float | None = None,
     max_windows_per_run: int = MAX_WINDOWS_PER_RUN,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    retry_after_seconds: float = DEFAULT_RETRY_AFTER_SECONDS,
 ) -> dg.SensorDefinition:
-    """The sensor, with its polling interval and how far back a first tick looks from settings."""
+    """The sensor, with its polling interval, how far back a first tick looks, and its retry policy."""
 
     @dg.sensor(
         name="sealed_windows_sensor",
@@ -97,13 +176,26 @@ def build_sealed_windows_sensor(
         candidates = list(iter_sealed_keys(window_files.windows_dir, since))
         registered = _registered(context.instance, candidates)
         new_keys = [key for key in candidates if key not in registered][:max_windows_per_run]
+        retries = failed_window_retries(
+            context.instance,
+            now=now,
+            max_attempts=max_attempts,
+            retry_after_seconds=retry_after_seconds,
+            since=now - timedelta(days=retention_days) if retention_days else None,
+        )
+        for retry in retries:
+            context.log.warning(
+                f"retrying the windows of failed run {retry.tags[RETRY_OF_TAG]} (attempt {retry.tags[ATTEMPT_TAG]})"
+            )
         if not new_keys:
+            if retries:
+                return dg.SensorResult(run_requests=retries, cursor=cursor)
             return dg.SkipReason(
                 f"no new sealed windows since {since:%Y-%m-%dT%H:%M:%SZ}" if since else "no sealed windows"
             )
         context.log.info(f"{len(new_keys)} new window(s): {new_keys[0]} .. {new_keys[-1]}")
         return dg.SensorResult(
-            run_requests=[windows_run_request(new_keys)],
+            run_requests=[windows_run_request(new_keys), *retries],
             dynamic_partitions_requests=[window_partitions.build_add_request(new_keys)],
             cursor=max(new_keys[-1], cursor or ""),
         )
