@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import signal
 import struct
 import subprocess
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -269,6 +271,51 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+RESULTS = Path(__file__).resolve().parent / "results" / "bridge_latency.md"
+
+
+def render(result: dict[str, Any], command: str) -> str:
+    """results/bridge_latency.md: the run's table, and what the figures mean."""
+    fleet = result["fleet"]
+
+    def row(observer: str, figures: dict[str, Any]) -> str:
+        if not figures["samples"]:
+            return f"| {observer} | 0 | {figures['lost']} | - | - | - |"
+        return (
+            f"| {observer} | {figures['samples']} | {figures['lost']} | {figures['p50_ms']:.2f} "
+            f"| {figures['p95_ms']:.2f} | {figures['max_ms']:.1f} |"
+        )
+
+    opcua, modbus = result["opcua_subscription"], result["modbus_read"]
+    return "\n".join(
+        [
+            "# SCADA bridge latency",
+            "",
+            f"`{command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, {result['broker']}: the "
+            f"simulated fleet (`factory simulate`: {fleet['machines']} machines, {fleet['robots']} robots, "
+            f"{fleet['safety_stations']} safety stations, {fleet['cameras']} camera(s) and the cleanroom, "
+            f"{fleet['assets_at_bridge']} assets, about {fleet['messages_per_s_at_bridge']:g} messages/s at the "
+            "bridge) "
+            f"with a probe robot publishing a new temperature every {result['interval_s']:g} s; {result['probes']} "
+            "probes timed from just before each publish.",
+            "",
+            "| observer | samples | lost | p50 ms | p95 ms | max ms |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+            row("paho subscriber on the probe's topic (baseline)", result["baseline_mqtt_subscriber"]),
+            row(
+                f"OPC UA data-change subscription (publishing interval {opcua['publishing_interval_ms']:g} ms)",
+                opcua,
+            ),
+            row(f"Modbus TCP read of the probe's float32 (polled every {modbus['poll_ms']:g} ms)", modbus),
+            "",
+            "Target: values follow MQTT within 1 s. Most of each figure is the client's own period: the publishing",
+            "interval the OPC UA client asks for and the Modbus poll period; the bridge's part (MQTT receipt to its",
+            "state) is about the baseline's.",
+            "",
+        ]
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--probes", type=int, default=200, help="Probe values to time.")
@@ -280,8 +327,17 @@ def main() -> None:
     parser.add_argument("--cameras", type=int, default=1)
     parser.add_argument("--opcua-interval-ms", type=float, default=20.0, help="OPC UA publishing interval asked for.")
     parser.add_argument("--modbus-poll-ms", type=float, default=5.0, help="Modbus poll period.")
+    parser.add_argument("--no-write", action="store_true", help="Print only; don't write results/bridge_latency.md.")
+    parser.add_argument("--json-out", type=Path, help="Also write the figures as JSON here.")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(measure(args)), indent=2))
+    result = asyncio.run(measure(args))
+    print(json.dumps(result, indent=2))
+    if not args.no_write:
+        command = shlex.join([".venv/bin/python", "benchmarks/bridge_latency.py", *sys.argv[1:]])
+        RESULTS.write_text(render(result, command))
+        print(f"wrote {RESULTS}")
+    if args.json_out:
+        args.json_out.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -339,6 +339,26 @@ def report(results: list[Result], command: str, broker_kind: str, load: str) -> 
     return "\n".join(lines)
 
 
+def summary(results: list[Result]) -> dict[str, dict[str, float | int]]:
+    """Per scenario: median rate of each subscriber, collector / bare, and the collector's loss over all rounds."""
+    figures: dict[str, dict[str, float | int]] = {}
+    for scenario in dict.fromkeys(result.scenario for result in results):
+        runs = [result for result in results if result.scenario == scenario]
+        bare = statistics.median(r.rate for r in runs if r.subscriber.startswith("bare"))
+        collector_runs = [r for r in runs if r.subscriber.startswith("collector")]
+        collector = statistics.median(r.rate for r in collector_runs)
+        figures[scenario] = {
+            "messages": runs[0].messages,
+            "rounds": len(collector_runs),
+            "bare_rate": round(bare, 1),
+            "collector_rate": round(collector, 1),
+            "ratio": round(collector / bare, 3),
+            "collector_lost": sum(r.lost for r in collector_runs),
+            "collector_duplicates": sum(r.duplicates for r in collector_runs),
+        }
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=30_000, help="messages per live run")
@@ -352,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--assets", type=int, default=20)
     parser.add_argument("--scenarios", default="live,backlog")
     parser.add_argument("--no-write", action="store_true", help="print the table, don't write results/ingest.md")
+    parser.add_argument("--json-out", type=Path, help="also write the figures as JSON here")
     parser.add_argument("--role", default="bench", choices=["bench", "publisher"], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
@@ -390,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(text)
         print(f"wrote {RESULTS.relative_to(REPO_ROOT)}")
+    if args.json_out:
+        args.json_out.write_text(json.dumps({"benchmark": "ingest", "scenarios": summary(results)}, indent=1))
     return 0
 
 

@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -30,6 +31,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -296,6 +298,47 @@ async def run_benchmark(
     }
 
 
+RESULTS = Path(__file__).resolve().parent / "results" / "ws_fanout.md"
+
+
+def render(result: dict[str, Any], command: str) -> str:
+    """results/ws_fanout.md: the run's table, and what the figures mean."""
+    ws, base = result["ws_event_delay"], result["baseline_paho_delay"]
+    compression = "permessage-deflate as browsers negotiate it" if result["compression"] else "no compression"
+
+    def row(path: str, figures: dict[str, Any]) -> str:
+        if not figures["samples"]:
+            return f"| {path} | 0 | - | - | - | {figures['missing']:,} |"
+        return (
+            f"| {path} | {figures['samples']:,} | {figures['p50_ms']:.2f} | {figures['p95_ms']:.2f} "
+            f"| {figures['max_ms']:.1f} | {figures['missing']:,} |"
+        )
+
+    return "\n".join(
+        [
+            "# WebSocket fan-out",
+            "",
+            f"`{command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {result['cores']} cores, {result['broker']}: "
+            f"{result['clients']} clients on `/ws` (channels: {result['channels']}, {compression}), "
+            f"{result['messages']} robot telemetry messages published at {result['rate_per_s']:g}/s; a message's "
+            "delay is from just before its publish to a client's receipt of its `telemetry` event. Baseline in the "
+            "same run: a plain paho subscriber timestamping the same messages.",
+            "",
+            "| path | samples | p50 ms | p95 ms | max ms | missing |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+            row(f"MQTT -> API -> {result['clients']} WebSocket clients", ws),
+            row("MQTT -> paho subscriber (baseline)", base),
+            "",
+            f"Ratio to the baseline: p50 {result['ratio_p50']}x, p95 {result['ratio_p95']}x; "
+            f"{result['clients_failed']} clients failed. With every channel each message is also a `robot_update`",
+            "per client, so the server sends two frames per message and client; most of the delay is compressing",
+            "and writing those frames one client after another in one Python process (`--no-compression` shows",
+            "the share of compression).",
+            "",
+        ]
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=200)
@@ -304,6 +347,8 @@ def main() -> None:
     parser.add_argument("--channels", default="all", help="'all' or a comma-separated list, e.g. telemetry")
     parser.add_argument("--no-compression", action="store_true", help="clients decline permessage-deflate")
     parser.add_argument("--keep", action="store_true", help="keep the data dir (logs) afterwards")
+    parser.add_argument("--no-write", action="store_true", help="print only; don't write results/ws_fanout.md")
+    parser.add_argument("--json-out", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args()
 
     data = Path(tempfile.mkdtemp(prefix="ws-fanout-"))
@@ -324,6 +369,12 @@ def main() -> None:
             shutil.rmtree(data, ignore_errors=True)
         else:
             print(f"data and logs kept in {data}", file=sys.stderr)
+    if not args.no_write:
+        command = shlex.join([".venv/bin/python", "benchmarks/ws_fanout.py", *sys.argv[1:]])
+        RESULTS.write_text(render(result, command))
+        print(f"wrote {RESULTS}")
+    if args.json_out:
+        args.json_out.write_text(json.dumps({"benchmark": "ws_fanout", **result}, indent=1))
 
 
 if __name__ == "__main__":

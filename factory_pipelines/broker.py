@@ -5,6 +5,10 @@ otherwise the pure-Python amqtt broker runs in a subprocess (`python -m factory_
 amqtt 0.12 speaks only MQTT 3.1.1 and keeps sessions in memory: `mqtt.connect` downgrades our
 clients transparently, but v5-only features (shared subscriptions) need Mosquitto.
 Either broker runs as a child process, so `stop()` really ends it and frees the port.
+
+For tests of broker security, Mosquitto can also be started with a TLS listener (`BrokerTls`)
+and/or a password file (`users`); by default it is plain TCP and anonymous, as before. The
+fallback that `ensure_broker` starts is always the plain one: a TLS URL needs the real broker.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -30,7 +35,7 @@ from typing import Any, Literal
 
 from paho.mqtt.enums import MQTTProtocolVersion
 
-from factory_pipelines.mqtt import broker_reachable
+from factory_pipelines.mqtt import BrokerRefusedError, broker_protocol
 from factory_pipelines.settings import FactorySettings
 
 START_TIMEOUT_S = 20.0
@@ -40,6 +45,18 @@ LOG_TAIL_LINES = 30
 
 class BrokerStartError(RuntimeError):
     """The broker process did not come up; the message carries its log tail."""
+
+
+@dataclass(frozen=True)
+class BrokerTls:
+    """The server side of a TLS listener (PEM files).
+
+    With `client_ca_file`, clients must show a certificate signed by that CA (mutual TLS).
+    """
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
 
 
 @dataclass
@@ -97,13 +114,41 @@ def _port_in_use(host: str, port: int) -> bool:
         return False
 
 
-def _mosquitto_config(host: str, port: int, data_dir: Path) -> str:
+def _password_file(data_dir: Path, users: Mapping[str, str]) -> Path:
+    """A Mosquitto password file: written in plain text, then hashed in place (`mosquitto_passwd -U`),
+    so no password appears on a command line."""
+    mosquitto_passwd = shutil.which("mosquitto_passwd")
+    if mosquitto_passwd is None:
+        raise BrokerStartError("a broker with users needs mosquitto_passwd (package mosquitto) on PATH")
+    for name in users:
+        if not name or ":" in name:
+            raise BrokerStartError(f"invalid broker user name {name!r}")
+    path = data_dir / "passwords"
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text("".join(f"{name}:{password}\n" for name, password in users.items()))
+    done = subprocess.run([mosquitto_passwd, "-U", str(path)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise BrokerStartError(f"mosquitto_passwd -U {path} failed: {done.stderr.strip() or done.stdout.strip()}")
+    return path
+
+
+def _mosquitto_config(
+    host: str, port: int, data_dir: Path, tls: BrokerTls | None = None, password_file: Path | None = None
+) -> str:
     persistence_dir = data_dir / "persistence"
     persistence_dir.mkdir(parents=True, exist_ok=True)
+    security = [f"allow_anonymous {'false' if password_file else 'true'}"]
+    if password_file is not None:
+        security.append(f"password_file {password_file}")
+    if tls is not None:  # these options belong to the listener line above them
+        security += [f"certfile {tls.cert_file}", f"keyfile {tls.key_file}"]
+        if tls.client_ca_file is not None:
+            security += [f"cafile {tls.client_ca_file}", "require_certificate true"]
     return "\n".join(
         [
             f"listener {port} {host}",
-            "allow_anonymous true",
+            *security,
             # Started as root, Mosquitto drops to the `mosquitto` user and then cannot write its
             # persistence file under our data dir: stay the user who started it.
             f"user {getpass.getuser()}",
@@ -126,10 +171,13 @@ def _mosquitto_config(host: str, port: int, data_dir: Path) -> str:
     )
 
 
-def _broker_command(kind: str, host: str, port: int, data_dir: Path) -> list[str]:
+def _broker_command(
+    kind: str, host: str, port: int, data_dir: Path, tls: BrokerTls | None, users: Mapping[str, str] | None
+) -> list[str]:
     if kind == "mosquitto":
+        password_file = _password_file(data_dir, users) if users else None
         config_path = data_dir / "mosquitto.conf"
-        config_path.write_text(_mosquitto_config(host, port, data_dir))
+        config_path.write_text(_mosquitto_config(host, port, data_dir, tls, password_file))
         mosquitto = shutil.which("mosquitto")
         assert mosquitto is not None
         return [mosquitto, "-c", str(config_path)]
@@ -142,11 +190,20 @@ def start_local_broker(
     *,
     prefer: Literal["auto", "mosquitto", "embedded"] = "auto",
     host: str = "127.0.0.1",
+    tls: BrokerTls | None = None,
+    users: Mapping[str, str] | None = None,
 ) -> RunningBroker:
-    """Start a broker on host:port (Mosquitto if installed, else amqtt) and wait until it answers."""
+    """Start a broker on host:port (Mosquitto if installed, else amqtt) and wait until it answers.
+
+    `tls` makes it a TLS listener (the URL becomes mqtts://); `users` (name -> password) closes it to
+    anonymous clients. Both need Mosquitto.
+    """
     mosquitto_installed = shutil.which("mosquitto") is not None
-    if prefer == "mosquitto" and not mosquitto_installed:
-        raise BrokerStartError("prefer='mosquitto' but no mosquitto executable is on PATH")
+    secured = tls is not None or bool(users)
+    if (prefer == "mosquitto" or secured) and not mosquitto_installed:
+        raise BrokerStartError("prefer='mosquitto', TLS or users need a mosquitto executable on PATH")
+    if secured and prefer == "embedded":
+        raise BrokerStartError("the embedded broker has no TLS or users; use prefer='mosquitto'")
     kind = "mosquitto" if prefer != "embedded" and mosquitto_installed else "amqtt"
     if _port_in_use(host, port):
         raise BrokerStartError(f"cannot start a broker on {host}:{port}: something already listens there")
@@ -154,16 +211,17 @@ def start_local_broker(
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / f"{kind}.log"
-    command = _broker_command(kind, host, port, data_dir)
+    command = _broker_command(kind, host, port, data_dir, tls, users)
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     url_host = f"[{host}]" if ":" in host else host
-    broker = RunningBroker(url=f"mqtt://{url_host}:{port}", kind=kind, process=process, log_path=log_path)
+    scheme = "mqtts" if tls is not None else "mqtt"
+    broker = RunningBroker(url=f"{scheme}://{url_host}:{port}", kind=kind, process=process, log_path=log_path)
     atexit.register(broker.stop)
 
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
-        if broker_reachable(broker.url, timeout=0.5) and process.poll() is None:
+        if _answers(broker.url) and process.poll() is None:
             return broker
         # Waiting on the process doubles as the poll interval and notices an early exit at once.
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -178,6 +236,14 @@ def start_local_broker(
     )
 
 
+def _answers(url: str) -> bool:
+    """A broker answers at `url`, even if it refuses us (this probe has no credentials or CA): it is up."""
+    try:
+        return broker_protocol(url, timeout=0.5) is not None
+    except BrokerRefusedError:
+        return True
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -188,14 +254,24 @@ def _is_loopback(host: str) -> bool:
 
 
 def ensure_broker(settings: FactorySettings) -> RunningBroker | None:
-    """None when a broker answers at settings.mqtt_url; else start one there (loopback only)."""
-    if broker_reachable(settings.mqtt_url):
+    """None when a broker lets us in at settings.mqtt_url; else start one there (plain TCP, loopback only).
+
+    A broker that answers but refuses us (credentials, TLS) raises BrokerRefusedError naming the cause:
+    starting another one on its port could not help.
+    """
+    connection = settings.mqtt_connection
+    if broker_protocol(connection) is not None:
         return None
     host = settings.mqtt_host
     if not _is_loopback(host):
         raise BrokerStartError(
             f"no MQTT broker answers at {settings.mqtt_url}, and a local one can only be started on a loopback "
             "address; start the broker on that host or point FACTORY_MQTT_URL at a running one"
+        )
+    if connection.tls:
+        raise BrokerStartError(
+            f"no MQTT broker answers at {settings.mqtt_url}; the broker started for you speaks plain TCP only, "
+            "so start your TLS broker there, or use an mqtt:// URL for a local one"
         )
     return start_local_broker(settings.mqtt_port, settings.data_path / "broker", host=host)
 

@@ -11,15 +11,28 @@ paho client to 3.1.1 in place (paho does the same itself when it falls back from
 unchanged. Code that needs v5-only features (shared subscriptions `$share/...`, subscribe
 options, publish properties) checks `client.protocol == MQTTv5` after `connect`, or requires a
 v5 broker such as Mosquitto (`supports_mqtt_v5`).
+
+Security. `BrokerConnection` is the one description of how to reach the broker: the URL
+(`mqtt://` plain TCP, `mqtts://` TLS), a username and password, the CA bundle that verifies the
+broker and an optional client certificate. Every function here takes either that object or a
+plain URL string (an anonymous connection; with `mqtts://`, verified against the system CAs).
+`connect` applies the credentials and TLS to the paho client, and the raw probe does the same
+(TLS socket, username and password in its CONNECT), so a protected broker never looks absent.
+A broker that answers but will not let us in (bad credentials, an untrusted certificate, TLS on
+one side only) raises `BrokerRefusedError` naming the cause, never "unreachable", and never
+showing the password.
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,6 +40,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 # Longest a persistent session survives on the broker while its client is away (1 week).
 PERSISTENT_SESSION_EXPIRY_S = 7 * 24 * 3600
@@ -34,19 +48,118 @@ PERSISTENT_SESSION_EXPIRY_S = 7 * 24 * 3600
 MQTTv5 = MQTTProtocolVersion.MQTTv5
 MQTTv311 = MQTTProtocolVersion.MQTTv311
 
+# URL scheme -> (TLS?, default port).
+BROKER_SCHEMES: dict[str, tuple[bool, int]] = {"mqtt": (False, 1883), "tcp": (False, 1883), "mqtts": (True, 8883)}
+
 # CONNACK return codes meaning "I don't speak that protocol version" (3.1.1 code 0x01, v5 reason 0x84).
 _UNSUPPORTED_PROTOCOL_CODES = frozenset({0x01, 0x84})
+# CONNACK reasons meaning "not with those credentials" (v5 0x86/0x87; paho maps 3.1.1's 4 and 5 onto them).
+_NOT_AUTHORISED_CODES = frozenset({0x86, 0x87})
+# First byte of a TLS record (handshake, alert): what a TLS listener answers to a plain CONNECT.
+_TLS_RECORD_TYPES = frozenset({0x15, 0x16})
 
 
-def broker_address(url: str) -> tuple[str, int]:
+class BrokerRefusedError(ConnectionError):
+    """The broker (or whatever listens there) answered but will not let us in; retrying as-is will not help.
+
+    The message names the cause: not authorised, an untrusted certificate, TLS expected or not spoken.
+    """
+
+
+def parse_broker_url(url: str) -> tuple[bool, str, int]:
+    """(tls, host, port) of a broker URL; ValueError for a URL no client can use.
+
+    Credentials in the URL are refused: a URL ends up in logs and /health, a password must not.
+    """
     parts = urlsplit(url)
-    return parts.hostname or "127.0.0.1", parts.port or 1883
+    if "@" in parts.netloc:
+        raise ValueError(
+            "FACTORY_MQTT_URL must not contain credentials (user:password@host); "
+            "set FACTORY_MQTT_USERNAME and FACTORY_MQTT_PASSWORD instead"
+        )
+    if parts.scheme not in BROKER_SCHEMES or not parts.hostname:
+        raise ValueError(f"FACTORY_MQTT_URL must look like mqtt://host:1883 or mqtts://host:8883, got {url!r}")
+    tls, default_port = BROKER_SCHEMES[parts.scheme]
+    return tls, parts.hostname, parts.port or default_port
+
+
+@dataclass(frozen=True)
+class BrokerConnection:
+    """How to reach the broker: URL, credentials, TLS files. Built from settings (`settings.mqtt_connection`).
+
+    Validated when built, so a missing file or a certificate without its key stops start-up with
+    the setting named. `str()` is the URL alone and the password is left out of `repr()`, so the
+    object may be logged.
+    """
+
+    url: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_file: Path | None = None
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        tls, _host, _port = parse_broker_url(self.url)
+        if self.password is not None and self.username is None:
+            raise ValueError("FACTORY_MQTT_PASSWORD is set without FACTORY_MQTT_USERNAME")
+        if (self.client_cert_file is None) != (self.client_key_file is None):
+            raise ValueError(
+                "mutual TLS needs both FACTORY_MQTT_CLIENT_CERT_FILE and FACTORY_MQTT_CLIENT_KEY_FILE, only one is set"
+            )
+        tls_files = {
+            "FACTORY_MQTT_CA_FILE": self.ca_file,
+            "FACTORY_MQTT_CLIENT_CERT_FILE": self.client_cert_file,
+            "FACTORY_MQTT_CLIENT_KEY_FILE": self.client_key_file,
+        }
+        for setting, path in tls_files.items():
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{setting}={path}: no such file")
+        named = [setting for setting, path in tls_files.items() if path is not None]
+        if named and not tls:
+            raise ValueError(f"{', '.join(named)} only apply to TLS: use an mqtts:// FACTORY_MQTT_URL")
+
+    def __str__(self) -> str:
+        return self.url
+
+    @property
+    def tls(self) -> bool:
+        return parse_broker_url(self.url)[0]
+
+    @property
+    def host(self) -> str:
+        return parse_broker_url(self.url)[1]
+
+    @property
+    def port(self) -> int:
+        return parse_broker_url(self.url)[2]
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Verifies the broker's certificate and host name (the CA file, else the system CAs); offers ours if set."""
+        context = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
+        if self.client_cert_file is not None and self.client_key_file is not None:
+            context.load_cert_chain(certfile=str(self.client_cert_file), keyfile=str(self.client_key_file))
+        return context
+
+
+BrokerTarget = str | BrokerConnection
+
+
+def as_connection(target: BrokerTarget) -> BrokerConnection:
+    """A plain URL string means an anonymous connection (TLS with the system CAs for mqtts://)."""
+    return target if isinstance(target, BrokerConnection) else BrokerConnection(target)
+
+
+def broker_address(target: BrokerTarget) -> tuple[str, int]:
+    connection = as_connection(target)
+    return connection.host, connection.port
 
 
 def make_client(client_id: str, *, manual_ack: bool = False) -> mqtt.Client:
     """An MQTT v5 client with paho's 2.x callback API; reconnects with backoff by itself.
 
-    `connect` downgrades it to 3.1.1 when the broker does not speak v5 (see the module docstring).
+    `connect` downgrades it to 3.1.1 when the broker does not speak v5 (see the module docstring),
+    and applies the connection's credentials and TLS.
     """
     client = mqtt.Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
@@ -76,10 +189,22 @@ def _encode_varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _v5_connect_packet(client_id: str, keepalive: int = 10) -> bytes:
-    client_id_bytes = client_id.encode()
-    variable_header = b"\x00\x04MQTT" + bytes([5, 0x02]) + keepalive.to_bytes(2, "big") + b"\x00"
-    payload = len(client_id_bytes).to_bytes(2, "big") + client_id_bytes
+def _length_prefixed(data: bytes) -> bytes:
+    return len(data).to_bytes(2, "big") + data
+
+
+def _v5_connect_packet(
+    client_id: str, keepalive: int = 10, *, username: str | None = None, password: str | None = None
+) -> bytes:
+    flags = 0x02  # clean start
+    payload = _length_prefixed(client_id.encode())
+    if username is not None:
+        flags |= 0x80
+        payload += _length_prefixed(username.encode())
+    if password is not None:
+        flags |= 0x40
+        payload += _length_prefixed(password.encode())
+    variable_header = b"\x00\x04MQTT" + bytes([5, flags]) + keepalive.to_bytes(2, "big") + b"\x00"
     body = variable_header + payload
     return b"\x10" + _encode_varint(len(body)) + body
 
@@ -94,47 +219,146 @@ def _recv_exactly(sock: socket.socket, count: int) -> bytes:
     return data
 
 
-def broker_protocol(url: str, timeout: float = 2.0) -> MQTTProtocolVersion | None:
-    """Which protocol the broker at `url` accepts from us: MQTTv5, MQTTv311, or None if none answers.
+def refusal_message(url: str, reason: ReasonCode | int) -> str:
+    """Why the broker at `url` refused a CONNECT, in words an operator can act on."""
+    code = reason if isinstance(reason, ReasonCode) else None
+    if code is None:
+        try:
+            code = ReasonCode(PacketTypes.CONNACK, identifier=int(reason))
+        except (KeyError, ValueError):
+            return f"the MQTT broker at {url} refused the connection (reason code {int(reason):#04x})"
+    if code.value in _NOT_AUTHORISED_CODES:
+        return (
+            f"the MQTT broker at {url} refused the connection: not authorised ({code}); "
+            "check FACTORY_MQTT_USERNAME and FACTORY_MQTT_PASSWORD"
+        )
+    return f"the MQTT broker at {url} refused the connection: {code}"
 
-    Sends a raw v5 CONNECT and reads the CONNACK, so it works whatever the broker speaks.
-    """
-    host, port = broker_address(url)
+
+def _tls_failure(connection: BrokerConnection, exc: ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            f"TLS: the certificate of the MQTT broker at {connection.url} was not accepted ({exc.verify_message}); "
+            "FACTORY_MQTT_CA_FILE must name the CA that signed it, and the certificate must be issued for that host"
+        )
+    detail = exc.reason or exc.strerror or str(exc)
+    if "CERTIFICATE_REQUIRED" in str(detail).upper():
+        return (
+            f"TLS: the MQTT broker at {connection.url} requires a client certificate "
+            "(set FACTORY_MQTT_CLIENT_CERT_FILE and FACTORY_MQTT_CLIENT_KEY_FILE)"
+        )
+    return f"TLS handshake with the MQTT broker at {connection.url} failed ({detail}); {_tls_hints(connection)}"
+
+
+def _tls_hints(connection: BrokerConnection) -> str:
+    certificate = (
+        "does the broker trust FACTORY_MQTT_CLIENT_CERT_FILE"
+        if connection.client_cert_file
+        else "does it require a client certificate (FACTORY_MQTT_CLIENT_CERT_FILE and FACTORY_MQTT_CLIENT_KEY_FILE)"
+    )
+    return f"is that port plain MQTT (then use mqtt://), or {certificate}?"
+
+
+def _probe_connack(sock: socket.socket, connection: BrokerConnection) -> MQTTProtocolVersion | None:
+    """Send our v5 CONNECT over an open stream and read the broker's CONNACK."""
+    packet = _v5_connect_packet(
+        f"factory-probe-{uuid.uuid4().hex[:12]}", username=connection.username, password=connection.password
+    )
+    sock.sendall(packet)
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            sock.sendall(_v5_connect_packet(f"factory-probe-{uuid.uuid4().hex[:12]}"))
-            header = _recv_exactly(sock, 2)
-            if header[0] != 0x20:
-                return None
-            length, shift, last = header[1] & 0x7F, 7, header[1]
-            while last & 0x80:
-                last = _recv_exactly(sock, 1)[0]
-                length += (last & 0x7F) << shift
-                shift += 7
-            body = _recv_exactly(sock, length)
-            if len(body) < 2:
-                return None
-            code = body[1]
-            if code == 0x00:
-                with contextlib.suppress(OSError):
-                    sock.sendall(b"\xe0\x00")  # DISCONNECT, normal
-                return MQTTv5
-            if code in _UNSUPPORTED_PROTOCOL_CODES:
-                return MQTTv311
-            return None  # refused for another reason (e.g. not authorised)
-    except (OSError, ConnectionError):
+        header = _recv_exactly(sock, 2)
+    except ConnectionError as exc:
+        hint = "" if connection.tls else "; if that port expects TLS, use an mqtts:// URL"
+        raise BrokerRefusedError(
+            f"the MQTT broker at {connection.url} closed the connection without answering CONNECT{hint}"
+        ) from exc
+    if header[0] != 0x20:
+        if not connection.tls and header[0] in _TLS_RECORD_TYPES:
+            raise BrokerRefusedError(f"the port of {connection.url} speaks TLS: use an mqtts:// URL")
+        return None  # something that is not an MQTT broker
+    length, shift, last = header[1] & 0x7F, 7, header[1]
+    while last & 0x80:
+        last = _recv_exactly(sock, 1)[0]
+        length += (last & 0x7F) << shift
+        shift += 7
+    body = _recv_exactly(sock, length)
+    if len(body) < 2:
         return None
+    code = body[1]
+    if code == 0x00:
+        with contextlib.suppress(OSError):
+            sock.sendall(b"\xe0\x00")  # DISCONNECT, normal
+        return MQTTv5
+    if code in _UNSUPPORTED_PROTOCOL_CODES:
+        return MQTTv311
+    raise BrokerRefusedError(refusal_message(connection.url, code))
 
 
-def supports_mqtt_v5(url: str, timeout: float = 2.0) -> bool:
-    """True when the broker at `url` accepts MQTT v5 (needed for shared subscriptions)."""
-    return broker_protocol(url, timeout) == MQTTv5
+def broker_protocol(target: BrokerTarget, timeout: float = 2.0) -> MQTTProtocolVersion | None:
+    """Which protocol the broker accepts from us: MQTTv5, MQTTv311, or None if nothing answers.
+
+    Sends a raw v5 CONNECT (over TLS, with the credentials, as the connection says) and reads the
+    CONNACK, so it works whatever the broker speaks. Raises BrokerRefusedError when a broker
+    answers but will not let us in.
+    """
+    connection = as_connection(target)
+    try:
+        raw = socket.create_connection((connection.host, connection.port), timeout=timeout)
+    except OSError:
+        return None
+    stream: socket.socket = raw
+    try:
+        raw.settimeout(timeout)
+        if connection.tls:
+            stream = connection.ssl_context().wrap_socket(raw, server_hostname=connection.host)
+        return _probe_connack(stream, connection)
+    except ssl.SSLError as exc:
+        raise BrokerRefusedError(_tls_failure(connection, exc)) from exc
+    except BrokerRefusedError:
+        raise
+    except TimeoutError:
+        return None  # it accepted TCP but says nothing: not (yet) a broker we can use
+    except OSError as exc:
+        if connection.tls:  # reset during the TLS handshake: a plain listener hanging up on our ClientHello
+            raise BrokerRefusedError(
+                f"TLS handshake with the MQTT broker at {connection.url} failed ({exc}); {_tls_hints(connection)}"
+            ) from exc
+        return None
+    finally:
+        stream.close()
+        raw.close()
+
+
+def supports_mqtt_v5(target: BrokerTarget, timeout: float = 2.0) -> bool:
+    """True when the broker accepts MQTT v5 (needed for shared subscriptions); False also when it refuses us."""
+    try:
+        return broker_protocol(target, timeout) == MQTTv5
+    except BrokerRefusedError:
+        return False
+
+
+def broker_reachable(target: BrokerTarget, timeout: float = 2.0) -> bool:
+    """True when an MQTT broker completes a CONNECT handshake with us within `timeout`.
+
+    False also when a broker answers but refuses us; `broker_protocol` says why.
+    """
+    try:
+        return broker_protocol(target, timeout) is not None
+    except BrokerRefusedError:
+        return False
+
+
+def _apply_security(client: mqtt.Client, connection: BrokerConnection) -> None:
+    """Credentials and TLS on the paho client, before it connects (TLS once per client: paho refuses twice)."""
+    if connection.username is not None:
+        client.username_pw_set(connection.username, connection.password)
+    if connection.tls and client._ssl_context is None:
+        client.tls_set_context(connection.ssl_context())
 
 
 def connect(
     client: mqtt.Client,
-    url: str,
+    target: BrokerTarget,
     *,
     clean_start: bool = True,
     session_expiry_s: int | None = None,
@@ -144,33 +368,30 @@ def connect(
     """Start connecting; a persistent session needs clean_start=False and a session expiry.
 
     On a 3.1.1-only broker the client is downgraded first; clean_start=False then means
-    clean_session=False, and the v5 properties are dropped.
+    clean_session=False, and the v5 properties are dropped. BrokerRefusedError when the broker
+    answers the probe but refuses us (credentials, TLS); OSError when it cannot be reached.
     """
-    host, port = broker_address(url)
-    if client.protocol == MQTTv5 and broker_protocol(url) == MQTTv311:
+    connection = as_connection(target)
+    _apply_security(client, connection)
+    if client.protocol == MQTTv5 and broker_protocol(connection) == MQTTv311:
         # paho reads _protocol when it builds CONNECT, and changes it itself when it falls back to 3.1.
         client._protocol = MQTTv311
     if client.protocol != MQTTv5:
         client._clean_session = bool(clean_start)  # 3.1.1: the session flag lives on the client
-        client.connect(host, port, keepalive=keepalive)
+        client.connect(connection.host, connection.port, keepalive=keepalive)
         return
     client.connect(
-        host,
-        port,
+        connection.host,
+        connection.port,
         keepalive=keepalive,
         clean_start=clean_start,
         properties=connect_properties(session_expiry_s=session_expiry_s, receive_maximum=receive_maximum),
     )
 
 
-def broker_reachable(url: str, timeout: float = 2.0) -> bool:
-    """True when an MQTT broker completes a CONNECT handshake at `url` within `timeout`."""
-    return broker_protocol(url, timeout) is not None
-
-
 def connect_and_wait(
     client: mqtt.Client,
-    url: str,
+    target: BrokerTarget,
     *,
     timeout: float = 10.0,
     clean_start: bool = True,
@@ -180,9 +401,12 @@ def connect_and_wait(
 ) -> None:
     """`connect`, start the network loop, and return once the broker accepted us.
 
-    Raises ConnectionError (with the broker's reason) when it refuses or does not answer in time.
+    Raises ConnectionError (with the broker's reason) when it refuses or does not answer in time;
+    BrokerRefusedError, a ConnectionError, when retrying as-is cannot help (credentials, TLS).
     Any `on_connect` already set on the client still runs, first on this connection and on every reconnect.
     """
+    connection = as_connection(target)
+    url = connection.url
     answered = threading.Event()
     outcome: list[object] = []
     user_on_connect = client.on_connect
@@ -198,12 +422,16 @@ def connect_and_wait(
     try:
         connect(
             client,
-            url,
+            connection,
             clean_start=clean_start,
             session_expiry_s=session_expiry_s,
             receive_maximum=receive_maximum,
             keepalive=keepalive,
         )
+    except BrokerRefusedError:
+        raise
+    except ssl.SSLError as exc:
+        raise BrokerRefusedError(_tls_failure(connection, exc)) from exc
     except OSError as exc:
         raise ConnectionError(f"cannot reach the MQTT broker at {url}: {exc}") from exc
     client.loop_start()
@@ -213,7 +441,9 @@ def connect_and_wait(
     reason = outcome[0]
     if getattr(reason, "is_failure", False):
         client.loop_stop()
-        raise ConnectionError(f"the MQTT broker at {url} refused the connection: {reason}")
+        if isinstance(reason, ReasonCode) and reason.value in _NOT_AUTHORISED_CODES:
+            raise BrokerRefusedError(refusal_message(url, reason))
+        raise ConnectionError(refusal_message(url, reason) if isinstance(reason, ReasonCode) else str(reason))
 
 
 class BoundedPublisher:
@@ -300,7 +530,12 @@ class BoundedPublisher:
 
 
 __all__ = [
+    "BROKER_SCHEMES",
     "BoundedPublisher",
+    "BrokerConnection",
+    "BrokerRefusedError",
+    "BrokerTarget",
+    "as_connection",
     "connect_and_wait",
     "MQTTv5",
     "MQTTv311",
@@ -311,6 +546,9 @@ __all__ = [
     "connect",
     "connect_properties",
     "make_client",
+    "parse_broker_url",
+    "publish_confirmed",
+    "refusal_message",
     "supports_mqtt_v5",
 ]
 

@@ -14,15 +14,10 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from factory_pipelines.model_registry import (
-    CHALLENGER_ALIAS,
-    CHAMPION_ALIAS,
-    ModelVersionInfo,
-    champion_info,
-    set_alias,
-)
+if TYPE_CHECKING:
+    from factory_pipelines.model_registry import ModelVersionInfo
 
 Scorer = Callable[[str], Mapping[str, float]]
 """Scores the model at a `models:/...` URI on the validation data; its metrics by name."""
@@ -123,6 +118,10 @@ def gate_candidate(
     dagster_run_id: str | None = None,
 ) -> PromotionRecord:
     """Score candidate and champion with `score`, move the alias, and return the record of it."""
+    # Imported here, not at the top: the serving store imports this module for PromotionRecord, and
+    # the collector reaches the store through its settings; it must not pay MLflow's import on every start.
+    from factory_pipelines.model_registry import CHALLENGER_ALIAS, CHAMPION_ALIAS, champion_info, set_alias
+
     champion: ModelVersionInfo | None = champion_info(tracking_uri, name)
     if champion is not None and champion.version == str(candidate_version):
         champion = None  # re-gating the champion itself: nothing to compare against

@@ -183,7 +183,7 @@ def replay_csv(
 
     client = make_client(f"factory-replay-{uuid.uuid4().hex[:8]}")
     publisher = BoundedPublisher(client, max_pending=MAX_PENDING_PUBLISHES)
-    connect_and_wait(client, settings.mqtt_url)
+    connect_and_wait(client, settings.mqtt_connection)
 
     started = time.monotonic()
     first_ts: datetime | None = None  # Timestamp that maps to `started`

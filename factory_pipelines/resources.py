@@ -23,7 +23,7 @@ from factory_pipelines.alert_rules import RuleBook, TelemetryCarry, load_rules
 from factory_pipelines.backlog_gemini import GeminiBacklogWriter
 from factory_pipelines.durable_files import write_bytes_atomic, write_parquet_atomic
 from factory_pipelines.model_registry import LoadedChampion, ensure_experiment, load_champion
-from factory_pipelines.mqtt import BoundedPublisher, connect_and_wait, make_client
+from factory_pipelines.mqtt import BoundedPublisher, BrokerConnection, connect_and_wait, make_client
 from factory_pipelines.orchestrator import AlertDesk, build_alert_desk
 from factory_pipelines.settings import FactorySettings
 from factory_pipelines.store import ServingStore
@@ -155,10 +155,16 @@ class MqttPublisherResource(dg.ConfigurableResource):
     """Publishes predictions to `predictions/{model}/{asset_id}`, best-effort.
 
     The serving store and the Parquet files are the record; MQTT is the live feed. So a broker
-    that is down or slow costs a warning and a count, never the run.
+    that is down or slow costs a warning and a count, never the run. Credentials and TLS files
+    come from the settings (`build_resources`); the password by name (`EnvVar`), like every secret.
     """
 
     mqtt_url: str
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    mqtt_ca_file: str | None = None
+    mqtt_client_cert_file: str | None = None
+    mqtt_client_key_file: str | None = None
     client_id_prefix: str = "factory-predictions"
     connect_timeout_s: float = 3.0
     publish_timeout_s: float = 10.0
@@ -171,10 +177,24 @@ class MqttPublisherResource(dg.ConfigurableResource):
         messages = [(prediction_topic(p.model_name, p.asset_id), dump_payload(p)) for p in predictions]
         return self.publish(messages, log)
 
+    @property
+    def connection(self) -> BrokerConnection:
+        def _path(value: str | None) -> Path | None:
+            return Path(value) if value else None
+
+        return BrokerConnection(
+            self.mqtt_url,
+            username=self.mqtt_username,
+            password=self.mqtt_password,
+            ca_file=_path(self.mqtt_ca_file),
+            client_cert_file=_path(self.mqtt_client_cert_file),
+            client_key_file=_path(self.mqtt_client_key_file),
+        )
+
     def publish(self, messages: Sequence[tuple[str, bytes]], log: Any, *, retain: bool = False) -> int:
         client = make_client(f"{self.client_id_prefix}-{uuid.uuid4().hex[:12]}")
         try:
-            connect_and_wait(client, self.mqtt_url, timeout=self.connect_timeout_s)
+            connect_and_wait(client, self.connection, timeout=self.connect_timeout_s)
         except ConnectionError as exc:
             log.warning(f"{exc}; {len(messages)} messages not published")
             return 0
@@ -313,7 +333,14 @@ def build_resources(settings: FactorySettings) -> dict[str, dg.ConfigurableResou
             tracking_uri=settings.resolved_mlflow_uri, artifacts_dir=str(settings.mlflow_artifacts_dir)
         ),
         "serving_store": ServingStoreResource(db_url=settings.resolved_db_url),
-        "mqtt": MqttPublisherResource(mqtt_url=settings.mqtt_url),
+        "mqtt": MqttPublisherResource(
+            mqtt_url=settings.mqtt_url,
+            mqtt_username=settings.mqtt_username,
+            mqtt_password=_secret("FACTORY_MQTT_PASSWORD", settings.mqtt_password),
+            mqtt_ca_file=str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None,
+            mqtt_client_cert_file=str(settings.mqtt_client_cert_file) if settings.mqtt_client_cert_file else None,
+            mqtt_client_key_file=str(settings.mqtt_client_key_file) if settings.mqtt_client_key_file else None,
+        ),
         "alert_desk": AlertDeskResource(
             db_url=settings.resolved_db_url,
             data_dir=str(settings.data_path),

@@ -2,43 +2,99 @@
 
 Values come, highest priority first, from: keyword arguments, `FACTORY_*` environment
 variables, a `.env` file, the YAML file named by `FACTORY_CONFIG` (default `factory.yaml` in
-the working directory, if present), then the defaults below. Secrets (Twilio, Gemini) are read
-only from the environment or `.env`, never from YAML.
+the working directory, if present), then the defaults below. Secrets (Twilio, Gemini, the MQTT
+password, API keys, OPC UA users) are read only from the environment or `.env`, never from YAML.
 """
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
+import json
 import os
+from collections.abc import Iterable
 from datetime import date
 from functools import cached_property
+from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import urlsplit
+from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
 
 from factory_pipelines.api_keys import Role, parse_api_keys
+from factory_pipelines.mqtt import BrokerConnection, parse_broker_url
 from factory_pipelines.shifts import DEFAULT_SHIFTS, ShiftCalendar, ShiftSpec
 
 CONFIG_ENV_VAR = "FACTORY_CONFIG"
 DEFAULT_CONFIG_FILE = "factory.yaml"
 SECRET_FIELDS = frozenset(
-    {"twilio_account_sid", "twilio_auth_token", "twilio_from_number", "gemini_api_key", "api_keys", "opcua_users"}
+    {
+        "twilio_account_sid",
+        "twilio_auth_token",
+        "twilio_from_number",
+        "gemini_api_key",
+        "api_keys",
+        "opcua_users",
+        "mqtt_password",
+    }
 )
 
 
+def _alias_choices(alias: object) -> list[str]:
+    if isinstance(alias, str):
+        return [alias]
+    if isinstance(alias, AliasChoices):
+        return [choice for choice in alias.choices if isinstance(choice, str)]
+    return []
+
+
 class _YamlWithoutSecrets(YamlConfigSettingsSource):
-    """YAML source that refuses secrets, so they never end up in a committed file."""
+    """The YAML settings file, checked: a mapping of known setting names, and no secrets in it.
+
+    The environment may hold anything (other programs' variables), but every key in our own file is
+    meant for us: a misspelt one would be silently ignored, so it is refused with a suggestion.
+    """
+
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
+        try:
+            data = super()._read_file(file_path)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{file_path} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"{file_path}: the settings file must be a mapping of setting names to values, "
+                f"not a {type(data).__name__}"
+            )
+        return data
+
+    def _names(self, fields: Iterable[str] | None = None) -> dict[str, str]:
+        """Lower-cased names the file may use (field names and aliases), each with its field."""
+        model_fields = self.settings_cls.model_fields
+        return {
+            name.lower(): field
+            for field in (model_fields if fields is None else fields)
+            for name in (field, *_alias_choices(model_fields[field].validation_alias))
+        }
 
     def __call__(self) -> dict[str, Any]:
+        known = self._names()
+        for key in self.yaml_data:
+            if str(key).lower() not in known:
+                close = difflib.get_close_matches(str(key).lower(), sorted(known), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"{self.yaml_file_path}: unknown setting {key!r}{hint}")
         data = super().__call__()
-        leaked = sorted(SECRET_FIELDS & {key.lower() for key in data})
+        # The source reports a field that has a validation alias under the alias: refuse either spelling.
+        secret_names = self._names(SECRET_FIELDS)
+        leaked = sorted({secret_names[key.lower()] for key in data if key.lower() in secret_names})
         if leaked:
             raise ValueError(
                 f"{self.yaml_file_path}: secrets {leaked} must come from the environment or .env, "
@@ -61,7 +117,18 @@ class FactorySettings(BaseSettings):
 
     data_dir: Path = Field(Path(".factory"), description="All state: windows, predictions, DAGSTER_HOME, MLflow store.")
     site: str = Field("main", description="Site name used in MQTT topics factory/{site}/...")
-    mqtt_url: str = Field("mqtt://127.0.0.1:1883", description="MQTT broker every process talks to.")
+    mqtt_url: str = Field(
+        "mqtt://127.0.0.1:1883",
+        description="MQTT broker every process talks to: mqtt://host:1883 (plain TCP) or mqtts://host:8883 (TLS).",
+    )
+    mqtt_username: str | None = Field(None, description="User name presented to the broker; unset: anonymous.")
+    mqtt_ca_file: Path | None = Field(
+        None, description="CA bundle (PEM) that verifies the broker's TLS certificate; default: the system CAs."
+    )
+    mqtt_client_cert_file: Path | None = Field(
+        None, description="Client certificate (PEM) for brokers that require mutual TLS; needs the key file too."
+    )
+    mqtt_client_key_file: Path | None = Field(None, description="Private key (PEM) of the client certificate.")
     api_host: str = Field("127.0.0.1", description="Interface the REST API binds to.")
     api_port: int = Field(8000, description="Port of the REST API.")
     dagster_port: int = Field(3000, description="Port of the Dagster UI started by `factory up`.")
@@ -82,6 +149,22 @@ class FactorySettings(BaseSettings):
         50, gt=0, description="Longest time a received message waits before it is made durable and acknowledged."
     )
     max_payload_bytes: int = Field(262_144, gt=0, description="Payloads larger than this go to the dead-letter file.")
+    dead_letter_lines_per_topic_minute: int = Field(
+        60, gt=0, description="Dead-letter lines one topic may write per minute; the rest are counted in one line."
+    )
+    dead_letter_lines_per_minute: int = Field(
+        1000, gt=0, description="Dead-letter lines all topics together may write per minute; the rest are counted."
+    )
+    dead_letter_payload_bytes_per_topic_hour: int = Field(
+        4 * 1024 * 1024,
+        ge=0,
+        description="Bytes of rejected payloads one topic may store per hour; beyond, lines keep size and sha256 only.",
+    )
+    dead_letter_payload_bytes_per_hour: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="Bytes of rejected payloads all topics together may store per hour (inline and blob files).",
+    )
     retention_days: float = Field(
         30.0, gt=0, description="Window partitions older than this are removed from Dagster (files stay)."
     )
@@ -110,6 +193,39 @@ class FactorySettings(BaseSettings):
     modbus_writes_enabled: bool = Field(
         False, description="Let Modbus clients write command registers (each write becomes an MQTT command)."
     )
+    modbus_writers: Annotated[list[ipaddress.IPv4Network | ipaddress.IPv6Network], NoDecode] = Field(
+        default_factory=list,
+        description='Client addresses or networks whose Modbus writes are accepted, e.g. ["10.0.5.20", "10.0.6.0/24"] '
+        "or 10.0.5.20,10.0.6.0/24; empty: loopback only (127.0.0.0/8, ::1). Reads stay open to every client.",
+    )
+
+    @field_validator("modbus_writers", mode="before")
+    @classmethod
+    def _parse_modbus_writers(cls, value: object) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        """A JSON or YAML list, or comma-separated; a bad entry stops start-up with the setting and entry named."""
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                value = json.loads(text) if text.startswith("[") else text.split(",")
+            except ValueError as exc:
+                raise ValueError(f"modbus_writers: {text!r} is not a JSON list ({exc})") from exc
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"modbus_writers: expected a list of IP addresses or networks, got {value!r}")
+        networks = []
+        for entry in value:
+            written = str(entry).strip()
+            if not written:
+                continue
+            try:
+                networks.append(ipaddress.ip_network(written))
+            except ValueError as exc:
+                try:  # strict: "10.0.6.5/24" is refused as ambiguous, with the network it may have meant
+                    meant = f": host bits set, write {ipaddress.ip_network(written, strict=False)}"
+                except ValueError:
+                    meant = " is not an IP address or CIDR network"
+                raise ValueError(f"modbus_writers entry {written!r}{meant}") from exc
+        return networks
+
     opcua_host: str = Field("127.0.0.1", description="Interface the bridge's OPC UA server binds to (0.0.0.0: all).")
     opcua_port: int = Field(4840, ge=1, le=65535, description="Port of the bridge's OPC UA server.")
     opcua_security: Literal["secure", "none"] = Field(
@@ -149,6 +265,8 @@ class FactorySettings(BaseSettings):
         description="A Twilio-compatible endpoint; default: Twilio's own API.",
     )
     gemini_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("GEMINI_API_KEY"))
+    # No validation_alias: the YAML source would then report it under the alias and slip past the refusal.
+    mqtt_password: SecretStr | None = Field(None, description="Password for FACTORY_MQTT_USERNAME at the broker.")
     opcua_users: SecretStr | None = Field(
         None,
         validation_alias=AliasChoices("FACTORY_OPCUA_USERS", "opcua_users"),
@@ -176,6 +294,11 @@ class FactorySettings(BaseSettings):
         "gemini_base_url",
         "api_keys",
         "opcua_users",
+        "mqtt_username",
+        "mqtt_password",
+        "mqtt_ca_file",
+        "mqtt_client_cert_file",
+        "mqtt_client_key_file",
         mode="before",
     )
     @classmethod
@@ -186,16 +309,21 @@ class FactorySettings(BaseSettings):
     @field_validator("mqtt_url")
     @classmethod
     def _check_mqtt_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in {"mqtt", "tcp"} or not parts.hostname:
-            raise ValueError(f"FACTORY_MQTT_URL must look like mqtt://host:1883, got {value!r}")
+        parse_broker_url(value)  # the one place that decides what a broker URL may be
         return value
+
+    @field_validator("mqtt_ca_file", "mqtt_client_cert_file", "mqtt_client_key_file")
+    @classmethod
+    def _absolute_path(cls, value: Path | None) -> Path | None:
+        """Absolute, so a child process started elsewhere finds the same file."""
+        return None if value is None else value.expanduser().resolve()
 
     @model_validator(mode="after")
     def _check_derived(self) -> FactorySettings:
         # A calendar or key list that cannot be built stops start-up with its reason.
         self.shift_calendar  # noqa: B018
         self.api_key_roles  # noqa: B018
+        self.mqtt_connection  # noqa: B018
         return self
 
     @classmethod
@@ -305,12 +433,25 @@ class FactorySettings(BaseSettings):
         return _number_list(self.twilio_escalation_numbers)
 
     @property
+    def mqtt_connection(self) -> BrokerConnection:
+        """How every process reaches the broker: URL, credentials, TLS files (validated here)."""
+        return BrokerConnection(
+            self.mqtt_url,
+            username=self.mqtt_username,
+            password=self.mqtt_password.get_secret_value() if self.mqtt_password else None,
+            ca_file=self.mqtt_ca_file,
+            client_cert_file=self.mqtt_client_cert_file,
+            client_key_file=self.mqtt_client_key_file,
+        )
+
+    @property
     def mqtt_host(self) -> str:
-        return urlsplit(self.mqtt_url).hostname or "127.0.0.1"
+        return parse_broker_url(self.mqtt_url)[1]
 
     @property
     def mqtt_port(self) -> int:
-        return urlsplit(self.mqtt_url).port or 1883
+        """The URL's port, else 1883 (mqtt://) or 8883 (mqtts://)."""
+        return parse_broker_url(self.mqtt_url)[2]
 
     def child_env(self) -> dict[str, str]:
         """Environment that hands these settings to a child process unchanged."""
@@ -329,6 +470,14 @@ class FactorySettings(BaseSettings):
             "MLFLOW_TRACKING_URI": self.resolved_mlflow_uri,
             "DAGSTER_HOME": str(self.dagster_home),
         }
+        optional = {
+            "FACTORY_MQTT_USERNAME": self.mqtt_username,
+            "FACTORY_MQTT_PASSWORD": self.mqtt_password.get_secret_value() if self.mqtt_password else None,
+            "FACTORY_MQTT_CA_FILE": self.mqtt_ca_file,
+            "FACTORY_MQTT_CLIENT_CERT_FILE": self.mqtt_client_cert_file,
+            "FACTORY_MQTT_CLIENT_KEY_FILE": self.mqtt_client_key_file,
+        }
+        env.update({name: str(value) for name, value in optional.items() if value is not None})
         return env
 
     def ensure_dirs(self) -> None:

@@ -755,9 +755,23 @@ def run_simulator(
 
     client = make_client(f"factory-simulator-{fleet.site}-{uuid.uuid4().hex[:8]}")
 
+    connections = 0
+
     def _on_connect(c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
-        if not getattr(reason, "is_failure", False):
-            c.subscribe(command_filter, qos=1)
+        nonlocal connections
+        if getattr(reason, "is_failure", False):
+            log.warning("simulator: the broker at %s refused the connection: %s", settings.mqtt_url, reason)
+            return
+        connections += 1
+        if connections > 1:  # paho reconnected by itself; messages it held are sent again now
+            log.info("simulator: reconnected to %s; publishing resumes", settings.mqtt_url)
+        c.subscribe(command_filter, qos=1)
+
+    def _on_disconnect(_c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if not stop.is_set():
+            log.warning(
+                "simulator: connection to the broker lost (%s); reconnecting, unacknowledged messages are kept", reason
+            )
 
     def _on_message(_c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
         inbox.put((message.topic, message.payload))
@@ -765,10 +779,11 @@ def run_simulator(
 
     subscribed = threading.Event()
     client.on_connect = _on_connect
+    client.on_disconnect = _on_disconnect
     client.on_subscribe = lambda *_args: subscribed.set()
     client.on_message = _on_message
     publisher = BoundedPublisher(client, max_pending=MAX_PENDING_PUBLISHES)
-    connect_and_wait(client, settings.mqtt_url)
+    connect_and_wait(client, settings.mqtt_connection)
     if not subscribed.wait(10.0):  # commands are obeyed from the first reading on
         client.disconnect()
         client.loop_stop()

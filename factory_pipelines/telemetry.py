@@ -12,6 +12,7 @@ measure are absent, and unknown extra fields are kept.
 from __future__ import annotations
 
 import json
+import reprlib
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,7 +31,10 @@ from pydantic import (
 
 
 def _as_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 and 9999-12-31T23:59-01:00 have no UTC datetime
+        raise ValueError("the time is out of range once converted to UTC") from None
 
 
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_as_utc)]
@@ -135,7 +139,7 @@ MACHINE_NUMERIC_FIELDS: tuple[str, ...] = tuple(
 class VibrationFeatures(BaseModel):
     """Vibration summary; band energies are at the bearing fault frequencies."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", ser_json_inf_nan="constants")  # as the envelope: inf stays inf
 
     rms: float | None = Field(None, ge=0, description="Vibration RMS (g).")
     kurtosis: float | None = None
@@ -398,7 +402,7 @@ def parse_telemetry_topic(topic: str, default_site: str = "main") -> TopicInfo |
     if parts[0] == "cleanroom" and len(parts) == 3 and parts[2] == "status" and parts[1]:
         return TopicInfo(parts[1], f"cleanroom-{parts[1]}", PayloadKind.CLEANROOM)
     if parts[0] != "factory":
-        raise TopicError(f"topic {topic!r} is not under factory/ or cleanroom/")
+        raise TopicError(f"topic {_short(topic)} is not under factory/ or cleanroom/")
     if len(parts) == 3 and parts[2] == "stats" and parts[1] in {"energy", "network"}:
         kind = PayloadKind.ENERGY_STATS if parts[1] == "energy" else PayloadKind.NETWORK_STATS
         return TopicInfo(default_site, f"plant-{parts[1]}", kind)
@@ -413,7 +417,7 @@ def parse_telemetry_topic(topic: str, default_site: str = "main") -> TopicInfo |
                 return TopicInfo(default_site, asset_id, PayloadKind.MAINTENANCE)
         elif leaf == "telemetry":
             return TopicInfo(site, asset_id, None)
-    raise TopicError(f"topic {topic!r} fits no telemetry layout of the contract")
+    raise TopicError(f"topic {_short(topic)} fits no telemetry layout of the contract")
 
 
 def _infer_kind(payload: dict[str, Any]) -> PayloadKind:
@@ -426,12 +430,35 @@ def _infer_kind(payload: dict[str, Any]) -> PayloadKind:
     return PayloadKind.ROBOT
 
 
+_SHORT_REPR = reprlib.Repr()  # keyword arguments to Repr() need Python 3.12
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = 80
+_SHORT_REPR.maxlist = _SHORT_REPR.maxdict = 4
+_SHORT_REPR.maxlevel = 2
+
+
+def _short(value: object) -> str:
+    """repr of something a sender chose, cut short: reasons go to the dead-letter file, one line each."""
+    return _SHORT_REPR.repr(value)
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
 class PayloadError(ValueError):
     """A message that cannot be accepted; `reason` says why, for the dead-letter file."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedTelemetry:
+    """A message that passed the contract, with its wire form (`dump_payload`), which is what gets stored."""
+
+    model: InboundTelemetry
+    wire: bytes
 
 
 def parse_telemetry(
@@ -443,7 +470,25 @@ def parse_telemetry(
 ) -> InboundTelemetry | None:
     """Validate one inbound message against the contract, filling what legacy devices omit.
 
-    Returns None for topics that carry no telemetry; raises PayloadError with a reason otherwise.
+    Returns None for topics that carry no telemetry; raises PayloadError with a reason otherwise,
+    and never any other exception, whatever the bytes (tests/test_telemetry_properties.py).
+    """
+    accepted = accept_telemetry(topic, raw, received_at=received_at, default_site=default_site)
+    return None if accepted is None else accepted.model
+
+
+def accept_telemetry(
+    topic: str,
+    raw: bytes,
+    *,
+    received_at: datetime | None = None,
+    default_site: str = "main",
+) -> AcceptedTelemetry | None:
+    """`parse_telemetry`, also handing back the wire form it had to make anyway.
+
+    A payload is accepted only if its validated form can be written back as JSON: a lone UTF-16
+    surrogate escape ("\\ud800") or nesting deeper than the serializer goes passes validation
+    but could be stored nowhere, so it is rejected here rather than failing later in a writer.
     """
     try:
         info = parse_telemetry_topic(topic, default_site)
@@ -453,8 +498,8 @@ def parse_telemetry(
         return None
     try:
         payload = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PayloadError(f"not valid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, over 4300 digits, nesting too deep
+        raise PayloadError(f"not valid JSON: {_clip(str(exc))}") from exc
     if not isinstance(payload, dict):
         raise PayloadError(f"payload must be a JSON object, got {type(payload).__name__}")
 
@@ -470,20 +515,26 @@ def parse_telemetry(
             payload["ts"] = (received_at or utc_now()).isoformat()
     if info.kind is not None:
         if "kind" in payload and payload["kind"] != info.kind.value:
-            raise PayloadError(f"payload kind {payload['kind']!r} does not match topic {topic!r}")
+            raise PayloadError(f"payload kind {_short(payload['kind'])} does not match topic {_short(topic)}")
         payload["kind"] = info.kind.value
     else:
         try:
             payload["kind"] = _infer_kind(payload).value
         except ValueError:
-            raise PayloadError(f"unknown payload kind {payload.get('kind')!r}") from None
+            raise PayloadError(f"unknown payload kind {_short(payload.get('kind'))}") from None
     try:
-        return _TELEMETRY_ADAPTER.validate_python(payload)
+        model = _TELEMETRY_ADAPTER.validate_python(payload)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()[:5]
+            f"{'.'.join(_clip(str(part), 80) for part in err['loc']) or '<root>'}: {_clip(err['msg'])}"
+            for err in exc.errors()[:5]
         )
         raise PayloadError(f"invalid {payload['kind']} payload: {problems}") from exc
+    try:
+        wire = dump_payload(model)
+    except ValueError as exc:  # PydanticSerializationError: lone surrogates, too deeply nested
+        raise PayloadError(f"cannot be stored as JSON: {_clip(str(exc))}") from exc
+    return AcceptedTelemetry(model, wire)
 
 
 def dump_payload(model: BaseModel) -> bytes:

@@ -32,7 +32,7 @@ import paho.mqtt.client as mqtt
 
 from factory_pipelines.alert_book import AlertBook
 from factory_pipelines.alert_model import AlertRecord
-from factory_pipelines.mqtt import connect_and_wait, make_client, publish_confirmed
+from factory_pipelines.mqtt import BrokerTarget, connect_and_wait, make_client, publish_confirmed
 from factory_pipelines.store import ServingStore
 from factory_pipelines.telemetry import LEGACY_MACHINE_SITE, cleanroom_topic
 from scada_bridge.state import ALERTS_PREFIX, PREDICTIONS_PREFIX, BridgeState
@@ -70,7 +70,7 @@ class BridgeFeed:
     def __init__(
         self,
         state: BridgeState,
-        mqtt_url: str,
+        mqtt_url: BrokerTarget,
         *,
         db_url: str | None = None,
         client_id: str | None = None,
@@ -90,6 +90,7 @@ class BridgeFeed:
         self._lock = threading.Lock()
         self._client: mqtt.Client | None = None
         self._subscribe_mid: int | None = None
+        self._connection_lost = False  # since the last confirmed subscription
         self._store: ServingStore | None = None
         self._threads: list[threading.Thread] = []
         self.last_store_error: str | None = None
@@ -161,11 +162,17 @@ class BridgeFeed:
         refused = [topic for topic, reason in zip(self.topics, reasons, strict=False) if reason.is_failure]
         if refused:
             log.error("bridge: the broker refused the subscriptions %s", ", ".join(refused))
+        with self._lock:
+            was_lost, self._connection_lost = self._connection_lost, False
+        if was_lost:  # paho reconnected by itself and on_connect subscribed again
+            log.info("bridge: MQTT connection back and subscriptions confirmed; values are live again")
         self.state.mark_connected()
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if not self._stop.is_set():
             log.warning("bridge: MQTT connection lost (%s); values are stale until it is back", reason)
+            with self._lock:
+                self._connection_lost = True
         self.state.mark_disconnected()
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:

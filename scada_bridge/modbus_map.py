@@ -638,7 +638,8 @@ def format_register_map(layout: RegisterLayout, slots: AssetSlots | None = None)
         "## Holding registers (FC 3; FC 6 and 16 for commands)",
         "",
         f"Commands, at {ASSET_BASE} + {HR_BLOCK}*slot + offset. Writable only when the bridge runs with "
-        "`modbus_writes_enabled`; otherwise every write is answered with exception 1 (illegal function). Write code "
+        "`modbus_writes_enabled` and only from a client address in `modbus_writers` (loopback when empty); "
+        "otherwise every write is answered with exception 1 (illegal function). Write code "
         "and parameter, then a new sequence number (or all four registers in one FC 16 write): the bridge publishes a "
         "`Command` QoS 1 on `factory/{site}/{asset}/cmd`. An unknown code or a parameter that is not a number is "
         "exception 3 (illegal value); a broker that is away is exception 4 (nothing is queued: write the sequence "

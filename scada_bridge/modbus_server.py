@@ -12,17 +12,32 @@ answered with a Modbus exception.
 `SimData` addresses are the protocol's own: SimData(0, ...) is register 0 (with the deprecated
 `ModbusSequentialDataBlock(address, ...)` the first register is `address - 1`, the off-by-one trap
 of the earlier bridge). One device with id 0 answers every unit id.
+
+Writers. Modbus has no credentials, so the stand-in for the operator role is the client's address:
+a write is accepted only from an address in the writer list (`modbus_writers`; empty means loopback
+only), anyone else gets exception 1 (illegal function), the answer a client also gets when writes are
+off. Reads stay open. pymodbus calls the action without the connection, so `_PeerServer` makes each
+connection's handler set `CLIENT_ADDRESS` (a context variable) around the request it handles: the
+request runs as a task of its own, so the value reaches the action and no other request. Both hooks
+(`callback_new_connection`, `handle_request`) are pymodbus 3.16 internals: 3.x dropped the custom
+request handler of 2.x and offers no supported way to the peer (pymodbus issue #2159). The
+side-by-side writer test in tests/test_bridge_modbus.py fails if an upgrade moves them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar
+from typing import TypeAlias
 
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
+from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simutils import SimUtils
 
@@ -38,6 +53,101 @@ READ_INPUT_REGISTERS = 4
 READ_DISCRETE_INPUTS = 2
 READ_COILS = 1
 HOLDING_CODES = frozenset({3, 6, 16, 22, 23})
+
+ClientAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+WriterNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+LOOPBACK_WRITERS: tuple[WriterNetwork, ...] = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+NOT_A_WRITER = ExcCodes.ILLEGAL_FUNCTION  # Modbus has no "access denied": to this client, writing is not offered
+REFUSAL_LOG_INTERVAL_S = 60.0
+
+# The address of the client whose request is being handled; None outside a request (or when unknown).
+CLIENT_ADDRESS: ContextVar[ClientAddress | None] = ContextVar("modbus_client_address", default=None)
+
+
+def client_address(peername: object) -> ClientAddress | None:
+    """The IP address in a transport's `peername` (IPv4-mapped IPv6 as IPv4); None if there is none."""
+    if not isinstance(peername, tuple) or not peername:
+        return None
+    try:
+        address = ipaddress.ip_address(str(peername[0]))
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+class WriterList:
+    """The clients whose writes are accepted: Modbus's stand-in for the operator role."""
+
+    def __init__(self, networks: Sequence[WriterNetwork] = ()) -> None:
+        self.networks: tuple[WriterNetwork, ...] = tuple(networks) or LOOPBACK_WRITERS
+
+    def allows(self, address: ClientAddress | None) -> bool:
+        """An unknown address is never a writer."""
+        return address is not None and any(address in network for network in self.networks)
+
+    def __str__(self) -> str:
+        if self.networks == LOOPBACK_WRITERS:
+            return "loopback only"
+        return ", ".join(str(n.network_address) if n.num_addresses == 1 else str(n) for n in self.networks)
+
+
+class RefusalLog:
+    """Logs refused writers once per address per interval, so a scanner cannot flood the log."""
+
+    MAX_TRACKED = 4096
+
+    def __init__(self, interval_s: float = REFUSAL_LOG_INTERVAL_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval_s = interval_s
+        self._clock = clock
+        self._last: dict[str, tuple[float, int]] = {}  # address -> (logged at, refusals not logged since)
+
+    def refused(self, address: str, writers: WriterList) -> bool:
+        """Note one refusal; returns whether it was logged."""
+        now = self._clock()
+        logged_at, quiet = self._last.get(address, (now - self.interval_s, 0))
+        if now - logged_at < self.interval_s:
+            self._last[address] = (logged_at, quiet + 1)
+            return False
+        if len(self._last) >= self.MAX_TRACKED:  # forget addresses that would be logged again anyway
+            self._last = {a: (at, n) for a, (at, n) in self._last.items() if now - at < self.interval_s}
+        self._last[address] = (now, 0)
+        since = f" ({quiet} more refused since the last report)" if quiet else ""
+        log.warning(
+            "Modbus write from %s refused: not in modbus_writers (%s); answered exception %d%s",
+            address,
+            writers,
+            NOT_A_WRITER,
+            since,
+        )
+        return True
+
+
+class _PeerRequestHandler(ServerRequestHandler):
+    """pymodbus's per-connection handler, which makes its peer's address known to the request it handles."""
+
+    peer: ClientAddress | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.peer = client_address(transport.get_extra_info("peername"))
+        super().connection_made(transport)
+
+    async def handle_request(self) -> None:
+        # pymodbus runs each request as a task of its own (a copy of the context): the value stays with it.
+        token = CLIENT_ADDRESS.set(self.peer)
+        try:
+            await super().handle_request()
+        finally:
+            CLIENT_ADDRESS.reset(token)
+
+
+class _PeerServer(ModbusTcpServer):
+    """A `ModbusTcpServer` whose connections are handled by `_PeerRequestHandler`."""
+
+    def callback_new_connection(self) -> _PeerRequestHandler:
+        return _PeerRequestHandler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
 
 
 def bridge_device(register_map: RegisterMap, action: object) -> SimDevice:
@@ -70,17 +180,20 @@ class ModbusBridgeServer:
         host: str = DEFAULT_MODBUS_HOST,
         port: int = DEFAULT_MODBUS_PORT,
         commands: CommandSender | None = None,
+        writers: Sequence[WriterNetwork] = (),
     ) -> None:
         self.map = register_map
         self.host = host
         self.port = port
         self.commands = commands
+        self.writers = WriterList(writers)
         self._server: ModbusTcpServer | None = None
+        self._refusals = RefusalLog()
         self.refused_writes = 0
 
     async def start(self) -> None:
         """Listen on host:port; returns once clients can connect (OSError-like RuntimeError if it cannot)."""
-        self._server = ModbusTcpServer(bridge_device(self.map, self._action), address=(self.host, self.port))
+        self._server = _PeerServer(bridge_device(self.map, self._action), address=(self.host, self.port))
         await self._server.serve_forever(background=True)
         log.info("Modbus TCP server listening on %s:%d", self.host, self.port)
 
@@ -125,6 +238,12 @@ class ModbusBridgeServer:
             registers[offset : offset + count] = SimUtils.bitsToRegisters(bits)
 
     async def _write(self, address: int, values: list[int]) -> ExcCodes | None:
+        if self.map.writes_enabled:  # when writes are off, the map refuses every write itself
+            client = CLIENT_ADDRESS.get()
+            if not self.writers.allows(client):
+                self.refused_writes += 1
+                self._refusals.refused(str(client or "an unknown address"), self.writers)
+                return NOT_A_WRITER
         try:
             staged = self.map.stage_write(address, values)
         except WriteRefused as refused:

@@ -47,13 +47,20 @@ class Bridge:
         state = BridgeState(site=settings.site, max_assets=settings.bridge_max_assets)
         store = ServingStore(settings.resolved_db_url)
         feed = BridgeFeed(
-            state, settings.mqtt_url, db_url=settings.resolved_db_url, alert_resync_s=settings.bridge_alert_resync_s
+            state,
+            settings.mqtt_connection,
+            db_url=settings.resolved_db_url,
+            alert_resync_s=settings.bridge_alert_resync_s,
         )
         commands = CommandSender(settings.site, feed.publish, book=CommandBook(store.engine))
         slots = AssetSlots(settings.bridge_max_assets, default_slots_path(settings.data_path))
         register_map = RegisterMap(state, slots, writes_enabled=settings.modbus_writes_enabled)
         modbus = ModbusBridgeServer(
-            register_map, host=settings.modbus_host, port=settings.modbus_port, commands=commands
+            register_map,
+            host=settings.modbus_host,
+            port=settings.modbus_port,
+            commands=commands,
+            writers=settings.modbus_writers,
         )
         opcua = OpcUaBridgeServer(  # raises OpcUaConfigError (a ValueError) for a secure server without users
             state,
@@ -91,7 +98,8 @@ class Bridge:
     def endpoints(self) -> list[str]:
         s = self.settings
         return [
-            f"Modbus TCP  {s.modbus_host}:{s.modbus_port} (writes {'on' if s.modbus_writes_enabled else 'off'})",
+            f"Modbus TCP  {s.modbus_host}:{s.modbus_port} "
+            f"(writes {f'on from {self.modbus.writers}' if s.modbus_writes_enabled else 'off'})",
             f"OPC UA      {self.opcua.endpoint} (security {s.opcua_security})",
         ]
 

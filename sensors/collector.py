@@ -17,6 +17,17 @@ Why it is built this way (DESIGN.md, "Streams, windows, partitions"):
   `window_max_rows`, its parts are combined into the sealed Parquet file the Dagster sensor reads
   (`windows.sealed_window_path`, atomic), and then the parts are removed. A crash between the two
   is repaired on start: a sealed file means the seal completed, so leftover parts are deleted.
+* Bounded memory: with ReceiveMaximum QoS 1 messages unacknowledged the loop reads nothing more
+  from the socket (the broker keeps the rest), whatever the broker does (`_network_step`).
+* A write that fails (disk full, quota, I/O error) pauses the collector instead of ending it: the
+  batch stays in memory unacknowledged, received messages wait unhandled (QoS 0 ones past
+  ReceiveMaximum of them are dropped and counted), one ERROR names the file and the free space,
+  `stats.paused` / `stats.disk_full` say so, and the failed step is retried with backoff until it
+  works. Only the steps not yet done are redone, and failed writes leave no temporary file, so
+  nothing half-written is ever read. Nothing unwritten was acknowledged, so a kill loses nothing.
+* Rejected input is bounded (`DeadLetterBudget`): dead-letter lines per topic and minute, and
+  bytes of rejected payloads per topic and hour, so a flood of bad or huge messages cannot fill
+  the disk; what goes over is counted, not stored.
 
 On-disk layout (all under `settings.windows_dir` / `settings.dead_letter_dir`):
 
@@ -24,7 +35,7 @@ On-disk layout (all under `settings.windows_dir` / `settings.dead_letter_dir`):
     open/.{collector_id}.lock         flock held while a collector with that id runs
     sealed/{YYYYMMDD}/{key}.parquet   the sealed window (windows.py contract)
     dead-letter/{YYYYMMDD}-{collector_id}.jsonl   one JSON line per rejected message
-    dead-letter/blobs/{sha256}.bin    full bytes of payloads larger than max_payload_bytes
+    dead-letter/blobs/{sha256}.bin    full bytes of payloads larger than max_payload_bytes (within budget)
 """
 
 from __future__ import annotations
@@ -33,18 +44,20 @@ import argparse
 import base64
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import json
 import logging
 import os
 import select
+import shutil
 import signal
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -56,13 +69,18 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from factory_pipelines import mqtt
-from factory_pipelines.durable_files import fsync_dir, write_atomic, write_bytes_atomic, write_parquet_atomic
+from factory_pipelines.durable_files import (
+    append_durable,
+    fsync_dir,
+    write_atomic,
+    write_bytes_atomic,
+    write_parquet_atomic,
+)
 from factory_pipelines.settings import FactorySettings, load_settings
 from factory_pipelines.telemetry import (
     COLLECTOR_SUBSCRIPTIONS,
     PayloadError,
-    dump_payload,
-    parse_telemetry,
+    accept_telemetry,
     parse_telemetry_topic,
 )
 from factory_pipelines.windows import (
@@ -85,12 +103,22 @@ DEFAULT_RECEIVE_MAXIMUM = 1000
 DEFAULT_DEDUP_HORIZON_MINUTES = 10.0
 DEFAULT_DEDUP_MAX_ENTRIES = 1_000_000
 PART_SUFFIX = ".arrow"
+DEAD_LETTER_TOPIC_CHARS = 512  # a topic may be 64 KiB: a dead-letter line keeps its start
+DEAD_LETTER_REASON_CHARS = 1000
 _INT64_MAX = 2**63 - 1
 _TOPIC_CACHE_SIZE = 100_000
 _READ_BURST = 256  # packets read per select() before the loop checks its flush and seal deadlines
 _LOOP_TICK_S = 0.1  # longest the loop sleeps in select(); bounds how late a stop request is noticed
 _MAX_RECONNECT_DELAY_S = 10.0
 _STALE_BLOB_TEMP_S = 3600.0
+_RETRY_FIRST_S = 0.2  # first retry of a failed write; doubles up to _RETRY_MAX_S
+_RETRY_MAX_S = 5.0
+_STILL_PAUSED_REPORT_S = 60.0
+_FLUSH_AT_HELD_BYTES = 8 * 1024 * 1024  # rejected payloads waiting for their blob files: flush early
+_MAX_TRACKED_TOPICS = 10_000  # dead-letter accounts per period; further topics share one
+_ACCOUNT_KEY_CHARS = 256  # topics are accounted by their first 256 characters
+_US_PER_MINUTE = 60_000_000
+_US_PER_HOUR = 3_600_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US = timedelta(microseconds=1)
 
@@ -106,6 +134,21 @@ def _from_us(micros: int) -> datetime:
 
 def _now_us() -> int:
     return time.time_ns() // 1000
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
+def _free_bytes(path: Path) -> int | None:
+    """Free bytes on the file system holding `path` (or its nearest existing parent)."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            try:
+                return shutil.disk_usage(candidate).free
+            except OSError:
+                return None
+    return None
 
 
 @dataclass
@@ -128,6 +171,16 @@ class CollectorStats:
     dedup_keys_loaded: int = 0  # (asset_id, seq) pairs read back from disk on start
     connections: int = 0
     last_sealed_key: str | None = None
+    max_unacked: int = 0  # most QoS 1 messages held unacknowledged at once (the broker caps it: ReceiveMaximum)
+    paused: bool = False  # writes fail (disk full, I/O error): nothing more is acknowledged until they work
+    disk_full: bool = False  # ...and the last failure was ENOSPC or EDQUOT
+    pause_reason: str | None = None  # the last write failure, with its file
+    pauses: int = 0  # times writes started failing
+    write_failures: int = 0  # failed write attempts, retries included
+    dropped_while_paused: int = 0  # QoS 0 messages dropped while paused, past the in-memory bound
+    dead_letters_counted_only: int = 0  # over the dead-letter line limits: in a counter line, not a line each
+    dead_letter_payloads_dropped: int = 0  # over the payload budget: line kept (size, sha256), bytes not
+    dead_letter_payload_bytes_dropped: int = 0
 
 
 class DedupIndex:
@@ -178,12 +231,118 @@ class DedupIndex:
             log.warning("dedup index over %d entries: forgot %d before the horizon", self._max_entries, dropped)
 
 
+@dataclass
+class _Counted:
+    """Rejected messages of one topic in one minute that got no line of their own."""
+
+    count: int = 0
+    size: int = 0
+    first_us: int = 0
+    last_us: int = 0
+
+
+class DeadLetterBudget:
+    """How much rejected input the collector agrees to store, so that a flood cannot fill the disk.
+
+    Lines: at most `lines_per_topic_minute` per topic and `lines_per_minute` in all, per UTC minute;
+    the rest of that minute is only counted, and written as one counter line per topic once the
+    minute is over (or at a clean stop). Payload bytes, inline in a line or in a blob file: at most
+    `payload_bytes_per_topic_hour` per topic and `payload_bytes_per_hour` in all, per UTC hour;
+    beyond that a line keeps the size and sha256 but not the bytes. Topics past `max_topics` in one
+    period share one account, so the accounts stay bounded in memory too. The counts of the current
+    minute live in memory: a crash loses them (not the messages' lines, which were never written).
+    """
+
+    OTHER_TOPICS = "(other topics)"
+
+    def __init__(
+        self,
+        *,
+        lines_per_topic_minute: int,
+        lines_per_minute: int,
+        payload_bytes_per_topic_hour: int,
+        payload_bytes_per_hour: int,
+        max_topics: int = _MAX_TRACKED_TOPICS,
+    ) -> None:
+        self.lines_per_topic_minute = lines_per_topic_minute
+        self.lines_per_minute = lines_per_minute
+        self.payload_bytes_per_topic_hour = payload_bytes_per_topic_hour
+        self.payload_bytes_per_hour = payload_bytes_per_hour
+        self.max_topics = max_topics
+        self._minute = -1
+        self._lines: dict[str, int] = {}
+        self._lines_total = 0
+        self._counted: dict[str, _Counted] = {}
+        self._closed: list[tuple[int, dict[str, _Counted]]] = []  # minutes over, counts not yet written
+        self._hour = -1
+        self._payload: dict[str, int] = {}
+        self._payload_total = 0
+
+    def _account(self, accounts: dict[str, Any], topic: str) -> str:
+        key = topic[:_ACCOUNT_KEY_CHARS]
+        return key if key in accounts or len(accounts) < self.max_topics else self.OTHER_TOPICS
+
+    def admit_line(self, topic: str, size: int, received_us: int) -> bool:
+        """True: write this message's own line; False: it is only counted."""
+        minute = received_us // _US_PER_MINUTE
+        if minute != self._minute:
+            self._close_minute()
+            self._minute = minute
+        key = self._account(self._lines, topic)
+        used = self._lines.get(key, 0)
+        if used < self.lines_per_topic_minute and self._lines_total < self.lines_per_minute:
+            self._lines[key] = used + 1
+            self._lines_total += 1
+            return True
+        key = self._account(self._counted, topic)
+        counted = self._counted.get(key)
+        if counted is None:
+            counted = self._counted[key] = _Counted(first_us=received_us)
+        counted.count += 1
+        counted.size += size
+        counted.last_us = received_us
+        return False
+
+    def admit_payload(self, topic: str, size: int, received_us: int) -> bool:
+        """True: store this rejected payload's bytes (its size counts against the budgets from now)."""
+        hour = received_us // _US_PER_HOUR
+        if hour != self._hour:
+            self._hour = hour
+            self._payload = {}
+            self._payload_total = 0
+        key = self._account(self._payload, topic)
+        used = self._payload.get(key, 0)
+        if used + size > self.payload_bytes_per_topic_hour or self._payload_total + size > self.payload_bytes_per_hour:
+            return False
+        self._payload[key] = used + size
+        self._payload_total += size
+        return True
+
+    def _close_minute(self) -> None:
+        if self._counted:
+            self._closed.append((self._minute, self._counted))
+        self._counted = {}
+        self._lines = {}
+        self._lines_total = 0
+
+    def counter_lines_due(self, now_us: int) -> bool:
+        return bool(self._closed) or (bool(self._counted) and now_us // _US_PER_MINUTE != self._minute)
+
+    def take_counter_lines(self, now_us: int, *, final: bool = False) -> list[tuple[int, str, _Counted]]:
+        """(minute, topic, counts) of every minute that is over, or of all of them when `final`."""
+        if final or now_us // _US_PER_MINUTE != self._minute:
+            self._close_minute()
+        closed, self._closed = self._closed, []
+        return [(minute, topic, counted) for minute, accounts in closed for topic, counted in accounts.items()]
+
+
 class DeadLetterFile:
     """Rejected messages, one JSON line each, one file per UTC day and collector.
 
     Lines are appended and fsynced in the group commit before the batch is acknowledged. A crash
     mid-append leaves a torn last line; `repair` cuts it on start (its message was not acknowledged
-    and comes again). Dead letters are therefore at least once, like messages without seq.
+    and comes again). Dead letters are therefore at least once, like messages without seq. A
+    failed append (disk full) is cut back at once, so a retry never glues onto half a line.
     """
 
     def __init__(self, directory: Path, collector_id: str) -> None:
@@ -197,43 +356,66 @@ class DeadLetterFile:
     def my_files(self) -> list[Path]:
         return sorted(self.directory.glob(f"*-{self.collector_id}.jsonl"))
 
-    def record(self, *, received_at: datetime, topic: str, reason: str, raw: bytes, max_inline: int) -> dict[str, Any]:
-        """The dead-letter line for one message; a payload too large to inline goes to a blob file now."""
+    def record(
+        self, *, received_at: datetime, topic: str, reason: str, raw: bytes, max_inline: int, keep_payload: bool
+    ) -> tuple[dict[str, Any], bytes | None]:
+        """The dead-letter line for one message, and the bytes for its blob file when too large to inline.
+
+        Without `keep_payload` (over the budget) the line keeps only the payload's size and sha256.
+        """
         entry: dict[str, Any] = {
             "received_at": received_at.isoformat(),
             "collector_id": self.collector_id,
-            "topic": topic,
-            "reason": reason,
+            "topic": _clip(topic, DEAD_LETTER_TOPIC_CHARS),
+            "reason": _clip(reason, DEAD_LETTER_REASON_CHARS),
             "size": len(raw),
         }
+        if len(topic) > DEAD_LETTER_TOPIC_CHARS:
+            entry["topic_chars"] = len(topic)
+        if not keep_payload:
+            entry["sha256"] = hashlib.sha256(raw).hexdigest()
+            entry["payload_dropped"] = "over the dead-letter payload budget"
+            return entry, None
         if len(raw) > max_inline:
-            digest = hashlib.sha256(raw).hexdigest()
-            blob = self.blobs_dir / f"{digest}.bin"
-            if not blob.exists():
-                write_bytes_atomic(blob, raw)  # durable before the line that points at it
-            entry["sha256"] = digest
-            entry["payload_file"] = f"blobs/{blob.name}"
-            return entry
+            entry["sha256"] = hashlib.sha256(raw).hexdigest()
+            entry["payload_file"] = f"blobs/{entry['sha256']}.bin"
+            return entry, raw
         try:
             entry["payload"] = raw.decode("utf-8")
         except UnicodeDecodeError:
             entry["payload_base64"] = base64.b64encode(raw).decode("ascii")
-        return entry
+        return entry, None
 
-    def append(self, entries: list[tuple[datetime, dict[str, Any]]]) -> None:
+    def counter_entry(self, minute: int, topic: str, counted: _Counted, budget: DeadLetterBudget) -> dict[str, Any]:
+        """The one line standing for a topic's rejected messages of one minute that were only counted."""
+        return {
+            "received_at": _from_us(minute * _US_PER_MINUTE).isoformat(),
+            "collector_id": self.collector_id,
+            "topic": _clip(topic, DEAD_LETTER_TOPIC_CHARS),
+            "reason": (
+                f"dead-letter line limit reached ({budget.lines_per_topic_minute} per topic, "
+                f"{budget.lines_per_minute} in all, per minute): {counted.count} rejected messages only counted"
+            ),
+            "counted_only": counted.count,
+            "size": counted.size,
+            "first_received_at": _from_us(counted.first_us).isoformat(),
+            "last_received_at": _from_us(counted.last_us).isoformat(),
+        }
+
+    def append(self, entries: list[tuple[datetime, dict[str, Any]]], blobs: dict[str, bytes]) -> None:
+        """Blob files first (durable before the lines that point at them), then the lines, fsynced."""
+        for digest, raw in blobs.items():
+            blob = self.blobs_dir / f"{digest}.bin"
+            if not blob.exists():
+                write_bytes_atomic(blob, raw)
         by_path: dict[Path, list[bytes]] = {}
         for moment, entry in entries:
             line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n"
-            by_path.setdefault(self.path_for(moment), []).append(line.encode())
+            # backslashreplace: a lone surrogate in a reason becomes its JSON escape, not an encode error
+            by_path.setdefault(self.path_for(moment), []).append(line.encode("utf-8", "backslashreplace"))
         self.directory.mkdir(parents=True, exist_ok=True)
         for path, lines in by_path.items():
-            created = not path.exists()
-            with path.open("ab") as handle:
-                handle.write(b"".join(lines))
-                handle.flush()
-                os.fsync(handle.fileno())
-            if created:
-                fsync_dir(path.parent)
+            append_durable(path, b"".join(lines))
 
     def repair(self) -> None:
         """Cut a torn last line left by a crash mid-append; stale blob temp files go too."""
@@ -277,6 +459,8 @@ class _Batch:
     seq: list[int | None] = field(default_factory=list)
     payload: list[str] = field(default_factory=list)
     dead_letters: list[tuple[datetime, dict[str, Any]]] = field(default_factory=list)
+    blobs: dict[str, bytes] = field(default_factory=dict)  # rejected payloads for blob files, by sha256
+    held_bytes: int = 0  # bytes in `blobs`: when they pile up the batch is flushed early
     acks: list[tuple[int, int, int]] = field(default_factory=list)  # (connection generation, mid, qos)
     messages: int = 0
     first_at: float = 0.0  # time.monotonic() of the oldest message in the batch
@@ -284,6 +468,12 @@ class _Batch:
     @property
     def rows(self) -> int:
         return len(self.asset_id)
+
+    def clear_rows(self) -> None:
+        """The rows are in a part file now; the rest of the batch may still wait for its writes."""
+        for column in (self.asset_id, self.kind, self.site, self.topic, self.ts_us, self.received_us, self.seq):
+            column.clear()
+        self.payload.clear()
 
     def frame(self) -> pl.DataFrame:
         return pl.DataFrame(
@@ -311,6 +501,7 @@ class _OpenWindow:
     directory: Path
     rows: int = 0  # durable rows (in part files)
     next_part_file: int = 1
+    directory_made: bool = False  # made durably (with the parent's fsync) by the first flush
 
 
 @dataclass
@@ -347,10 +538,21 @@ class Collector:
         self._window_us = int(settings.window_seconds * 1_000_000)
         self._dedup = DedupIndex(self.dedup_horizon_s, dedup_max_entries)
         self._dead_letters = DeadLetterFile(settings.dead_letter_dir, settings.collector_id)
+        self._dead_letter_budget = DeadLetterBudget(
+            lines_per_topic_minute=settings.dead_letter_lines_per_topic_minute,
+            lines_per_minute=settings.dead_letter_lines_per_minute,
+            payload_bytes_per_topic_hour=settings.dead_letter_payload_bytes_per_topic_hour,
+            payload_bytes_per_hour=settings.dead_letter_payload_bytes_per_hour,
+        )
         self._stats = CollectorStats()
         self._batch = _Batch()
         self._open: _OpenWindow | None = None
-        self._inbox: list[_Inbound] = []
+        self._inbox: deque[_Inbound] = deque()
+        self._unacked = 0  # QoS 1 messages of this connection received and not yet acknowledged
+        self._retry_delay = _RETRY_FIRST_S
+        self._retry_at = 0.0  # time.monotonic() of the next retry of a failed write, while paused
+        self._paused_since = 0.0
+        self._last_pause_report = 0.0
         self._site_by_topic: dict[str, str] = {}
         self._client: paho.Client | None = None
         self._generation = 0  # bumps on every CONNACK; an ack is only valid on its own connection
@@ -386,12 +588,12 @@ class Collector:
         stop = stop or threading.Event()
         try:
             with self._exclusive():
-                self._recover()
-                client = self._make_client()
-                self._client = client
-                if self._connect(stop):
-                    self._collect(client, stop)
-                self._shutdown(client)
+                if self._recover_until_done(stop):
+                    client = self._make_client()
+                    self._client = client
+                    if self._connect(stop):
+                        self._collect(client, stop)
+                    self._shutdown(client)
         finally:
             self._running = False
         log.info("collector %s stopped: %s", self.settings.collector_id, self._stats)
@@ -419,8 +621,30 @@ class Collector:
             finally:
                 fcntl.flock(lock_file, fcntl.LOCK_UN)
 
+    def _recover_until_done(self, stop: threading.Event) -> bool:
+        """Start-up recovery, retried with backoff while writes fail: a full disk must not crash-loop us.
+
+        Recovery only looks at what is on disk, so running it again after a failure is safe.
+        False when `stop` was set first.
+        """
+        while True:
+            try:
+                self._recover()
+            except OSError as exc:
+                self._write_failed(exc)
+                if stop.wait(self._retry_delay):
+                    return False
+                continue
+            if self._stats.paused:
+                self._resume()
+            return True
+
     def _recover(self) -> None:
         """Make the disk consistent after a crash and rebuild the dedup index (runs at start)."""
+        log.info("recovering the windows of collector %s under %s", self.settings.collector_id, self.open_root)
+        self._open = None
+        self._stats.recovered_windows = 0
+        self._stats.recovered_parts = 0
         self.open_root.mkdir(parents=True, exist_ok=True)
         self._dead_letters.directory.mkdir(parents=True, exist_ok=True)
         self._dead_letters.repair()
@@ -455,6 +679,7 @@ class Collector:
                 directory=self.open_root / key,
                 rows=rows,
                 next_part_file=int(parts[-1].stem.removeprefix("part-")) + 1,
+                directory_made=True,
             )
             is_latest = index == len(recovered) - 1
             if is_latest and now_us < self._open.end_us and rows < self.settings.window_max_rows:
@@ -553,7 +778,7 @@ class Collector:
             try:
                 mqtt.connect(
                     self._client_or_fail(),
-                    self.settings.mqtt_url,
+                    self.settings.mqtt_connection,
                     clean_start=False,
                     session_expiry_s=self.session_expiry_s,
                     receive_maximum=self.receive_maximum,
@@ -561,7 +786,7 @@ class Collector:
                 return True
             except OSError as exc:
                 log.warning(
-                    "cannot reach the broker at %s (%s); retrying in %.1f s", self.settings.mqtt_url, exc, delay
+                    "cannot connect to the broker at %s (%s); retrying in %.1f s", self.settings.mqtt_url, exc, delay
                 )
                 stop.wait(delay)
                 delay = min(delay * 2, _MAX_RECONNECT_DELAY_S)
@@ -579,6 +804,9 @@ class Collector:
             log.error("broker refused the connection: %s", reason)
             return
         self._generation += 1
+        self._unacked = 0  # the broker resends what this connection's predecessor left unacknowledged
+        if self._inbox:  # so drop its QoS 1 messages we have not handled yet (only while paused are there any)
+            self._inbox = deque(inbound for inbound in self._inbox if inbound.message.qos == 0)
         self._connected = True
         self._stats.connections += 1
         log.info(
@@ -615,6 +843,14 @@ class Collector:
         log.info("disconnected from the broker: %s", reason)
 
     def _on_message(self, _client: paho.Client, _userdata: object, message: paho.MQTTMessage) -> None:
+        if message.qos > 0:
+            self._unacked += 1
+            if self._unacked > self._stats.max_unacked:
+                self._stats.max_unacked = self._unacked
+        elif self._stats.paused and len(self._inbox) >= self.receive_maximum:
+            # QoS 0 is at most once, and the broker does not hold it back for us: bounded memory comes first.
+            self._stats.dropped_while_paused += 1
+            return
         self._inbox.append(_Inbound(_now_us(), message))
 
     # ---- the loop ----
@@ -626,8 +862,7 @@ class Collector:
             self._drain_inbox()
             if rc != paho.MQTT_ERR_SUCCESS:
                 # Data of the lost connection is made durable; its acks are void (mids belong to it).
-                self._flush()
-                self._maybe_seal_by_time()
+                self._durably(self._flush_and_seal_by_time)
                 log.warning("connection lost (%s); reconnecting in %.1f s", paho.error_string(rc), reconnect_delay)
                 if stop.wait(reconnect_delay):
                     break
@@ -638,14 +873,10 @@ class Collector:
                     log.warning("reconnect failed: %s", exc)
                     reconnect_delay = min(reconnect_delay * 2, _MAX_RECONNECT_DELAY_S)
                 continue
-            batch = self._batch
-            if batch.messages and (
-                len(batch.acks) >= self.flush_at_messages
-                or batch.rows >= self.flush_at_messages
-                or time.monotonic() - batch.first_at >= self.flush_after_s
-            ):
-                self._flush()
-            self._maybe_seal_by_time()
+            if self._stats.paused:
+                self._retry_writes_if_due()
+            else:
+                self._durably(self._commit_if_due)
 
     def _network_step(self, client: paho.Client, timeout: float) -> paho.MQTTErrorCode:
         """One select() on the socket, then every packet it has ready (up to a burst), writes and keepalive.
@@ -654,12 +885,20 @@ class Collector:
         thread): `loop()` reads one packet per select() and, once it has run, wakes itself through a
         socket pair on every PUBACK we queue; reading a burst per select() without the socket pair
         drained a backlog about 15 % faster here (benchmarks/ingest.py).
+
+        With ReceiveMaximum QoS 1 messages unacknowledged it reads nothing more: Mosquitto 2.0.11
+        sends past a v5 client's ReceiveMaximum once acknowledgements flow again after a stall
+        (measured: 900 outstanding for 100), so the bound on what we hold is kept here, and what
+        the broker sends meanwhile waits in the socket buffers.
         """
         sock = client.socket()
         if sock is None:
             return paho.MQTT_ERR_NO_CONN
+        reading = self._unacked < self.receive_maximum
         try:
-            readable, _, _ = select.select([sock], [sock] if client.want_write() else [], [], timeout)
+            readable, _, _ = select.select(
+                [sock] if reading else [], [sock] if client.want_write() else [], [], timeout
+            )
         except (OSError, ValueError):
             return paho.MQTT_ERR_CONN_LOST
         if readable:
@@ -668,8 +907,8 @@ class Collector:
                 rc = client.loop_read()
                 if rc != paho.MQTT_ERR_SUCCESS:
                     return rc
-                if len(self._inbox) == before:
-                    break  # no complete PUBLISH left in the socket buffer (or a SUBACK/PINGRESP)
+                if len(self._inbox) == before or self._unacked >= self.receive_maximum:
+                    break  # no complete PUBLISH left in the socket buffer (or a SUBACK/PINGRESP), or at the bound
         if client.want_write():
             rc = client.loop_write()
             if rc != paho.MQTT_ERR_SUCCESS:
@@ -677,6 +916,8 @@ class Collector:
         return client.loop_misc()
 
     def _loop_timeout(self) -> float:
+        if self._stats.paused:  # deadlines of the batch and the window wait for the disk
+            return max(0.0, min(_LOOP_TICK_S, self._retry_at - time.monotonic()))
         timeout = _LOOP_TICK_S
         if self._batch.messages:
             timeout = min(timeout, self._batch.first_at + self.flush_after_s - time.monotonic())
@@ -685,14 +926,32 @@ class Collector:
         return max(0.0, timeout)
 
     def _drain_inbox(self) -> None:
-        inbox, self._inbox = self._inbox, []
-        for inbound in inbox:
-            self._handle(inbound)
+        """Handle received messages in order; a failed write pauses, and the rest wait where they are.
+
+        Only flushes and seals write, each before the message that needs it is taken from the inbox
+        or after it is wholly in the batch, so a failure never leaves one message half handled.
+        """
+        inbox = self._inbox
+        max_rows = self.settings.window_max_rows
+        try:
+            while inbox and not self._stats.paused:
+                inbound = inbox[0]
+                window = self._open
+                if window is not None and inbound.received_us >= window.end_us:
+                    self._flush()  # the open window's interval is over: its batch and seal come first
+                    self._seal_open()
+                inbox.popleft()
+                self._handle(inbound)
+                window = self._open
+                if window is not None and window.rows + self._batch.rows >= max_rows:
+                    self._flush()
+                    self._seal_open()
+        except OSError as exc:
+            self._write_failed(exc)
 
     def _handle(self, inbound: _Inbound) -> None:
         message = inbound.message
         self._stats.received += 1
-        # Classify first: opening a new window flushes the previous batch, which must not carry this ack.
         self._classify(message, inbound.received_us)
         batch = self._batch
         if not batch.messages:
@@ -700,10 +959,6 @@ class Collector:
         batch.messages += 1
         if message.qos > 0:
             batch.acks.append((self._generation, message.mid, message.qos))
-        window = self._open
-        if window is not None and window.rows + batch.rows >= self.settings.window_max_rows:
-            self._flush()
-            self._seal_open()
 
     def _classify(self, message: paho.MQTTMessage, received_us: int) -> None:
         """Dead-letter, ignore, drop as duplicate, or add to the batch as a row of the open window."""
@@ -723,16 +978,17 @@ class Collector:
             self._dead_letter(received_us, topic, f"payload is not UTF-8: {exc}", raw)
             return
         try:
-            model = parse_telemetry(topic, raw, received_at=_from_us(received_us), default_site=self.settings.site)
+            accepted = accept_telemetry(topic, raw, received_at=_from_us(received_us), default_site=self.settings.site)
         except PayloadError as exc:
             self._dead_letter(received_us, topic, exc.reason, raw)
             return
         except Exception as exc:  # a payload must never stop the stream, whatever the parser trips on
             self._dead_letter(received_us, topic, f"rejected ({type(exc).__name__}): {exc}", raw)
             return
-        if model is None:
+        if accepted is None:
             self._stats.ignored += 1
             return
+        model = accepted.model
         seq = model.seq
         if seq is not None and seq > _INT64_MAX:
             self._dead_letter(received_us, topic, f"seq {seq} does not fit a 64-bit integer", raw)
@@ -757,7 +1013,7 @@ class Collector:
         batch.ts_us.append(ts_us)
         batch.received_us.append(received_us)
         batch.seq.append(seq)
-        batch.payload.append(dump_payload(model).decode())
+        batch.payload.append(accepted.wire.decode())
 
     def _site_of(self, topic: str) -> str:
         """The site a telemetry topic names (cached: a plant has a bounded set of topics)."""
@@ -771,36 +1027,49 @@ class Collector:
         return site
 
     def _dead_letter(self, received_us: int, topic: str, reason: str, raw: bytes) -> None:
-        received_at = _from_us(received_us)
-        entry = self._dead_letters.record(
-            received_at=received_at, topic=topic, reason=reason, raw=raw, max_inline=self.settings.max_payload_bytes
-        )
-        self._batch.dead_letters.append((received_at, entry))
+        """Queue the dead-letter line for the batch, within the budget (`DeadLetterBudget`)."""
         self._stats.dead_letters += 1
         self._window_dead_letters += 1
+        budget = self._dead_letter_budget
+        if not budget.admit_line(topic, len(raw), received_us):
+            self._stats.dead_letters_counted_only += 1
+            return
+        keep_payload = budget.admit_payload(topic, len(raw), received_us)
+        if not keep_payload:
+            self._stats.dead_letter_payloads_dropped += 1
+            self._stats.dead_letter_payload_bytes_dropped += len(raw)
+        received_at = _from_us(received_us)
+        entry, blob = self._dead_letters.record(
+            received_at=received_at,
+            topic=topic,
+            reason=reason,
+            raw=raw,
+            max_inline=self.settings.max_payload_bytes,
+            keep_payload=keep_payload,
+        )
+        batch = self._batch
+        batch.dead_letters.append((received_at, entry))
+        if blob is not None:
+            batch.blobs[entry["sha256"]] = blob
+            batch.held_bytes += len(blob)
         log.debug("dead letter from %s: %s", topic, reason)
 
     def _open_window_for(self, received_us: int) -> None:
-        """Make the window that holds this receipt time the open one, sealing the previous one."""
-        window = self._open
-        if window is not None and received_us < window.end_us:
-            return  # same interval (or the clock stepped back: stay in the open window)
-        start = aligned_window_start(_from_us(received_us), self.settings.window_seconds)
-        if window is not None:
-            if _to_us(start) <= window.start_us:
-                return
-            self._flush()
-            self._seal_open()
-        self._open = self._new_window(start)
+        """Open the window that holds this receipt time, unless one is open.
+
+        `_drain_inbox` seals a window whose interval is over before it hands on the next message, so
+        an open window here holds this receipt time (or the clock stepped back: stay in it).
+        """
+        if self._open is None:
+            self._open = self._new_window(aligned_window_start(_from_us(received_us), self.settings.window_seconds))
 
     def _new_window(self, start: datetime) -> _OpenWindow:
         part = self._next_window_part(start)
         key = window_key(start, self.settings.collector_id, part)
-        directory = self.open_root / key
-        directory.mkdir(parents=True, exist_ok=True)
-        fsync_dir(self.open_root)
         start_us = _to_us(start)
-        return _OpenWindow(key=key, start_us=start_us, end_us=start_us + self._window_us, directory=directory)
+        return _OpenWindow(
+            key=key, start_us=start_us, end_us=start_us + self._window_us, directory=self.open_root / key
+        )
 
     def _next_window_part(self, start: datetime) -> int:
         """Part index after the windows of this interval already sealed (row cap, or a restart)."""
@@ -814,27 +1083,63 @@ class Collector:
 
     # ---- group commit and sealing ----
 
-    def _flush(self) -> None:
-        """Make the batch durable (part file + dead letters), then acknowledge all of it."""
+    def _commit_if_due(self) -> None:
+        """The group commit once due, the seal of a window whose interval is over, due counter lines."""
         batch = self._batch
-        if not batch.messages:
+        if batch.messages and (
+            batch.messages >= self.flush_at_messages
+            or batch.held_bytes >= _FLUSH_AT_HELD_BYTES
+            or time.monotonic() - batch.first_at >= self.flush_after_s
+        ):
+            self._flush()
+        self._maybe_seal_by_time()
+        if self._dead_letter_budget.counter_lines_due(_now_us()):
+            self._write_counter_lines()
+
+    def _flush_and_seal_by_time(self) -> None:
+        self._flush()
+        self._maybe_seal_by_time()
+
+    def _flush(self) -> None:
+        """Make the batch durable (part file, then blob files and dead letters), then acknowledge all of it.
+
+        Each write that succeeded is dropped from the batch at once, so after a failed one (OSError)
+        a retry redoes only what is missing, and nothing is acknowledged before all of it is on disk.
+        """
+        batch = self._batch
+        if not batch.messages and not batch.dead_letters:
             return
         if batch.rows:
             window = self._open
             if window is None:
                 raise RuntimeError("rows to write but no open window")
+            if not window.directory_made:
+                window.directory.mkdir(parents=True, exist_ok=True)
+                fsync_dir(self.open_root)
+                window.directory_made = True
             path = window.directory / f"part-{window.next_part_file:06d}{PART_SUFFIX}"
-            frame = batch.frame()
-            write_atomic(path, frame.write_ipc)
+            write_atomic(path, batch.frame().write_ipc)
             window.next_part_file += 1
             window.rows += batch.rows
             self._stats.rows_written += batch.rows
             self._stats.parts_written += 1
+            batch.clear_rows()
         if batch.dead_letters:
-            self._dead_letters.append(batch.dead_letters)
+            self._dead_letters.append(batch.dead_letters, batch.blobs)
+            batch.dead_letters = []
+            batch.blobs = {}
+            batch.held_bytes = 0
         self._send_acks(batch.acks)
         self._stats.flushes += 1
         self._batch = _Batch()
+
+    def _write_counter_lines(self, *, final: bool = False) -> None:
+        """One line per topic for the rejected messages of a past minute that were only counted."""
+        budget = self._dead_letter_budget
+        for minute, topic, counted in budget.take_counter_lines(_now_us(), final=final):
+            entry = self._dead_letters.counter_entry(minute, topic, counted, budget)
+            self._batch.dead_letters.append((_from_us(minute * _US_PER_MINUTE), entry))
+        self._flush()
 
     def _send_acks(self, acks: list[tuple[int, int, int]]) -> None:
         client = self._client
@@ -844,6 +1149,7 @@ class Collector:
             if generation == self._generation:
                 client.ack(mid, qos)
                 self._stats.acked += 1
+                self._unacked -= 1
 
     def _maybe_seal_by_time(self) -> None:
         window = self._open
@@ -851,12 +1157,19 @@ class Collector:
             self._flush()
             self._seal_open()
 
+    def _seal_if_full(self) -> None:
+        window = self._open
+        if window is not None and window.rows >= self.settings.window_max_rows:
+            self._seal_open()
+
     def _seal_open(self) -> None:
-        """Combine the open window's parts into its sealed Parquet file, then remove the parts."""
+        """Combine the open window's parts into its sealed Parquet file, then remove the parts.
+
+        The window stays open until its sealed file is written, so a failed seal is retried.
+        """
         window = self._open
         if window is None:
             return
-        self._open = None
         parts = sorted(window.directory.glob(f"part-*{PART_SUFFIX}"))
         if parts:
             frame = pl.concat([pl.read_ipc(part) for part in parts], how="vertical").select(
@@ -875,24 +1188,109 @@ class Collector:
             )
             self._window_duplicates = 0
             self._window_dead_letters = 0
+        self._open = None
         self._remove_parts(window.directory, parts)
 
     def _remove_parts(self, directory: Path, parts: list[Path]) -> None:
-        for part in parts:
-            part.unlink(missing_ok=True)
-        for leftover in directory.glob(".*.tmp"):
-            leftover.unlink(missing_ok=True)
+        """Best effort once the seal is done: parts left over are removed again on the next start."""
         try:
+            for part in parts:
+                part.unlink(missing_ok=True)
+            for leftover in directory.glob(".*.tmp"):
+                leftover.unlink(missing_ok=True)
             directory.rmdir()
+            fsync_dir(self.open_root)
+        except FileNotFoundError:
+            pass  # no row ever reached this window: its directory was never made
         except OSError as exc:  # someone put a file there: leave it rather than stop collecting
             log.warning("could not remove %s: %s", directory, exc)
-        fsync_dir(self.open_root)
+
+    # ---- failed writes: pause, retry, resume ----
+
+    def _durably(self, step: Callable[[], None]) -> bool:
+        """Run a step that writes; a failed write pauses the collector instead of ending it."""
+        if self._stats.paused:
+            return False
+        try:
+            step()
+        except OSError as exc:
+            self._write_failed(exc)
+            return False
+        return True
+
+    def _write_failed(self, exc: OSError) -> None:
+        """Note a failed write: the first one of a spell pauses (one ERROR), later ones back off further."""
+        stats = self._stats
+        where = Path(exc.filename) if exc.filename else self.settings.data_path
+        code = errno.errorcode.get(exc.errno, str(exc.errno)) if exc.errno is not None else "OSError"
+        stats.write_failures += 1
+        stats.pause_reason = f"{code} writing {where}: {exc.strerror or exc}"
+        stats.disk_full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        now = time.monotonic()
+        if not stats.paused:
+            stats.paused = True
+            stats.pauses += 1
+            self._paused_since = self._last_pause_report = now
+            self._retry_delay = _RETRY_FIRST_S
+            free = _free_bytes(where)
+            log.error(
+                "%s: %s (%s bytes free there). Paused: %d messages held in memory, not acknowledged (the broker "
+                "keeps them); retrying with backoff up to every %.0f s",
+                "disk full" if stats.disk_full else "write failed",
+                stats.pause_reason,
+                "unknown" if free is None else f"{free:,}",
+                self._batch.messages + len(self._inbox),
+                _RETRY_MAX_S,
+            )
+        else:
+            self._retry_delay = min(self._retry_delay * 2, _RETRY_MAX_S)
+            if now - self._last_pause_report >= _STILL_PAUSED_REPORT_S:
+                self._last_pause_report = now
+                log.warning("still paused after %.0f s: %s", now - self._paused_since, stats.pause_reason)
+        self._retry_at = now + self._retry_delay
+
+    def _retry_writes_if_due(self) -> None:
+        """While paused: redo the failed step (the batch, a due seal) once its retry time has come."""
+        if time.monotonic() < self._retry_at:
+            return
+        try:
+            self._flush()
+            self._maybe_seal_by_time()
+            self._seal_if_full()
+        except OSError as exc:
+            self._write_failed(exc)
+            return
+        self._resume()
+
+    def _resume(self) -> None:
+        stats = self._stats
+        stats.paused = False
+        stats.disk_full = False
+        log.info(
+            "writes work again after %.1f s paused (%d failed attempts in all): collecting and acknowledging again",
+            time.monotonic() - self._paused_since,
+            stats.write_failures,
+        )
 
     def _shutdown(self, client: paho.Client) -> None:
-        """Clean stop: write and acknowledge what was received, seal the open window, say goodbye."""
+        """Clean stop: write and acknowledge what was received, seal the open window, say goodbye.
+
+        While writes fail, whatever is not on disk stays unacknowledged: the broker keeps it for
+        the next start.
+        """
+        if self._stats.paused:
+            self._retry_at = 0.0
+            self._retry_writes_if_due()
         self._drain_inbox()
-        self._flush()
-        self._seal_open()
+        self._durably(lambda: self._write_counter_lines(final=True))
+        self._durably(self._flush)
+        self._durably(self._seal_open)
+        if self._stats.paused:
+            log.error(
+                "stopping while writes fail (%s): %d received messages were not written nor acknowledged",
+                self._stats.pause_reason,
+                self._batch.messages + len(self._inbox),
+            )
         if not self._connected:
             return
         client.disconnect()

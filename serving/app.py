@@ -40,6 +40,7 @@ from serving import (
     websocket,
 )
 from serving.access import require_viewer
+from serving.body_limit import BodySizeLimit
 from serving.champions import DEFAULT_ANSWER_WITHIN_S, DEFAULT_CHAMPION_TTL_S, KNOWN_MODELS
 from serving.context import DEFAULT_BROKER_TTL_S, ServingContext
 from serving.metrics import ApiMetrics
@@ -99,6 +100,7 @@ def create_app(
     app.state.metrics = ApiMetrics(app)
     app.middleware("http")(app.state.metrics.middleware)
     install_problem_handlers(app)
+    app.add_middleware(BodySizeLimit, limits={ml.PPE_CHECK_PATH: ml.MAX_UPLOAD_BODY_BYTES})
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

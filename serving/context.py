@@ -19,7 +19,14 @@ from fastapi import Request
 
 from factory_pipelines.alert_book import AlertBook
 from factory_pipelines.api_keys import Principal, key_digest
-from factory_pipelines.mqtt import broker_reachable, connect_and_wait, make_client
+from factory_pipelines.mqtt import (
+    BrokerConnection,
+    BrokerTarget,
+    as_connection,
+    broker_reachable,
+    connect_and_wait,
+    make_client,
+)
 from factory_pipelines.orchestrator import AlertDesk, alert_desk_for
 from factory_pipelines.settings import FactorySettings
 from factory_pipelines.store import ServingStore
@@ -47,19 +54,22 @@ class BrokerProbe:
 class BrokerMonitor:
     """Whether the MQTT broker answers a CONNECT, asked at most once per TTL."""
 
-    def __init__(self, url: str, *, ttl_s: float = DEFAULT_BROKER_TTL_S, clock: Clock = time.monotonic) -> None:
-        self.url = url
-        self._cache: TtlCache[str, BrokerProbe] = TtlCache(self._probe, ttl_s, clock)
+    def __init__(
+        self, url: BrokerTarget, *, ttl_s: float = DEFAULT_BROKER_TTL_S, clock: Clock = time.monotonic
+    ) -> None:
+        self.connection = as_connection(url)
+        self.url = self.connection.url  # never holds credentials (they live beside it)
+        self._cache: TtlCache[BrokerConnection, BrokerProbe] = TtlCache(self._probe, ttl_s, clock)
 
     def get(self) -> BrokerProbe:
-        return self._cache.get(self.url)
+        return self._cache.get(self.connection)
 
     def expire(self) -> None:
         self._cache.expire()
 
     @staticmethod
-    def _probe(url: str) -> BrokerProbe:
-        return BrokerProbe(broker_reachable(url, timeout=BROKER_PROBE_TIMEOUT_S), utc_now())
+    def _probe(connection: BrokerConnection) -> BrokerProbe:
+        return BrokerProbe(broker_reachable(connection, timeout=BROKER_PROBE_TIMEOUT_S), utc_now())
 
 
 class AlertFeed:
@@ -69,7 +79,7 @@ class AlertFeed:
     a background thread, so an absent broker costs the request nothing.
     """
 
-    def __init__(self, url: str, *, connect_timeout_s: float = 2.0) -> None:
+    def __init__(self, url: BrokerTarget, *, connect_timeout_s: float = 2.0) -> None:
         self.url = url
         self.connect_timeout_s = connect_timeout_s
         self._client: mqtt.Client | None = None
@@ -114,7 +124,7 @@ class AlertDesks:
 
     def __init__(self, settings: FactorySettings) -> None:
         self.settings = settings
-        self.feed = AlertFeed(settings.mqtt_url)
+        self.feed = AlertFeed(settings.mqtt_connection)
         self._lock = threading.Lock()
         self._store: ServingStore | None = None
         self._desk: AlertDesk | None = None
@@ -172,7 +182,7 @@ class ServingContext:
         self.alert_desks = AlertDesks(self.settings)
         self.managed_keys = ManagedKeyCache()
         # The live MQTT feed connects on first use (a route or the WebSocket hub), not when the app is built.
-        self.live = LiveTelemetry(self.settings.mqtt_url, site=self.settings.site, store=self.store)
+        self.live = LiveTelemetry(self.settings.mqtt_connection, site=self.settings.site, store=self.store)
 
     def close(self) -> None:
         """Release what the app holds open: the store, the MQTT clients."""
@@ -194,7 +204,7 @@ class ServingContext:
         return cls(
             settings=settings,
             store=StoreConnection(settings.resolved_db_url),
-            broker=BrokerMonitor(settings.mqtt_url, ttl_s=broker_ttl_s, clock=clock),
+            broker=BrokerMonitor(settings.mqtt_connection, ttl_s=broker_ttl_s, clock=clock),
             champions=ChampionTracker(
                 settings.resolved_mlflow_uri,
                 model_names,

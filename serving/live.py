@@ -45,7 +45,7 @@ from pydantic import ValidationError
 
 from factory_pipelines.backlog_model import Backlog
 from factory_pipelines.command_book import CommandBook
-from factory_pipelines.mqtt import connect_and_wait, make_client, publish_confirmed
+from factory_pipelines.mqtt import BrokerTarget, connect_and_wait, make_client, publish_confirmed
 from factory_pipelines.store import StoreUnavailableError
 from factory_pipelines.telemetry import (
     COLLECTOR_SUBSCRIPTIONS,
@@ -157,7 +157,7 @@ class LiveTelemetry:
 
     def __init__(
         self,
-        mqtt_url: str,
+        mqtt_url: BrokerTarget,
         *,
         site: str,
         store: StoreConnection | None = None,
@@ -193,6 +193,7 @@ class LiveTelemetry:
         self._started = False
         self._connected = False
         self._subscribed = False
+        self._connection_lost = False  # since the last confirmed subscription
         self._connect_failures = 0  # consecutive failed first connections (paho handles reconnects itself)
         self._client: mqtt.Client | None = None
         self._stop = threading.Event()
@@ -284,19 +285,26 @@ class LiveTelemetry:
 
     def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, _mid: int, reasons: Any, _props: Any) -> None:
         refused = [str(r) for r in reasons if getattr(r, "is_failure", False)]
+        back = False
         with self._state_changed:
             if refused:
                 self._last_error = f"subscription refused: {', '.join(refused)}"
             else:
                 self._subscribed = True
+                back, self._connection_lost = self._connection_lost, False
             self._state_changed.notify_all()
+        if back:  # paho reconnected by itself and on_connect subscribed again
+            log.info("live telemetry: MQTT connection back and subscriptions confirmed")
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         with self._state_changed:
             self._connected = self._subscribed = False
             if not self._stop.is_set():
                 self._last_error = f"disconnected: {reason}"
+                self._connection_lost = True
             self._state_changed.notify_all()
+        if not self._stop.is_set():
+            log.warning("live telemetry: MQTT connection lost (%s); paho reconnects by itself", reason)
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         try:

@@ -66,7 +66,7 @@ from serving.model_cache import (
     ServedModel,
     model_cache_for,
 )
-from serving.problems import ProblemError, problem_responses
+from serving.problems import CONTENT_TOO_LARGE, ProblemError, problem_responses
 from serving.store_connection import describe_error
 
 if TYPE_CHECKING:
@@ -77,7 +77,9 @@ router = APIRouter()
 
 MAX_BATCH = 100
 MAX_HISTORY_WINDOWS = 200  # as the prediction asset: a robot standing still for hours adds no steps
+PPE_CHECK_PATH = "/api/ppe/check"
 MAX_IMAGE_BYTES = 5 * 1024 * 1024
+MAX_UPLOAD_BODY_BYTES = MAX_IMAGE_BYTES + 64 * 1024  # the image plus multipart headers and boundaries
 MAX_IMAGE_PIXELS = 40_000_000  # a 5 MB PNG of one colour may decode to gigabytes: refuse before decoding
 DEFAULT_CONFIDENCE = 0.95  # what the earlier robot backend's clients send
 
@@ -85,7 +87,6 @@ FEATURE_ORDER: tuple[str, ...] = ("vibration_rms", "vibration_kurtosis", "temper
 BAND_FIELDS: tuple[str, ...] = ("bpfo", "bpfi", "bsf", "ftf")
 
 UNSUPPORTED_MEDIA = "urn:factory-pipelines:problem:unsupported-media-type"
-CONTENT_TOO_LARGE = "urn:factory-pipelines:problem:content-too-large"
 UNDECODABLE_IMAGE = "urn:factory-pipelines:problem:undecodable-image"
 
 IMAGE_TYPES: dict[str, str] = {"image/jpeg": "JPEG", "image/jpg": "JPEG", "image/pjpeg": "JPEG", "image/png": "PNG"}
@@ -737,7 +738,7 @@ def _person(region: PersonRegion, width: int, height: int) -> PersonCheck:
 
 
 @router.post(
-    "/api/ppe/check",
+    PPE_CHECK_PATH,
     tags=["ppe"],
     summary="Hard-hat and vest verdicts for an uploaded camera frame",
     response_model=PpeCheckResponse,

@@ -27,6 +27,7 @@ NOT_FOUND = "urn:factory-pipelines:problem:not-found"
 UNAUTHENTICATED = "urn:factory-pipelines:problem:unauthenticated"
 FORBIDDEN = "urn:factory-pipelines:problem:forbidden"
 INTERNAL_ERROR = "urn:factory-pipelines:problem:internal-error"
+CONTENT_TOO_LARGE = "urn:factory-pipelines:problem:content-too-large"
 
 STORE_RETRY_AFTER_S = 5
 

@@ -34,6 +34,34 @@ def describe_error(exc: BaseException) -> str:
     return text[:_MAX_DETAIL_CHARS]
 
 
+# Causes a client may be told, by a phrase of the driver's message; the message itself (hosts, ports,
+# file paths, SQL) goes to the server's log only.
+_OUTAGE_CAUSES = (
+    ("connection refused", "the database refuses connections"),
+    ("timeout", "the database does not answer in time"),
+    ("timed out", "the database does not answer in time"),
+    ("authentication failed", "the database refused our credentials"),
+    ("password", "the database refused our credentials"),
+    ("database is locked", "the database is locked by another writer"),
+    ("unable to open database file", "the database file cannot be opened"),
+    ("no space left", "the database's disk is full"),
+    ("disk i/o error", "the database's disk failed"),
+    ("does not exist", "the database does not exist"),
+    ("shutting down", "the database is shutting down"),
+    ("terminating connection", "the database closed our connection"),
+    ("server closed the connection", "the database closed our connection"),
+)
+
+
+def describe_outage(exc: BaseException) -> str:
+    """Why the store is unavailable, in words safe for any API client: no host, port, path or SQL."""
+    text = str(exc).lower()
+    for phrase, cause in _OUTAGE_CAUSES:
+        if phrase in text:
+            return cause
+    return f"the database failed ({type(exc).__name__})"
+
+
 class StoreConnection:
     """Hands out one shared `ServingStore`, opening it lazily and again after an outage."""
 
@@ -60,11 +88,11 @@ class StoreConnection:
         try:
             result = action(store)
         except StoreUnavailableError as exc:
-            error = StoreUnavailableError(describe_error(exc))
+            error = StoreUnavailableError(f"serving store unavailable: {describe_outage(exc)}")
             self._discard(store, error, cause=exc)
             raise error from exc
         except _OUTAGE_ERRORS as exc:
-            error = StoreUnavailableError(f"serving store unavailable: {describe_error(exc)}")
+            error = StoreUnavailableError(f"serving store unavailable: {describe_outage(exc)}")
             self._discard(store, error, cause=exc)
             raise error from exc
         self._mark_up()
@@ -90,7 +118,7 @@ class StoreConnection:
                 with MIGRATION_LOCK:  # opening applies migrations
                     self._store = self._opener(self.db_url)
             except Exception as exc:  # any failure to open (driver, network, filesystem) means unavailable
-                error = StoreUnavailableError(f"serving store unavailable: {describe_error(exc)}")
+                error = StoreUnavailableError(f"serving store unavailable: {describe_outage(exc)}")
                 self._failures += 1
                 self._last_failure = error
                 self._log_down(error, exc)

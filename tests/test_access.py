@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
+from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from rich.console import Console
+from starlette.routing import BaseRoute
 
 from factory_pipelines.api_keys import Role, parse_api_keys
 from factory_pipelines.launcher import DEMO_KEY_FILE, demo_access
@@ -72,6 +74,53 @@ def test_roles_gate_the_mutating_routes(api: TestClient) -> None:
         api.post(f"/alerts/{alert_id}/clear", json={"by": "ana"}, headers=key(OPERATOR)).json()["cleared_by"] == "ana"
     )
     assert api.get("/api/keys", headers=key(OPERATOR)).status_code == 403
+
+
+# Every route that is not a plain read, with the least role it needs. A route missing here fails the test
+# below, so a new mutating route cannot ship without a decision on who may call it.
+NON_GET_ROUTES: dict[tuple[str, str], Role] = {
+    ("POST", "/alert"): Role.OPERATOR,
+    ("POST", "/api/orchestrator/alert"): Role.OPERATOR,
+    ("POST", "/alerts/{alert_id}/ack"): Role.OPERATOR,
+    ("POST", "/alerts/{alert_id}/clear"): Role.OPERATOR,
+    ("POST", "/api/robots/{robot_id}/command"): Role.OPERATOR,
+    ("POST", "/api/keys"): Role.ADMIN,
+    ("DELETE", "/api/keys/{key_id}"): Role.ADMIN,
+    # POST only because they carry a body: they compute an answer and change nothing
+    ("POST", "/api/ml/predict"): Role.VIEWER,
+    ("POST", "/api/ml/batch_predict"): Role.VIEWER,
+    ("POST", "/api/ppe/check"): Role.VIEWER,
+}
+KEYS_BY_ROLE = {Role.VIEWER: VIEWER, Role.OPERATOR: OPERATOR, Role.ADMIN: ADMIN}
+
+
+def api_routes(routes: Iterable[BaseRoute]) -> Iterator[APIRoute]:
+    """Every route of the app, hidden ones included, also where FastAPI keeps included routers apart."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        elif (included := getattr(route, "original_router", None)) is not None:
+            yield from api_routes(included.routes)
+
+
+def test_every_route_that_is_not_a_read_refuses_callers_below_its_role(api: TestClient) -> None:
+    """Each non-GET route of the app (hidden ones too): no key 401, a lower role 403, its role gets past auth."""
+    routes = {
+        (method, route.path) for route in api_routes(api.app.routes) for method in route.methods - {"GET", "HEAD"}
+    }  # type: ignore[attr-defined]
+    assert routes == set(NON_GET_ROUTES), "decide the role of every new non-GET route in NON_GET_ROUTES"
+    for (method, template), needed in NON_GET_ROUTES.items():
+        path = template.format(alert_id="alert-x", robot_id="robot-x", key_id="key-x")
+        anonymous = api.request(method, path, json={})
+        assert anonymous.status_code == 401, (method, path, anonymous.text)
+        assert anonymous.headers["content-type"] == "application/problem+json"
+        for role, value in KEYS_BY_ROLE.items():
+            answer = api.request(method, path, json={}, headers=key(value))
+            if role.allows(needed):
+                assert answer.status_code not in (401, 403), (method, path, role, answer.text)
+            else:
+                assert answer.status_code == 403, (method, path, role, answer.text)
+                assert f"needs {needed.value}" in answer.json()["detail"]
 
 
 def test_an_admin_creates_uses_and_revokes_a_key(api: TestClient) -> None:

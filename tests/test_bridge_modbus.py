@@ -2,16 +2,20 @@
 
 Each test runs its own bridge (state, MQTT feed, register map, pymodbus server on a free port) for a
 site of its own, publishes on MQTT what a device or the platform would, and reads the documented
-registers back. The broker outage test starts and kills a Mosquitto of its own.
+registers back. The broker outage test starts and kills a Mosquitto of its own. Writers are told
+apart by source address: Linux routes all of 127.0.0.0/8 to lo, so a client bound to 127.0.0.2 is a
+second host as far as the bridge can tell.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
 import math
 import struct
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,6 +29,7 @@ from factory_pipelines.alert_book import AlertBook
 from factory_pipelines.alert_model import AlertCandidate
 from factory_pipelines.broker import start_local_broker
 from factory_pipelines.command_book import CommandBook
+from factory_pipelines.settings import load_settings
 from factory_pipelines.store import ServingStore
 from factory_pipelines.telemetry import (
     Alert,
@@ -60,7 +65,7 @@ from scada_bridge.modbus_map import (
     float_registers,
     format_register_map,
 )
-from scada_bridge.modbus_server import ModbusBridgeServer, ModbusServerThread
+from scada_bridge.modbus_server import NOT_A_WRITER, ModbusBridgeServer, ModbusServerThread, RefusalLog, WriterList
 from scada_bridge.points import POINTS, POINTS_BY_KEY, telemetry_points
 from scada_bridge.state import DEFAULT_MAX_ASSETS, BridgeState, Quality
 from tests.conftest import MqttRecorder
@@ -156,6 +161,7 @@ def start_bridge(tmp_path: Path, free_port: Callable[[], int], site: str) -> Ite
         writes_enabled: bool = False,
         book: CommandBook | None = None,
         max_assets: int = 20,
+        writers: Sequence[str] = (),
     ) -> Bridge:
         state = BridgeState(site=site, max_assets=max_assets)
         feed = BridgeFeed(state, mqtt_url, db_url=db_url, reconnect_max_delay_s=1.0)
@@ -163,7 +169,12 @@ def start_bridge(tmp_path: Path, free_port: Callable[[], int], site: str) -> Ite
             state, AssetSlots(max_assets, tmp_path / f"slots-{len(started)}.json"), writes_enabled=writes_enabled
         )
         sender = CommandSender(site, feed.publish, book=book)
-        server = ModbusBridgeServer(register_map, port=free_port(), commands=sender)
+        server = ModbusBridgeServer(
+            register_map,
+            port=free_port(),
+            commands=sender,
+            writers=[ipaddress.ip_network(writer) for writer in writers],
+        )
         thread = ModbusServerThread(server)
         thread.start()
         feed.start()
@@ -397,7 +408,11 @@ def test_compat_block_reads_stored_and_published_predictions(
     store.dispose()
 
     bridge = start_bridge(mqtt_url, db_url=db_url)
-    wait_until(lambda: bridge.holding(501)[0] == 5, what="the five models' stored predictions")
+    # The first store read seeds predictions, then alerts: wait for the whole read, not its first half.
+    wait_until(
+        lambda: bridge.feed.store_syncs >= 1 and bridge.holding(501)[0] == 5,
+        what="the five models' stored predictions and the open alert",
+    )
     # Two robot readings ten minutes apart (source time): 300 cycles per 10 min = 1800 cycles/h.
     for minutes, cycles in ((10, 10_000), (0, 10_300)):
         reading = {"ts": (now - timedelta(minutes=minutes)).isoformat(), "cycle_count": cycles, "health_score": 72.4}
@@ -495,6 +510,154 @@ def test_command_writes_are_refused_when_disabled(
     messages = recorder.wait_for(lambda m: any(x.payload == b"marker" for x in m), what="the marker")
     assert [m.payload for m in messages] == [b"marker"]
     assert bridge.sender.sent == 0 and bridge.server.refused_writes == 1
+
+
+# ---- who may write: the writer list ----------------------------------------------------------
+
+WRITER_LOG = "scada_bridge.modbus_server"
+
+
+@pytest.mark.timeout(60)
+def test_a_listed_loopback_writer_sends_a_command(
+    start_bridge: Callable[..., Bridge],
+    mqtt_url: str,
+    publisher: Publisher,
+    site: str,
+    mqtt_recorder: Callable[..., MqttRecorder],
+) -> None:
+    bridge = start_bridge(mqtt_url, writes_enabled=True, writers=["127.0.0.1"])
+    robot = f"{site}-robot"
+    recorder = mqtt_recorder(command_topic(site, robot))
+    publisher.publish(telemetry_topic(site, robot), {"temperature": 40.0})
+    base = ASSET_BASE + HR_BLOCK * bridge.wait_slot(robot)
+    assert not bridge.client.write_registers(base, [1, 0, 0, 1], device_id=UNIT).isError()
+    messages = recorder.wait_for(lambda m: len(m) >= 1, what="the command on MQTT")
+    assert json.loads(messages[0].payload)["command"] == "stop"
+    assert bridge.holding(base + CommandRegister.RESULT, 2) == [CommandResult.SENT, 1]
+    assert bridge.server.refused_writes == 0
+
+
+@pytest.mark.timeout(60)
+def test_writes_from_an_unlisted_address_are_refused_reads_stay_open_and_the_log_stays_quiet(
+    start_bridge: Callable[..., Bridge],
+    mqtt_url: str,
+    publisher: Publisher,
+    site: str,
+    mqtt_recorder: Callable[..., MqttRecorder],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bridge = start_bridge(mqtt_url, writes_enabled=True, writers=["10.9.9.9"])  # the test runs on 127.0.0.1
+    robot = f"{site}-robot"
+    topic = command_topic(site, robot)
+    recorder = mqtt_recorder(topic)
+    publisher.publish(telemetry_topic(site, robot), {"temperature": 40.5})
+    slot = bridge.wait_slot(robot)
+    base = ASSET_BASE + HR_BLOCK * slot
+    caplog.set_level(logging.INFO, logger=WRITER_LOG)
+
+    for sequence in (1, 2, 3):  # a PLC retrying, or a scanner: refused each time, logged once
+        refused = bridge.client.write_registers(base, [1, 0, 0, sequence], device_id=UNIT)
+        assert refused.isError() and refused.exception_code == NOT_A_WRITER == 1
+    single = bridge.client.write_register(base + CommandRegister.SEQUENCE, 4, device_id=UNIT)  # FC 6 too
+    assert single.isError() and single.exception_code == 1
+    assert bridge.server.refused_writes == 4
+    refusals = [r.getMessage() for r in caplog.records if r.name == WRITER_LOG and "refused" in r.getMessage()]
+    assert len(refusals) == 1 and "127.0.0.1" in refusals[0] and "10.9.9.9" in refusals[0], refusals
+
+    # Nothing was written or sent; reads answer as before, and the header still says writes are on.
+    assert bridge.holding(base, 4) == [0, 0, 0, 0]
+    assert bridge.header(Header.WRITES_ENABLED) == 1
+    wait_until(lambda: bridge.point(slot, "robot/temperature") == 40.5, what="the reading over Modbus")
+    bridge.feed.publish(topic, b"marker")  # arrives after anything a refused write could have sent
+    messages = recorder.wait_for(lambda m: any(x.payload == b"marker" for x in m), what="the marker")
+    assert [m.payload for m in messages] == [b"marker"] and bridge.sender.sent == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_listed_and_an_unlisted_client_side_by_side(
+    start_bridge: Callable[..., Bridge],
+    mqtt_url: str,
+    publisher: Publisher,
+    site: str,
+    mqtt_recorder: Callable[..., MqttRecorder],
+) -> None:
+    bridge = start_bridge(mqtt_url, writes_enabled=True, writers=["127.0.0.2"])
+    writer = ModbusTcpClient("127.0.0.1", port=bridge.server.port, source_address=("127.0.0.2", 0), timeout=5)
+    assert writer.connect()
+    try:
+        robot = f"{site}-robot"
+        recorder = mqtt_recorder(command_topic(site, robot))
+        publisher.publish(telemetry_topic(site, robot), {"temperature": 40.0})
+        base = ASSET_BASE + HR_BLOCK * bridge.wait_slot(robot)
+
+        # The bridge's own client connects from 127.0.0.1: not listed, so not even loopback may write.
+        refused = bridge.client.write_registers(base, [1, 0, 0, 1], device_id=UNIT)
+        assert refused.isError() and refused.exception_code == 1
+        # The same write from 127.0.0.2 becomes a command.
+        assert not writer.write_registers(base, [2, *float_registers(0.25), 1], device_id=UNIT).isError()
+        messages = recorder.wait_for(lambda m: len(m) >= 1, what="the listed writer's command")
+        # Both writes go out on one MQTT connection, in order: a command from the refused one would be first.
+        assert [json.loads(m.payload)["command"] for m in messages] == ["slow"]
+        assert bridge.sender.sent == 1 and bridge.server.refused_writes == 1
+        # Both read the result alike.
+        assert writer.read_holding_registers(base + CommandRegister.RESULT, count=2, device_id=UNIT).registers == [
+            CommandResult.SENT,
+            1,
+        ]
+        assert bridge.holding(base + CommandRegister.RESULT, 2) == [CommandResult.SENT, 1]
+    finally:
+        writer.close()
+
+
+def test_the_refusal_log_reports_an_address_once_a_minute_with_the_count_it_kept_quiet(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [1000.0]
+    refusals = RefusalLog(interval_s=60.0, clock=lambda: now[0])
+    writers = WriterList([ipaddress.ip_network("10.0.6.0/24")])
+    caplog.set_level(logging.WARNING, logger=WRITER_LOG)
+    assert [refusals.refused("10.0.7.1", writers) for _ in range(3)] == [True, False, False]
+    assert refusals.refused("10.0.7.2", writers)  # another address has its own minute
+    now[0] += 59.0
+    assert not refusals.refused("10.0.7.1", writers)
+    now[0] += 1.0
+    assert refusals.refused("10.0.7.1", writers)
+    lines = [r.getMessage() for r in caplog.records if r.name == WRITER_LOG]
+    assert len(lines) == 3 and "(3 more refused since the last report)" in lines[-1]
+    assert "10.0.6.0/24" in lines[0]
+
+
+def test_the_writer_list_defaults_to_loopback_and_matches_networks() -> None:
+    loopback = WriterList()
+    assert loopback.allows(ipaddress.ip_address("127.0.0.5")) and loopback.allows(ipaddress.ip_address("::1"))
+    assert not loopback.allows(ipaddress.ip_address("10.0.5.20")) and not loopback.allows(None)
+    plant = WriterList([ipaddress.ip_network("10.0.5.20"), ipaddress.ip_network("10.0.6.0/24")])
+    assert plant.allows(ipaddress.ip_address("10.0.6.77")) and plant.allows(ipaddress.ip_address("10.0.5.20"))
+    assert not plant.allows(ipaddress.ip_address("10.0.5.21")) and not plant.allows(ipaddress.ip_address("127.0.0.1"))
+
+
+def test_writer_settings_parse_lists_and_a_bad_entry_stops_start_up(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no stray .env or factory.yaml
+    monkeypatch.setenv("FACTORY_MODBUS_WRITERS", "10.0.5.20, 10.0.6.0/24")
+    assert [str(n) for n in load_settings().modbus_writers] == ["10.0.5.20/32", "10.0.6.0/24"]
+    monkeypatch.setenv("FACTORY_MODBUS_WRITERS", '["10.0.5.20", "fd00::/64"]')
+    assert [str(n) for n in load_settings().modbus_writers] == ["10.0.5.20/32", "fd00::/64"]
+    monkeypatch.setenv("FACTORY_MODBUS_WRITERS", "")
+    assert load_settings().modbus_writers == []
+    with pytest.raises(ValueError, match="modbus_writers entry '10.0.6.5/24': host bits set, write 10.0.6.0/24"):
+        load_settings(modbus_writers=["10.0.6.5/24"])
+
+    # `factory bridge` with a typo: one message naming the setting and the entry, exit 2, nothing served.
+    monkeypatch.setenv("FACTORY_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("FACTORY_MODBUS_WRITERS", "10.0.5.20,10.0.5.300")
+    app = typer.Typer()
+    app.command()(bridge_command)
+    result = CliRunner().invoke(app, [])
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.output.split())  # the console wraps long lines
+    assert "modbus_writers entry '10.0.5.300' is not an IP address or CIDR network" in said
 
 
 # ---- broker outage ----------------------------------------------------------------------------

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -30,10 +28,9 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from factory_pipelines import ppe_images as pi
-from factory_pipelines import ppe_model as pm
 from factory_pipelines import rul_model as rm
 from factory_pipelines.model_catalog import CATALOG
-from factory_pipelines.model_registry import ensure_experiment, set_alias, use_tracking_uri
+from factory_pipelines.model_registry import ensure_experiment, set_alias
 from factory_pipelines.mqtt import connect_and_wait, make_client
 from factory_pipelines.settings import load_settings
 from factory_pipelines.telemetry import PayloadKind, RobotTelemetry, VibrationFeatures, telemetry_topic, utc_now
@@ -42,73 +39,17 @@ from factory_pipelines.windows import window_key
 from serving import create_app, ml
 from serving.fleet import health_of, live_of, maintenance_priority
 from serving.model_cache import MODEL_UNAVAILABLE, model_cache_of
+from tests.tiny_champions import CYCLES_PER_STEP, LOGGED_RMSE, TINY_RUL, Champions, register, train_tiny_champions
 from tests.waiting import wait_until
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 OPERATOR = {"X-API-Key": "operator-key-123"}
 VIEWER = {"X-API-Key": "viewer-key-1234"}
 PROBLEM_JSON = "application/problem+json"
-LOGGED_RMSE = 123.5  # a metric the tiny champions' runs carry, for model_info
-
-# Seconds to train, not to be good: the routes are under test, not the models.
-TINY_RUL = rm.RulParams(
-    window=8,
-    lstm_units=8,
-    lstm_layers=1,
-    dense_units=8,
-    dropout=0.0,
-    learning_rate=0.01,
-    batch_size=64,
-    max_epochs=2,
-    ensemble_size=1,
-    unroll=False,
-    calibration_fraction=0.25,
-    seed=2,
-)
-TINY_PPE = pm.PpeParams(
-    image_size=64,
-    crop_size=64,
-    zoom_min=1.0,
-    zoom_max=1.0,
-    base_filters=4,
-    epochs=1,
-    batch_size=8,
-    calibration_fraction=0.0,
-    mirror_at_inference=False,
-    region_threshold=0.0,  # every frame then has a person region to report, trained or not
-    seed=3,
-)
-CYCLES_PER_STEP = 40  # the tiny RUL model's steps
-
-
-@dataclass(frozen=True)
-class Champions:
-    tracking_uri: str
-    rul: rm.RulModel
-    ppe: pm.PpeModel
-
-
-def register(tracking_uri: str, artifacts: Path, name: str, log: Callable[[], str]) -> str:
-    """Log a model in a run of its own (with a metric), register it, give it the champion alias."""
-    use_tracking_uri(tracking_uri)
-    experiment_id = ensure_experiment(tracking_uri, name, artifacts)
-    with mlflow.start_run(experiment_id=experiment_id):
-        mlflow.log_metric("rmse", LOGGED_RMSE)
-        version = log()
-    set_alias(tracking_uri, name, version, decided_by="test", reason="tiny champion")
-    return version
 
 
 @pytest.fixture(scope="module")
 def champions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Champions]:
-    root = tmp_path_factory.mktemp("ml-registry")
-    tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
-    rul = rm.fit(rm.robot_dataset(n_robots=4, seed=4, cycles_per_step=CYCLES_PER_STEP), TINY_RUL)
-    ppe = pm.fit(pm.load_frames(pi.write_synthetic_folder(root / "frames", 24, seed=1, size=64)), TINY_PPE)
-    register(tracking_uri, root / "artifacts", "rul_lstm", lambda: rm.log_model(rul, registered_name="rul_lstm"))
-    register(tracking_uri, root / "artifacts", "ppe_vision", lambda: pm.log_model(ppe, registered_name="ppe_vision"))
-    yield Champions(tracking_uri, rul, ppe)
+    yield train_tiny_champions(tmp_path_factory.mktemp("ml-registry"))
     mlflow.set_tracking_uri(None)
 
 

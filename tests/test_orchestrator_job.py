@@ -10,12 +10,14 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from pydantic import SecretStr
 
 from factory_pipelines.alert_book import AlertBook
 from factory_pipelines.definitions import build_definitions
 from factory_pipelines.settings import FactorySettings, load_settings
 from factory_pipelines.store import ServingStore
 from sensors.alert_sensor import build_prediction_alerts_sensor, read_cursor
+from tests.gemini_standin import GeminiStandIn
 from tests.machine_windows import SPIKE, write_sealed_window
 from tests.twilio_standin import TwilioStandIn
 
@@ -154,3 +156,60 @@ def test_a_bad_rules_file_stops_the_code_location_with_file_and_line(tmp_path: P
     settings = load_settings(data_dir=tmp_path / "data", alert_rules_file=rules)
     with pytest.raises(ValueError, match=r"alert_rules\.yaml:5"):
         build_definitions(settings)
+
+
+def test_twilio_and_gemini_faults_keep_the_alert_fall_back_to_the_rules_and_text_once(
+    settings: FactorySettings, twilio: TwilioStandIn, gemini: GeminiStandIn
+) -> None:
+    """Gemini answers garbage and Twilio fails twice with 503 while the job runs: the alert is kept, planned
+    by the rules, texted once after retries; a re-run of the same run (a Dagster retry) texts no one again."""
+    gemini.reply = lambda: (200, b"{not json")
+    twilio.fail_next_posts(2, status=503)
+    settings = settings.model_copy(
+        update={"gemini_api_key": SecretStr("gemini-test-key"), "gemini_base_url": gemini.url}
+    )
+    defs = build_definitions(settings)
+    with dg.instance_for_test() as instance:
+        trained = defs.resolve_job_def("energy_iforest_training_job").execute_in_process(
+            instance=instance, run_config={"ops": {"energy_iforest": {"config": {"n_estimators": 50}}}}
+        )
+        assert trained.success
+        start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+        key = write_sealed_window(settings, start, seed=1, spike=SPIKE, spike_kw=SPIKE_KW)
+        run_window(defs, instance, key)
+
+        requests, _, runs = tick_and_run(defs, instance, None)
+        metadata = {
+            k: v.value for k, v in runs[0].get_asset_materialization_events()[0].materialization.metadata.items()
+        }
+        assert metadata["new_alerts"] == 1 and metadata["texts_sent"] == 1, metadata
+
+        store = ServingStore(settings.resolved_db_url)
+        try:
+            book = AlertBook(store.engine)
+            [alert] = book.list_alerts().items
+            assert alert.plan is not None and alert.plan.written_by == "rules"
+            assert alert.plan.action == "ADJUST_POWER_PROFILE" and alert.plan.fallback_reason
+            assert len(gemini.requests) == 1  # one try: an alert does not wait on the model's retries
+            assert [p.answered_status for p in twilio.message_posts] == [
+                503,
+                503,
+                201,
+            ]  # retried with backoff, sent once
+            [text] = twilio.messages
+            assert alert.alert_id in text.body
+            [record] = book.notifications(alert.alert_id)
+            assert (record.status.value, record.attempts, record.provider_id) == ("sent", 3, text.sid)
+
+            # Dagster re-executes the same orchestrator run: the ledger's claim keeps the phone quiet
+            again = defs.resolve_job_def("orchestrator_job").execute_in_process(
+                instance=instance,
+                partition_key=requests[0].partition_key,
+                run_config=requests[0].run_config,
+                tags=requests[0].tags,
+            )
+            assert again.success
+            assert len(twilio.messages) == 1 and len(twilio.message_posts) == 3
+            assert [a.alert_id for a in book.list_alerts().items] == [alert.alert_id]
+        finally:
+            store.dispose()

@@ -54,10 +54,19 @@ def test_config_file_named_by_env_must_exist(monkeypatch: pytest.MonkeyPatch, tm
         load_settings()
 
 
-def test_secrets_are_refused_in_yaml(tmp_path: Path) -> None:
-    (tmp_path / "factory.yaml").write_text("twilio_auth_token: hunter2\n")
-    with pytest.raises(ValueError, match="twilio_auth_token"):
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        ("twilio_auth_token: hunter2", "twilio_auth_token"),
+        ("api_keys: key-1234567890:admin", "api_keys"),  # fields with an alias: either spelling is refused
+        ("FACTORY_OPCUA_USERS: ana:pw-123456:operator", "opcua_users"),
+    ],
+)
+def test_secrets_are_refused_in_yaml(tmp_path: Path, line: str, field: str) -> None:
+    (tmp_path / "factory.yaml").write_text(line + "\n")
+    with pytest.raises(ValueError, match=field) as refused:
         load_settings()
+    assert line.split(": ", 1)[1] not in str(refused.value)
 
 
 def test_secrets_come_from_dotenv_and_blank_means_unset(tmp_path: Path) -> None:
@@ -100,3 +109,84 @@ def test_child_env_round_trips(tmp_path: Path) -> None:
     )
     assert (again.data_path, again.window_seconds, again.site) == (settings.data_path, 7, "s2")
     assert again.resolved_db_url == settings.resolved_db_url
+
+
+# ---- MQTT credentials and TLS ----
+
+
+def test_mqtts_urls_default_to_port_8883() -> None:
+    assert load_settings(mqtt_url="mqtts://broker.plant").mqtt_port == 8883
+    assert load_settings(mqtt_url="mqtt://broker.plant").mqtt_port == 1883
+    assert load_settings(mqtt_url="mqtts://broker.plant:9883").mqtt_connection.tls is True
+
+
+def test_credentials_in_the_broker_url_are_refused_without_echoing_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FACTORY_MQTT_URL", "mqtts://plant:hunter2@broker.plant:8883")
+    with pytest.raises(ValidationError, match="FACTORY_MQTT_USERNAME and FACTORY_MQTT_PASSWORD") as refused:
+        load_settings()
+    assert "hunter2" not in str(refused.value)
+
+
+def test_mqtt_password_is_a_secret_refused_in_yaml(tmp_path: Path) -> None:
+    (tmp_path / "factory.yaml").write_text("mqtt_username: plant\nmqtt_password: hunter2\n")
+    with pytest.raises(ValueError, match="mqtt_password"):
+        load_settings()
+
+
+def test_mqtt_credentials_from_dotenv_reach_the_connection_and_children_but_no_dump(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("not parsed by the settings")
+    (tmp_path / ".env").write_text(
+        "FACTORY_MQTT_URL=mqtts://broker.plant\nFACTORY_MQTT_USERNAME=plant\nFACTORY_MQTT_PASSWORD=hunter2\n"
+        "FACTORY_MQTT_CA_FILE=ca.pem\nFACTORY_MQTT_CLIENT_CERT_FILE=\n"
+    )
+    settings = load_settings()
+    connection = settings.mqtt_connection
+    assert (connection.username, connection.password) == ("plant", "hunter2")
+    assert connection.ca_file == tmp_path / "ca.pem"  # made absolute: children may start elsewhere
+    assert connection.client_cert_file is None
+    assert "hunter2" not in settings.model_dump_json() and "hunter2" not in repr(connection)
+    assert str(connection) == "mqtts://broker.plant"
+
+    env = settings.child_env()
+    assert env["FACTORY_MQTT_PASSWORD"] == "hunter2" and env["FACTORY_MQTT_CA_FILE"] == str(tmp_path / "ca.pem")
+    (tmp_path / ".env").unlink()
+    again = FactorySettings(
+        **{k.removeprefix("FACTORY_").lower(): v for k, v in env.items() if k.startswith("FACTORY_")}
+    )
+    assert again.mqtt_connection == connection
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"mqtt_url": "mqtts://b", "mqtt_ca_file": "missing-ca.pem"}, "FACTORY_MQTT_CA_FILE=.*missing-ca.pem: no such"),
+        ({"mqtt_url": "mqtts://b", "mqtt_client_cert_file": "client.pem"}, "both FACTORY_MQTT_CLIENT_CERT_FILE"),
+        ({"mqtt_url": "mqtt://b", "mqtt_ca_file": "client.pem"}, "only apply to TLS: use an mqtts://"),
+        ({"mqtt_password": "hunter2"}, "FACTORY_MQTT_PASSWORD is set without FACTORY_MQTT_USERNAME"),
+    ],
+)
+def test_inconsistent_mqtt_tls_settings_are_refused_with_the_setting_named(
+    tmp_path: Path, values: dict[str, str], message: str
+) -> None:
+    (tmp_path / "client.pem").write_text("a certificate")
+    with pytest.raises(ValidationError, match=message) as refused:
+        load_settings(**values)
+    assert "hunter2" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("windw_seconds: 5\n", "factory.yaml: unknown setting 'windw_seconds' (did you mean 'window_seconds'?)"),
+        ("- window_seconds\n- 5\n", "factory.yaml: the settings file must be a mapping of setting names to values"),
+        ("window_seconds: [1\nsite: x\n", 'in "factory.yaml", line'),  # YAML's own message, with the line
+        ("window_seconds: zero\n", "window_seconds"),
+    ],
+)
+def test_a_wrong_settings_file_stops_start_up_with_one_message_naming_it(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    (tmp_path / "factory.yaml").write_text(text)
+    with pytest.raises(ValueError) as refused:
+        load_settings()
+    assert message in str(refused.value)
