@@ -35,6 +35,8 @@ class ScoringRun:
     dagster_run_id: str
     window_seconds: float
     produced_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    # window key -> (start, end): parsed once per window, not per row (it was half of each row's cost)
+    _bounds: dict[str, tuple[datetime, datetime]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def model(self) -> Any:
@@ -46,7 +48,10 @@ class ScoringRun:
 
     def prediction(self, window_key: str, asset_id: str, score: float, label: str, **extras: Any) -> Prediction:
         """A prediction for one asset in one window; `extras` are the family's own fields."""
-        start, end = window_bounds(window_key, self.window_seconds)
+        bounds = self._bounds.get(window_key)
+        if bounds is None:
+            bounds = self._bounds[window_key] = window_bounds(window_key, self.window_seconds)
+        start, end = bounds
         return Prediction(
             model_name=self.model_name,
             model_version=self.version,

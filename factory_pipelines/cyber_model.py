@@ -37,11 +37,11 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
     roc_auc_score,
 )
-from threadpoolctl import threadpool_limits
 
 from factory_pipelines import ton_iot
 from factory_pipelines.energy_model import MACHINE_FRAME_SCHEMA, MACHINE_TEXT_FIELDS
 from factory_pipelines.model_registry import pinned_requirements
+from factory_pipelines.native_threads import SCORING_THREADS, openmp_threads
 from factory_pipelines.simulator import MachineModel, machine_asset_id
 from factory_pipelines.telemetry import MACHINE_NUMERIC_FIELDS
 from factory_pipelines.training import ModelFamily
@@ -448,9 +448,6 @@ def ton_iot_dataset(
 # ---- the model ----------------------------------------------------------------------------
 
 ID_COLUMNS: tuple[str, ...] = ("window_key", "asset_id", "device", "ts")
-# scikit-learn's boosting spins up one OpenMP thread per core; on a 2-core machine shared with the
-# platform's other processes that made a small fit 25x slower than a single thread (measured).
-SCORING_THREADS = 1
 
 
 def feature_matrix(frame: pl.DataFrame, columns: Sequence[str]) -> Any:
@@ -483,7 +480,7 @@ class CyberModel:
     def class_probabilities(self, frame: pl.DataFrame) -> np.ndarray:
         if frame.is_empty():
             return np.zeros((0, len(self.classes)))
-        with threadpool_limits(limits=SCORING_THREADS, user_api="openmp"):
+        with openmp_threads(SCORING_THREADS):
             return np.asarray(self.estimator.predict_proba(feature_matrix(frame, self.feature_columns)))
 
     def score(self, frame: pl.DataFrame) -> pl.DataFrame:
@@ -537,7 +534,7 @@ def _boost(data: LabelledFeatures, params: CyberParams, progress: ProgressCallba
     target = data.frame["type"].to_numpy()
     progress(f"{stage}: {params.max_iter} boosting rounds on {data.frame.height} rows, {len(data.types)} types")
     started = time.perf_counter()
-    with threadpool_limits(limits=max(1, params.n_threads), user_api="openmp"):
+    with openmp_threads(params.n_threads):
         estimator = _classifier(params).fit(features, target)
     progress(f"{stage}: fitted in {time.perf_counter() - started:.1f} s")
     return estimator

@@ -218,6 +218,9 @@ def run_platform(settings: FactorySettings, options: PlatformOptions, console: C
             # MLflow's default retries make a call to a stopped tracking server hang for minutes.
             "MLFLOW_HTTP_REQUEST_MAX_RETRIES": os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3"),
             "MLFLOW_HTTP_REQUEST_TIMEOUT": os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "30"),
+            # MLflow 3's server starts job-runner processes beside its web server; the platform runs no
+            # MLflow jobs, and they held 2.3 of the server's 2.9 GB (benchmarks/results/memory.md).
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         }
         env.update(demo_access(settings, console))
         os.environ.update(settings.child_env())

@@ -22,10 +22,8 @@ import logging
 import math
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +38,10 @@ from sklearn.metrics import average_precision_score, brier_score_loss, log_loss,
 from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
-from threadpoolctl import ThreadpoolController
 
 from factory_pipelines import window_rows
 from factory_pipelines.model_registry import SKOPS_TRUSTED_TYPES, pinned_requirements
+from factory_pipelines.native_threads import SCORING_THREADS, openmp_threads
 from factory_pipelines.safety_sim import LOUD_DB, safety_zone_models
 from factory_pipelines.training import ModelFamily
 from factory_pipelines.windows import window_key as make_window_key
@@ -382,23 +380,6 @@ def risk_level(probability: pl.Expr, medium_cutoff: float, high_cutoff: float) -
     )
 
 
-PREDICT_THREADS = 1  # scoring a window's few rows gains nothing from OpenMP threads, and they spin on busy cores
-
-
-@cache
-def _thread_pools() -> ThreadpoolController:
-    return ThreadpoolController()  # scanning the loaded libraries costs tens of ms: once per process
-
-
-def openmp_threads(threads: int) -> AbstractContextManager[Any]:
-    """Cap the native thread pools (gradient boosting's OpenMP) while fitting or predicting.
-
-    On a busy machine OpenMP threads spin-wait for cores others hold: measured on 2 shared cores,
-    one fit went from 156 s to 3.8 s and one prediction from 3.1 s to 0.1 s with a single thread.
-    """
-    return _thread_pools().limit(limits=threads)
-
-
 PREDICTION_SCHEMA: dict[str, pl.DataType] = {
     "window_key": pl.String(),
     "zone": pl.String(),
@@ -426,7 +407,7 @@ class SafetyModel:
     def probabilities(self, features: pl.DataFrame) -> np.ndarray:
         if features.is_empty():
             return np.empty(0)
-        with openmp_threads(PREDICT_THREADS):
+        with openmp_threads(SCORING_THREADS):
             return self.classifier.predict_proba(feature_matrix(features))[:, 1]
 
     def predict_proba(self, features: pl.DataFrame) -> pl.DataFrame:
@@ -633,7 +614,7 @@ def log_model(model: SafetyModel, *, registered_name: str) -> str:
         "training_positive_rate": model.training_positive_rate,
         "label_rule": LABEL_RULE,
     }
-    with openmp_threads(PREDICT_THREADS):  # MLflow also predicts on the example to validate it
+    with openmp_threads(SCORING_THREADS):  # MLflow also predicts on the example to validate it
         info = mlflow.sklearn.log_model(
             model.classifier,
             name="model",

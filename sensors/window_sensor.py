@@ -12,6 +12,10 @@ over assets with `BackfillPolicy.single_run()`, which then see every key in
 keys were added; the keys of one tick are added together, in order, in the same tick, so the
 range from the first to the last of them is exactly that batch.
 
+While a window run is queued and not yet started, a tick hands nothing over: the next run then
+takes every window sealed meanwhile (up to `max_windows_per_run`), so a machine that falls behind
+catches up with a few large runs instead of queueing one run per window.
+
 A run that fails leaves its windows registered, so the cursor has moved past them; they are not
 lost: each tick also looks at failed runs of the window job and asks again for the same windows
 (same partition tags, `factory/retry_of` and `factory/attempt` tags) once an exponential backoff
@@ -40,6 +44,7 @@ WINDOW_COUNT_TAG = "factory/windows"
 DEFAULT_MAX_ATTEMPTS = 3
 DEFAULT_RETRY_AFTER_SECONDS = 60.0
 FAILED_RUNS_PER_TICK = 50  # failed runs looked at per tick, newest first
+WAITING_STATUSES = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING]
 LOOKBACK_WINDOWS = 5
 MIN_LOOKBACK_SECONDS = 30.0
 MAX_WINDOWS_PER_RUN = 1000
@@ -141,6 +146,14 @@ def failed_window_retries(
     return requests
 
 
+def waiting_window_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Ids of window runs queued or launched but not yet running."""
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(job_name=window_predictions_job.name, statuses=WAITING_STATUSES), limit=1
+    )
+    return [record.dagster_run.run_id for record in records]
+
+
 def build_sealed_windows_sensor(
     *,
     minimum_interval_seconds: int,
@@ -163,6 +176,11 @@ def build_sealed_windows_sensor(
     ) -> dg.SensorResult | dg.SkipReason:
         cursor = context.cursor or None
         now = datetime.now(UTC)
+        waiting = waiting_window_runs(context.instance)
+        if waiting:
+            # Its successor takes every window sealed meanwhile: one launch for many windows, so a
+            # machine that falls behind catches up instead of queueing a run per window.
+            return dg.SkipReason(f"window run {waiting[0]} is waiting to start; new windows go in the next run")
         try:
             since = lookback_since(
                 cursor, window_seconds=window_files.window_seconds, now=now, retention_days=retention_days

@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
+from dagster._core.test_utils import create_run_for_test
 
 from factory_pipelines.definitions import build_definitions
 from factory_pipelines.durable_files import write_parquet_atomic
@@ -206,3 +207,25 @@ def test_code_location_wires_sensors_jobs_and_resources(settings: FactorySetting
         training = defs.resolve_job_def(f"{model}_training_job")
         assert {key.to_user_string() for key in training.asset_layer.selected_asset_keys} == {f"{model}_dataset", model}
     defs.resolve_all_job_defs()  # everything resolves with its resources
+
+
+def test_while_a_window_run_waits_to_start_new_windows_wait_for_the_next_run(
+    settings: FactorySettings, instance: dg.DagsterInstance
+) -> None:
+    keys = [seal(settings, start) for start in recent_starts(2)]
+    not_started = create_run_for_test(
+        instance, job_name="window_predictions_job", status=dg.DagsterRunStatus.NOT_STARTED
+    )
+    ticker = Ticker(window_sensor(), instance, settings)
+
+    skipped = ticker.tick()
+    assert isinstance(skipped, dg.SkipReason) and not_started.run_id in (skipped.skip_message or "")
+    assert instance.get_dynamic_partitions(PARTITIONS) == [] and ticker.cursor is None
+
+    # once it has started, one run takes every window sealed meanwhile
+    instance.delete_run(not_started.run_id)
+    third = seal(settings, recent_starts(3)[-1])
+    result = ticker.tick()
+    assert isinstance(result, dg.SensorResult)
+    [run] = result.run_requests
+    assert (run.tags[ASSET_PARTITION_RANGE_START_TAG], run.tags[ASSET_PARTITION_RANGE_END_TAG]) == (keys[0], third)
