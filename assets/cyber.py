@@ -20,7 +20,7 @@ from assets.model_gate import (
     train_from_stored_sets,
     training_config,
 )
-from assets.prediction_output import record_predictions, start_scoring
+from assets.prediction_output import ScoringRun, record_predictions, start_scoring
 from assets.telemetry import window_partitions
 from factory_pipelines import cyber_model
 from factory_pipelines.datasets import store_dataset
@@ -147,6 +147,21 @@ def cyber_detector(
     )
 
 
+def window_predictions(run: ScoringRun, key: str, features: pl.DataFrame) -> list[Prediction]:
+    """One window's network features scored by the champion (benchmarks/scoring.py times this)."""
+    return [
+        run.prediction(
+            key,
+            row["asset_id"],
+            row["probability"],
+            row["label"],
+            attack_type=row["attack_type"],
+            threshold=run.model.threshold,
+        )
+        for row in run.model.score(features).iter_rows(named=True)
+    ]
+
+
 @dg.asset(
     partitions_def=window_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -168,16 +183,5 @@ def cyber_detector_predictions(
         return
     by_window: dict[str, list[Prediction]] = {}
     for key in context.partition_keys:
-        features = pl.read_parquet(window_files.model_features_path(MODEL, key))
-        by_window[key] = [
-            run.prediction(
-                key,
-                row["asset_id"],
-                row["probability"],
-                row["label"],
-                attack_type=row["attack_type"],
-                threshold=run.model.threshold,
-            )
-            for row in run.model.score(features).iter_rows(named=True)
-        ]
+        by_window[key] = window_predictions(run, key, pl.read_parquet(window_files.model_features_path(MODEL, key)))
     yield dg.MaterializeResult(metadata=record_predictions(context, run, by_window, window_files, serving_store, mqtt))

@@ -13,7 +13,7 @@ import polars as pl
 from pydantic import Field
 
 from assets.model_gate import PromotionConfig, StoredSets, champion_gate_spec, params_as_dict, train_from_stored_sets
-from assets.prediction_output import record_predictions, start_scoring
+from assets.prediction_output import ScoringRun, record_predictions, start_scoring
 from assets.telemetry import window_partitions
 from factory_pipelines import energy_model
 from factory_pipelines.datasets import store_dataset
@@ -152,6 +152,15 @@ def energy_iforest(
     )
 
 
+def window_predictions(run: ScoringRun, key: str, features: pl.DataFrame) -> list[Prediction]:
+    """One window's machine features scored by the champion (benchmarks/scoring.py times this)."""
+    verdicts = energy_model.score_features(run.model, features)
+    return [
+        run.prediction(key, row["asset_id"], row["score"], row["label"], threshold=row["threshold"])
+        for row in verdicts.iter_rows(named=True)
+    ]
+
+
 @dg.asset(
     partitions_def=window_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -173,11 +182,7 @@ def energy_anomaly_predictions(
         return
     by_window: dict[str, list[Prediction]] = {}
     for key in context.partition_keys:
-        verdicts = energy_model.score_features(run.model, pl.read_parquet(window_files.features_path(key)))
-        by_window[key] = [
-            run.prediction(key, row["asset_id"], row["score"], row["label"], threshold=row["threshold"])
-            for row in verdicts.iter_rows(named=True)
-        ]
+        by_window[key] = window_predictions(run, key, pl.read_parquet(window_files.features_path(key)))
     metadata = record_predictions(
         context, run, by_window, window_files, serving_store, mqtt, as_frame=energy_model.prediction_frame
     )

@@ -21,7 +21,7 @@ from assets.model_gate import (
     train_from_stored_sets,
     training_config,
 )
-from assets.prediction_output import record_predictions, start_scoring
+from assets.prediction_output import ScoringRun, record_predictions, start_scoring
 from assets.telemetry import window_partitions
 from factory_pipelines import rul_family, rul_model
 from factory_pipelines.datasets import store_dataset
@@ -137,6 +137,23 @@ def history_windows(model: rul_model.RulModel, window_seconds: float) -> int:
     return min(MAX_HISTORY_WINDOWS, math.ceil(seconds / window_seconds) + 1)
 
 
+def window_predictions(run: ScoringRun, key: str, rows: pl.DataFrame) -> list[Prediction]:
+    """RUL per robot from its readings of the lookback windows up to `key` (benchmarks/scoring.py times this)."""
+    return [
+        run.prediction(
+            key,
+            row["asset_id"],
+            row["rul"],
+            "rul_low" if row["lower"] < RUL_LOW_CYCLES else "normal",
+            rul_lower=row["lower"],
+            rul_upper=row["upper"],
+            confidence=row["confidence"],
+            history_steps=row["steps"],
+        )
+        for row in rul_model.predict_robot_rul(run.model, rows).iter_rows(named=True)
+    ]
+
+
 @dg.asset(
     partitions_def=window_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -166,18 +183,6 @@ def rul_predictions(
         paths = window_files.rows_history("robots", key, lookback)
         rows = pl.concat([pl.read_parquet(p) for p in paths], how="vertical_relaxed") if paths else None
         rows = rows if rows is not None else pl.DataFrame(schema=ROBOT_ROWS_SCHEMA)
-        by_window[key] = [
-            run.prediction(
-                key,
-                row["asset_id"],
-                row["rul"],
-                "rul_low" if row["lower"] < RUL_LOW_CYCLES else "normal",
-                rul_lower=row["lower"],
-                rul_upper=row["upper"],
-                confidence=row["confidence"],
-                history_steps=row["steps"],
-            )
-            for row in rul_model.predict_robot_rul(model, rows).iter_rows(named=True)
-        ]
+        by_window[key] = window_predictions(run, key, rows)
     metadata = record_predictions(context, run, by_window, window_files, serving_store, mqtt)
     yield dg.MaterializeResult(metadata={**metadata, "lookback": lookback})

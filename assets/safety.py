@@ -17,7 +17,7 @@ from assets.model_gate import (
     train_from_stored_sets,
     training_config,
 )
-from assets.prediction_output import record_predictions, start_scoring
+from assets.prediction_output import ScoringRun, record_predictions, start_scoring
 from assets.telemetry import window_partitions
 from factory_pipelines import safety_model
 from factory_pipelines.datasets import store_dataset
@@ -131,6 +131,14 @@ def safety_hazard(
     )
 
 
+def window_predictions(run: ScoringRun, key: str, features: pl.DataFrame) -> list[Prediction]:
+    """One window's zone features scored by the champion (benchmarks/scoring.py times this)."""
+    return [
+        run.prediction(key, row["asset_id"], row["probability"], row["risk_level"], zone=row["zone"])
+        for row in run.model.predict_proba(features).iter_rows(named=True)
+    ]
+
+
 @dg.asset(
     partitions_def=window_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -152,9 +160,5 @@ def safety_hazard_predictions(
         return
     by_window: dict[str, list[Prediction]] = {}
     for key in context.partition_keys:
-        features = pl.read_parquet(window_files.model_features_path(MODEL, key))
-        by_window[key] = [
-            run.prediction(key, row["asset_id"], row["probability"], row["risk_level"], zone=row["zone"])
-            for row in run.model.predict_proba(features).iter_rows(named=True)
-        ]
+        by_window[key] = window_predictions(run, key, pl.read_parquet(window_files.model_features_path(MODEL, key)))
     yield dg.MaterializeResult(metadata=record_predictions(context, run, by_window, window_files, serving_store, mqtt))

@@ -51,8 +51,12 @@ import polars as pl  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
+from assets import cyber as cyber_assets  # noqa: E402
+from assets import energy as energy_assets  # noqa: E402
+from assets import rul as rul_assets  # noqa: E402
+from assets import safety as safety_assets  # noqa: E402
 from assets.prediction_output import ScoringRun  # noqa: E402
-from assets.rul import RUL_LOW_CYCLES, history_windows  # noqa: E402
+from assets.rul import history_windows  # noqa: E402
 from factory_pipelines import cyber_model, energy_model, rul_family, rul_model, safety_model  # noqa: E402
 from factory_pipelines.model_registry import (  # noqa: E402
     CHAMPION_ALIAS,
@@ -235,51 +239,6 @@ class Workload:
 # file reads: the same scoring call and the same `run.prediction(...)` per row (assets/<family>.py).
 
 
-def energy_platform(run: ScoringRun, key: str, features: pl.DataFrame) -> list[Prediction]:
-    verdicts = energy_model.score_features(run.model, features)
-    return [
-        run.prediction(key, row["asset_id"], row["score"], row["label"], threshold=row["threshold"])
-        for row in verdicts.iter_rows(named=True)
-    ]
-
-
-def cyber_platform(run: ScoringRun, key: str, features: pl.DataFrame) -> list[Prediction]:
-    return [
-        run.prediction(
-            key,
-            row["asset_id"],
-            row["probability"],
-            row["label"],
-            attack_type=row["attack_type"],
-            threshold=run.model.threshold,
-        )
-        for row in run.model.score(features).iter_rows(named=True)
-    ]
-
-
-def safety_platform(run: ScoringRun, key: str, features: pl.DataFrame) -> list[Prediction]:
-    return [
-        run.prediction(key, row["asset_id"], row["probability"], row["risk_level"], zone=row["zone"])
-        for row in run.model.predict_proba(features).iter_rows(named=True)
-    ]
-
-
-def rul_platform(run: ScoringRun, key: str, rows: pl.DataFrame) -> list[Prediction]:
-    return [
-        run.prediction(
-            key,
-            row["asset_id"],
-            row["rul"],
-            "rul_low" if row["lower"] < RUL_LOW_CYCLES else "normal",
-            rul_lower=row["lower"],
-            rul_upper=row["upper"],
-            confidence=row["confidence"],
-            history_steps=row["steps"],
-        )
-        for row in rul_model.predict_robot_rul(run.model, rows).iter_rows(named=True)
-    ]
-
-
 def build_workload(name: str, loaded: LoadedChampion, plant: PlantWindows) -> Workload:
     """The family's inputs for every scored window, typed and featurised as the upstream assets do."""
     run = ScoringRun(name, loaded, "bench-run", plant.window_seconds)
@@ -302,7 +261,13 @@ def build_workload(name: str, loaded: LoadedChampion, plant: PlantWindows) -> Wo
             )
             matrices.append(model.last_windows(sequences)[1])
         return Workload(
-            name, run, inputs, matrices, rul_platform, bare_call(name, model), extra={"lookback_windows": lookback}
+            name,
+            run,
+            inputs,
+            matrices,
+            PLATFORM_PATHS[name],
+            bare_call(name, model),
+            extra={"lookback_windows": lookback},
         )
     for key in plant.scored_keys:
         window = by_key[key]
@@ -333,10 +298,10 @@ def bare_call(name: str, model: Any) -> Callable[[Any], Any]:
 
 
 PLATFORM_PATHS: dict[str, Callable[[ScoringRun, str, pl.DataFrame], list[Prediction]]] = {
-    "energy_iforest": energy_platform,
-    "cyber_detector": cyber_platform,
-    "safety_hazard": safety_platform,
-    "rul_lstm": rul_platform,
+    "energy_iforest": energy_assets.window_predictions,
+    "cyber_detector": cyber_assets.window_predictions,
+    "safety_hazard": safety_assets.window_predictions,
+    "rul_lstm": rul_assets.window_predictions,
 }
 
 

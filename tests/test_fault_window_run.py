@@ -35,6 +35,18 @@ def instance() -> Iterator[dg.DagsterInstance]:
         yield instance
 
 
+@pytest.fixture
+def registry_down(
+    factory_settings: FactorySettings, free_port: Callable[[], int], monkeypatch: pytest.MonkeyPatch
+) -> FactorySettings:
+    """The same settings with the MLflow registry at an address where nothing listens; an energy champion
+    exists in the real one."""
+    ensure_energy_champion(factory_settings)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast on the dead registry
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    return factory_settings.model_copy(update={"mlflow_tracking_uri": f"http://127.0.0.1:{free_port()}"})
+
+
 class Daemon:
     """Ticks the window sensor with its cursor and launches what it asks for, like the daemon does."""
 
@@ -90,16 +102,9 @@ def stored_windows(settings: FactorySettings) -> set[str]:
 
 @pytest.mark.timeout(180)
 def test_a_failed_window_run_is_retried_with_backoff_and_never_skipped(
-    factory_settings: FactorySettings,
-    instance: dg.DagsterInstance,
-    free_port: Callable[[], int],
-    monkeypatch: pytest.MonkeyPatch,
+    factory_settings: FactorySettings, instance: dg.DagsterInstance, registry_down: FactorySettings
 ) -> None:
     settings = factory_settings
-    ensure_energy_champion(settings)
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail fast on the dead registry
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    registry_down = settings.model_copy(update={"mlflow_tracking_uri": f"http://127.0.0.1:{free_port()}"})
 
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=3)
     first = write_sealed_window(settings, start, seed=1)
@@ -157,16 +162,9 @@ def test_a_failed_window_run_is_retried_with_backoff_and_never_skipped(
 
 @pytest.mark.timeout(180)
 def test_after_the_last_attempt_the_window_stays_failed_until_a_backfill_fills_it(
-    factory_settings: FactorySettings,
-    instance: dg.DagsterInstance,
-    free_port: Callable[[], int],
-    monkeypatch: pytest.MonkeyPatch,
+    factory_settings: FactorySettings, instance: dg.DagsterInstance, registry_down: FactorySettings
 ) -> None:
     settings = factory_settings
-    ensure_energy_champion(settings)
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    registry_down = settings.model_copy(update={"mlflow_tracking_uri": f"http://127.0.0.1:{free_port()}"})
     key = write_sealed_window(settings, datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=2), seed=3)
     daemon = Daemon(instance, settings, retry_after_seconds=0)
     daemon.sensor = build_sealed_windows_sensor(minimum_interval_seconds=5, max_attempts=2, retry_after_seconds=0)

@@ -18,24 +18,10 @@ from factory_pipelines.settings import FactorySettings, load_settings
 from factory_pipelines.store import ServingStore
 from sensors.alert_sensor import build_prediction_alerts_sensor, read_cursor
 from tests.gemini_standin import GeminiStandIn
-from tests.machine_windows import SPIKE, write_sealed_window
+from tests.machine_windows import CRITICAL_ENERGY_RULES, SPIKE, SPIKE_KW, write_sealed_window
 from tests.twilio_standin import TwilioStandIn
 
 ON_CALL = "+15551110001"
-SPIKE_KW = 12.0  # far out of line with the work done, in any window length
-# The shipped energy rule raises a WARNING on the model's own label (recorded, not texted); a plant
-# may text on a score of its own choosing instead.
-CRITICAL_ENERGY_RULES = """
-rules:
-  - name: energy_spike_critical
-    model: energy_iforest
-    when: {field: score, above: 0.6}
-    severity: CRITICAL
-    type: ENERGY_OPTIMIZATION
-    message: "{asset_id}: power anomaly (score {score:.2f}) in {window_key}"
-    cooldown: 10m
-    auto_clear_after: 30m
-"""
 
 
 @pytest.fixture
@@ -61,6 +47,13 @@ def settings(tmp_path: Path, mqtt_url: str, twilio: TwilioStandIn) -> FactorySet
     )
     settings.ensure_dirs()
     return settings
+
+
+def train_energy(defs: dg.Definitions, instance: dg.DagsterInstance) -> None:
+    trained = defs.resolve_job_def("energy_iforest_training_job").execute_in_process(
+        instance=instance, run_config={"ops": {"energy_iforest": {"config": {"n_estimators": 50}}}}
+    )
+    assert trained.success
 
 
 def run_window(defs: dg.Definitions, instance: dg.DagsterInstance, key: str) -> None:
@@ -95,10 +88,7 @@ def test_predictions_that_break_a_rule_raise_a_texted_alert_with_lineage_and_rep
 ) -> None:
     defs = build_definitions(settings)
     with dg.instance_for_test() as instance:
-        trained = defs.resolve_job_def("energy_iforest_training_job").execute_in_process(
-            instance=instance, run_config={"ops": {"energy_iforest": {"config": {"n_estimators": 50}}}}
-        )
-        assert trained.success
+        train_energy(defs, instance)
         start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
         first_key = write_sealed_window(settings, start, seed=1, spike=SPIKE, spike_kw=SPIKE_KW)
         run_window(defs, instance, first_key)
@@ -170,10 +160,7 @@ def test_twilio_and_gemini_faults_keep_the_alert_fall_back_to_the_rules_and_text
     )
     defs = build_definitions(settings)
     with dg.instance_for_test() as instance:
-        trained = defs.resolve_job_def("energy_iforest_training_job").execute_in_process(
-            instance=instance, run_config={"ops": {"energy_iforest": {"config": {"n_estimators": 50}}}}
-        )
-        assert trained.success
+        train_energy(defs, instance)
         start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
         key = write_sealed_window(settings, start, seed=1, spike=SPIKE, spike_kw=SPIKE_KW)
         run_window(defs, instance, key)

@@ -35,7 +35,7 @@ from factory_pipelines.store import ServingStore
 from sensors.alert_sensor import build_prediction_alerts_sensor
 from serving import create_app
 from tests.gemini_standin import GeminiStandIn
-from tests.machine_windows import SPIKE, write_sealed_window
+from tests.machine_windows import CRITICAL_ENERGY_RULES, SPIKE, SPIKE_KW, write_sealed_window
 from tests.twilio_standin import TwilioStandIn
 
 TWILIO_TOKEN = "twilio-token-LEAKCHECK-7d1e0b"
@@ -54,16 +54,6 @@ SECRETS = {
     "FACTORY_MQTT_PASSWORD": MQTT_PASSWORD,
     "a caller's wrong API key": WRONG_KEY,
 }
-RULES = """
-rules:
-  - name: energy_spike_critical
-    model: energy_iforest
-    when: {field: score, above: 0.6}
-    severity: CRITICAL
-    type: ENERGY_OPTIMIZATION
-    message: "{asset_id}: power anomaly (score {score:.2f}) in {window_key}"
-    cooldown: 10m
-"""
 PLAN = {"summary": "Check the drive's power draw.", "steps": ["Read the meter", "Compare with the work done"]}
 
 
@@ -78,7 +68,7 @@ def settings(
     tmp_path: Path, mqtt_url: str, twilio: TwilioStandIn, gemini: GeminiStandIn, monkeypatch: pytest.MonkeyPatch
 ) -> FactorySettings:
     rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES)
+    rules.write_text(CRITICAL_ENERGY_RULES)
     environment = {
         "FACTORY_DATA_DIR": str(tmp_path / "data"),
         "FACTORY_MQTT_URL": mqtt_url,
@@ -126,7 +116,11 @@ def do_real_work(settings: FactorySettings, instance: dg.DagsterInstance, gemini
     )
     assert trained.success
     key = write_sealed_window(
-        settings, datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5), seed=1, spike=SPIKE, spike_kw=12.0
+        settings,
+        datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5),
+        seed=1,
+        spike=SPIKE,
+        spike_kw=SPIKE_KW,
     )
     instance.add_dynamic_partitions("telemetry_windows", [key])
     assert (
