@@ -215,8 +215,9 @@ class BridgeFeed:
             self.last_store_error = f"{type(exc).__name__}: {exc}"
             log.warning("bridge: serving store not read (%s); trying again later", self.last_store_error)
             return False
-        self.state.seed_predictions(latest)
+        # Alerts first: a client that sees the stored predictions then sees their alerts too.
         self.state.replace_alerts(records, since=since)
+        self.state.seed_predictions(latest)
         self.last_store_error = None
         self.store_syncs += 1
         return True
