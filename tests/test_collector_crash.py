@@ -44,6 +44,7 @@ import pytest
 from factory_pipelines import mqtt
 from factory_pipelines.broker import RunningBroker, start_local_broker
 from factory_pipelines.windows import iter_sealed_keys, read_window, sealed_dir
+from tests.numbered_stream import durable_keys
 from tests.waiting import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -189,23 +190,6 @@ class StreamPublisher(threading.Thread):
             self.acknowledged.add(key)
         else:
             self.failures.append(f"{key} not acknowledged by the broker (rc {info.rc})")
-
-
-def durable_keys(windows_dir: Path) -> set[tuple[str, int]]:
-    """(asset_id, seq) of every row on disk: sealed windows, then open part files.
-
-    A part removed between listing and reading was sealed meanwhile: its rows are missing from
-    this snapshot (the sealed files were listed first), so a caller polling for them asks again.
-    """
-    frames = [read_window(windows_dir, key).select("asset_id", "seq") for key in iter_sealed_keys(windows_dir)]
-    for part in (windows_dir / "open").glob("*/part-*"):
-        try:
-            frames.append(pl.read_ipc(part, columns=["asset_id", "seq"]))
-        except FileNotFoundError:
-            continue
-    if not frames:
-        return set()
-    return set(pl.concat(frames).iter_rows())
 
 
 def sealed_count(windows_dir: Path) -> int:
