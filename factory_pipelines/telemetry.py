@@ -496,6 +496,30 @@ def accept_telemetry(
         raise PayloadError(str(exc)) from exc
     if info is None:
         return None
+    return _accept_complete(info, raw) or _accept_any(topic, info, raw, received_at)
+
+
+def _accept_complete(info: TopicInfo, raw: bytes) -> AcceptedTelemetry | None:
+    """The fast path for a payload that already carries everything (as the platform's devices send it).
+
+    pydantic parses the bytes itself, about 4x faster than `json.loads` then `validate_python`.
+    None sends the payload down `_accept_any`, which fills what is missing and names every problem;
+    for what this accepts both give the same result (tests/test_telemetry_properties.py).
+    """
+    try:
+        model = _TELEMETRY_ADAPTER.validate_json(raw)
+    except ValueError:  # ValidationError: incomplete, invalid or not JSON; the general path says which
+        return None
+    if info.kind is not None and model.kind != info.kind.value:
+        return None
+    try:
+        return AcceptedTelemetry(model, dump_payload(model))
+    except ValueError:
+        return None
+
+
+def _accept_any(topic: str, info: TopicInfo, raw: bytes, received_at: datetime | None) -> AcceptedTelemetry:
+    """The general path: legacy payloads completed from the topic and the receipt time, or a PayloadError."""
     try:
         payload = json.loads(raw)
     except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, over 4300 digits, nesting too deep

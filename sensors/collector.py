@@ -61,7 +61,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as paho
 import polars as pl
@@ -504,10 +504,20 @@ class _OpenWindow:
     directory_made: bool = False  # made durably (with the parent's fsync) by the first flush
 
 
-@dataclass
-class _Inbound:
+class _Inbound(NamedTuple):
+    """What the loop keeps of a received message until it is handled.
+
+    Not the paho message itself: that drags about 30 objects each (properties, a condition, its
+    lock), which outlive the read burst, get promoted and make the cyclic GC walk the whole heap
+    over and over (a third of the collector's time before this, `benchmarks/ingest.py`). A tuple of
+    atomic values is untracked by the GC.
+    """
+
     received_us: int
-    message: paho.MQTTMessage
+    topic: str | bytes  # bytes only when the topic is not UTF-8 (dead-lettered)
+    payload: bytes
+    qos: int
+    mid: int
 
 
 class Collector:
@@ -806,7 +816,7 @@ class Collector:
         self._generation += 1
         self._unacked = 0  # the broker resends what this connection's predecessor left unacknowledged
         if self._inbox:  # so drop its QoS 1 messages we have not handled yet (only while paused are there any)
-            self._inbox = deque(inbound for inbound in self._inbox if inbound.message.qos == 0)
+            self._inbox = deque(inbound for inbound in self._inbox if inbound.qos == 0)
         self._connected = True
         self._stats.connections += 1
         log.info(
@@ -851,7 +861,11 @@ class Collector:
             # QoS 0 is at most once, and the broker does not hold it back for us: bounded memory comes first.
             self._stats.dropped_while_paused += 1
             return
-        self._inbox.append(_Inbound(_now_us(), message))
+        try:
+            topic: str | bytes = message.topic
+        except UnicodeDecodeError:
+            topic = message._topic  # paho's own bytes: the only way to see what the sender sent
+        self._inbox.append(_Inbound(_now_us(), topic, message.payload, message.qos, message.mid))
 
     # ---- the loop ----
 
@@ -950,24 +964,20 @@ class Collector:
             self._write_failed(exc)
 
     def _handle(self, inbound: _Inbound) -> None:
-        message = inbound.message
         self._stats.received += 1
-        self._classify(message, inbound.received_us)
+        self._classify(inbound.topic, inbound.payload, inbound.received_us)
         batch = self._batch
         if not batch.messages:
             batch.first_at = time.monotonic()
         batch.messages += 1
-        if message.qos > 0:
-            batch.acks.append((self._generation, message.mid, message.qos))
+        if inbound.qos > 0:
+            batch.acks.append((self._generation, inbound.mid, inbound.qos))
 
-    def _classify(self, message: paho.MQTTMessage, received_us: int) -> None:
+    def _classify(self, topic: str | bytes, raw: bytes, received_us: int) -> None:
         """Dead-letter, ignore, drop as duplicate, or add to the batch as a row of the open window."""
-        try:
-            topic = message.topic
-        except UnicodeDecodeError:
-            self._dead_letter(received_us, repr(message._topic), "topic is not UTF-8", message.payload)
+        if isinstance(topic, bytes):
+            self._dead_letter(received_us, repr(topic), "topic is not UTF-8", raw)
             return
-        raw: bytes = message.payload
         if len(raw) > self.settings.max_payload_bytes:
             reason = f"payload of {len(raw)} bytes exceeds max_payload_bytes={self.settings.max_payload_bytes}"
             self._dead_letter(received_us, topic, reason, raw)

@@ -30,8 +30,11 @@ from factory_pipelines.telemetry import (
     InboundTelemetry,
     PayloadError,
     PayloadKind,
+    _accept_any,
+    _accept_complete,
     dump_payload,
     parse_telemetry,
+    parse_telemetry_topic,
 )
 
 MODELS: dict[str, type[BaseModel]] = {
@@ -295,6 +298,28 @@ def test_valid_payloads_are_accepted_and_round_trip_unchanged(message: tuple[str
             assert _same(value, kept[key]), (key, value, kept.get(key))
     if "ts" not in payload:
         assert abs(datetime.fromisoformat(kept["ts"]) - datetime.now(UTC)) < timedelta(minutes=5)
+
+
+@FUZZ
+@given(message=st.one_of(near_valid_messages(), valid_messages().map(lambda m: (m[0], json.dumps(m[2]).encode()))))
+@example(message=("factory/main/r1/telemetry", b'{"asset_id": "r1", "kind": "robot", "ts": 1, "ts": "x"}'))
+@example(message=("factory/main/r1/telemetry", b'{"asset_id": "r1", "kind": "robot", "ts": 1e999, "seq": 1e3}'))
+@example(message=("factory/machine/m1/telemetry", b'{"asset_id": "m1", "kind": "robot", "ts": 0}'))
+def test_the_fast_path_accepts_only_what_the_general_path_accepts_the_same_way(message: tuple[str, bytes]) -> None:
+    """`accept_telemetry` tries a fast parse first; whatever it takes must be exactly what the general path makes."""
+    topic, raw = message
+    try:
+        info = parse_telemetry_topic(topic)
+    except ValueError:
+        return
+    if info is None:
+        return
+    fast = _accept_complete(info, raw)
+    if fast is None:
+        return
+    general = _accept_any(topic, info, raw, datetime(2000, 1, 1, tzinfo=UTC))  # a receipt time the fast path cannot use
+    assert general.wire == fast.wire
+    assert general.model == fast.model
 
 
 @pytest.mark.parametrize("kind", sorted(MODELS))
