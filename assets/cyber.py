@@ -30,7 +30,6 @@ from factory_pipelines.resources import (
     PartitionFilesResource,
     ServingStoreResource,
 )
-from factory_pipelines.telemetry import Prediction
 
 CYBER_GROUP = "cyber"
 MODEL = cyber_model.MODEL_NAME
@@ -147,19 +146,19 @@ def cyber_detector(
     )
 
 
-def window_predictions(run: ScoringRun, key: str, features: pl.DataFrame) -> list[Prediction]:
+def window_predictions(run: ScoringRun, key: str, features: pl.DataFrame) -> pl.DataFrame:
     """One window's network features scored by the champion (benchmarks/scoring.py times this)."""
-    return [
-        run.prediction(
-            key,
-            row["asset_id"],
-            row["probability"],
-            row["label"],
-            attack_type=row["attack_type"],
-            threshold=run.model.threshold,
-        )
-        for row in run.model.score(features).iter_rows(named=True)
-    ]
+    verdicts = run.model.score(features)
+    return run.stamped(
+        key,
+        verdicts.select(
+            "asset_id",
+            pl.col("probability").alias("score"),
+            "label",
+            "attack_type",
+            pl.lit(run.model.threshold, dtype=pl.Float64).alias("threshold"),
+        ),
+    )
 
 
 @dg.asset(
@@ -181,7 +180,8 @@ def cyber_detector_predictions(
     run = start_scoring(context, mlflow, cyber_model.FAMILY, window_files)
     if run is None:
         return
-    by_window: dict[str, list[Prediction]] = {}
-    for key in context.partition_keys:
-        by_window[key] = window_predictions(run, key, pl.read_parquet(window_files.model_features_path(MODEL, key)))
+    by_window = {
+        key: window_predictions(run, key, pl.read_parquet(window_files.model_features_path(MODEL, key)))
+        for key in context.partition_keys
+    }
     yield dg.MaterializeResult(metadata=record_predictions(context, run, by_window, window_files, serving_store, mqtt))

@@ -24,7 +24,6 @@ from factory_pipelines.resources import (
     ServingStoreResource,
 )
 from factory_pipelines.settings import load_settings
-from factory_pipelines.telemetry import Prediction
 
 ENERGY_GROUP = "energy"
 
@@ -152,13 +151,10 @@ def energy_iforest(
     )
 
 
-def window_predictions(run: ScoringRun, key: str, features: pl.DataFrame) -> list[Prediction]:
+def window_predictions(run: ScoringRun, key: str, features: pl.DataFrame) -> pl.DataFrame:
     """One window's machine features scored by the champion (benchmarks/scoring.py times this)."""
     verdicts = energy_model.score_features(run.model, features)
-    return [
-        run.prediction(key, row["asset_id"], row["score"], row["label"], threshold=row["threshold"])
-        for row in verdicts.iter_rows(named=True)
-    ]
+    return run.stamped(key, verdicts.select("asset_id", "score", "label", "threshold"))
 
 
 @dg.asset(
@@ -180,17 +176,15 @@ def energy_anomaly_predictions(
     run = start_scoring(context, mlflow, energy_model.FAMILY, window_files)
     if run is None:
         return
-    by_window: dict[str, list[Prediction]] = {}
-    for key in context.partition_keys:
-        by_window[key] = window_predictions(run, key, pl.read_parquet(window_files.features_path(key)))
-    metadata = record_predictions(
-        context, run, by_window, window_files, serving_store, mqtt, as_frame=energy_model.prediction_frame
-    )
+    by_window = {
+        key: window_predictions(run, key, pl.read_parquet(window_files.features_path(key)))
+        for key in context.partition_keys
+    }
+    metadata = record_predictions(context, run, by_window, window_files, serving_store, mqtt)
     anomalies = sorted(
-        (key, p.asset_id)
+        (key, asset_id)
         for key, predictions in by_window.items()
-        for p in predictions
-        if p.label == energy_model.ANOMALY
+        for asset_id in predictions.filter(pl.col("label") == energy_model.ANOMALY)["asset_id"]
     )
     yield dg.MaterializeResult(
         metadata={

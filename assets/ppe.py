@@ -8,7 +8,7 @@ probability, hard-hat and vest verdicts and person regions.
 import base64
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import dagster as dg
 import polars as pl
@@ -32,7 +32,6 @@ from factory_pipelines.resources import (
     PartitionFilesResource,
     ServingStoreResource,
 )
-from factory_pipelines.telemetry import Prediction
 from factory_pipelines.training import files_digest
 
 PPE_GROUP = "ppe"
@@ -148,31 +147,31 @@ def ppe_vision_predictions(
     run = start_scoring(context, mlflow, ppe_family.FAMILY, window_files)
     if run is None:
         return
-    by_window: dict[str, list[Prediction]] = {}
+    by_window: dict[str, pl.DataFrame] = {}
     frames_scored = 0
     for key in context.partition_keys:
         path = window_files.rows_path("cameras", key)
         cameras = pl.read_parquet(path) if path.exists() else pl.DataFrame()
-        by_window[key] = []
+        verdicts: list[dict[str, Any]] = []
         for (camera,), frames in cameras.group_by("asset_id", maintain_order=True) if cameras.height else []:
             images = [base64.b64decode(text) for text in frames["image_jpeg_b64"]]
-            verdicts = run.model.predict_frames(images)
-            frames_scored += len(verdicts)
-            worst = max(range(len(verdicts)), key=lambda i: verdicts[i].violation_probability)
-            verdict = verdicts[worst]
-            by_window[key].append(
-                run.prediction(
-                    key,
-                    str(camera),
-                    verdict.violation_probability,
-                    "violation" if verdict.violation else "compliant",
-                    zone=frames["zone"][worst],
-                    frames=len(verdicts),
-                    frames_in_violation=sum(v.violation for v in verdicts),
-                    no_hardhat=verdict.no_hardhat,
-                    no_vest=verdict.no_vest,
-                    threshold=verdict.threshold,
-                )
+            scored = run.model.predict_frames(images)
+            frames_scored += len(scored)
+            worst = max(range(len(scored)), key=lambda i: scored[i].violation_probability)
+            verdict = scored[worst]
+            verdicts.append(
+                {
+                    "asset_id": str(camera),
+                    "score": verdict.violation_probability,
+                    "label": "violation" if verdict.violation else "compliant",
+                    "zone": frames["zone"][worst],
+                    "frames": len(scored),
+                    "frames_in_violation": sum(v.violation for v in scored),
+                    "no_hardhat": verdict.no_hardhat,
+                    "no_vest": verdict.no_vest,
+                    "threshold": verdict.threshold,
+                }
             )
+        by_window[key] = run.stamped(key, pl.DataFrame(verdicts)) if verdicts else pl.DataFrame()
     metadata = record_predictions(context, run, by_window, window_files, serving_store, mqtt)
     yield dg.MaterializeResult(metadata={**metadata, "frames_scored": frames_scored})

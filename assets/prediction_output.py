@@ -6,13 +6,14 @@ The files and the store are the record; MQTT is the live feed, best-effort (see
 `MqttPublisherResource`).
 """
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
 import polars as pl
+from pydantic import TypeAdapter
 
 from factory_pipelines.model_registry import LoadedChampion
 from factory_pipelines.resources import (
@@ -25,6 +26,24 @@ from factory_pipelines.telemetry import Prediction
 from factory_pipelines.training import ModelFamily
 from factory_pipelines.windows import window_bounds
 
+PREDICTION_COLUMNS: dict[str, pl.DataType] = {
+    "model_name": pl.String(),
+    "model_version": pl.String(),
+    "asset_id": pl.String(),
+    "window_key": pl.String(),
+    "score": pl.Float64(),
+    "label": pl.String(),
+    "produced_at": pl.Datetime("us", "UTC"),
+    "window_start": pl.Datetime("us", "UTC"),
+    "window_end": pl.Datetime("us", "UTC"),
+    "mlflow_run_id": pl.String(),
+    "dagster_run_id": pl.String(),
+}
+"""`Prediction`'s fields as a window's predictions Parquet file holds them (in that order, each family's
+own fields after them); tests/test_prediction_output.py keeps the two in step."""
+
+_PREDICTION_LIST: TypeAdapter[list[Prediction]] = TypeAdapter(list[Prediction])
+
 
 @dataclass(frozen=True)
 class ScoringRun:
@@ -35,7 +54,7 @@ class ScoringRun:
     dagster_run_id: str
     window_seconds: float
     produced_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    # window key -> (start, end): parsed once per window, not per row (it was half of each row's cost)
+    # window key -> (start, end): parsed once per window
     _bounds: dict[str, tuple[datetime, datetime]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -46,26 +65,35 @@ class ScoringRun:
     def version(self) -> str:
         return self.champion.info.version
 
-    def prediction(self, window_key: str, asset_id: str, score: float, label: str, **extras: Any) -> Prediction:
-        """A prediction for one asset in one window; `extras` are the family's own fields."""
+    def stamped(self, window_key: str, verdicts: pl.DataFrame) -> pl.DataFrame:
+        """A window's verdicts (`asset_id`, `score`, `label` and the family's own columns) as its predictions.
+
+        Whole columns, not a `Prediction` per row: the frame is the record (the window's Parquet
+        file), and scoring a window stays close to the bare model's speed (benchmarks/scoring.py).
+        """
         bounds = self._bounds.get(window_key)
         if bounds is None:
             bounds = self._bounds[window_key] = window_bounds(window_key, self.window_seconds)
-        start, end = bounds
-        return Prediction(
-            model_name=self.model_name,
-            model_version=self.version,
-            asset_id=asset_id,
-            window_key=window_key,
-            score=score,
-            label=label,
-            produced_at=self.produced_at,
-            window_start=start,
-            window_end=end,
-            mlflow_run_id=self.champion.info.run_id,
-            dagster_run_id=self.dagster_run_id,
-            **extras,
-        )
+        shared = {
+            "model_name": self.model_name,
+            "model_version": self.version,
+            "window_key": window_key,
+            "produced_at": self.produced_at,
+            "window_start": bounds[0],
+            "window_end": bounds[1],
+            "mlflow_run_id": self.champion.info.run_id,
+            "dagster_run_id": self.dagster_run_id,
+        }
+        columns = [
+            (pl.lit(shared[name]) if name in shared else pl.col(name)).cast(dtype).alias(name)
+            for name, dtype in PREDICTION_COLUMNS.items()
+        ]
+        return verdicts.select(*columns, *(name for name in verdicts.columns if name not in PREDICTION_COLUMNS))
+
+
+def predictions_of(frame: pl.DataFrame) -> list[Prediction]:
+    """The rows of a predictions frame as `Prediction`s (validated), for the serving store and MQTT."""
+    return _PREDICTION_LIST.validate_python(frame.to_dicts())
 
 
 def start_scoring(
@@ -87,33 +115,27 @@ def start_scoring(
     return ScoringRun(family.name, champion, context.run.run_id, window_files.window_seconds)
 
 
-def predictions_frame(predictions: Sequence[Prediction]) -> pl.DataFrame:
-    """Predictions as a Parquet partition stores them: the contract's fields and each family's extras."""
-    return pl.DataFrame([p.model_dump() for p in predictions], infer_schema_length=None)
-
-
 def record_predictions(
     context: dg.AssetExecutionContext,
     run: ScoringRun,
-    by_window: Mapping[str, Sequence[Prediction]],
+    by_window: Mapping[str, pl.DataFrame],
     window_files: PartitionFilesResource,
     serving_store: ServingStoreResource,
     mqtt: MqttPublisherResource,
-    as_frame: Callable[[Sequence[Prediction]], pl.DataFrame] = predictions_frame,
 ) -> dict[str, Any]:
-    """Write, store and publish the predictions of every window of the run; the asset's metadata."""
+    """Write, store and publish every window's predictions (`ScoringRun.stamped`); the asset's metadata."""
     everything: list[Prediction] = []
     for key, predictions in by_window.items():
-        if predictions:
-            window_files.write(as_frame(predictions), window_files.predictions_path(run.model_name, key))
-        everything.extend(predictions)
+        if predictions.height:
+            window_files.write(predictions, window_files.predictions_path(run.model_name, key))
+            everything.extend(predictions_of(predictions))
     stored = serving_store.get_store().upsert_predictions(everything)
     published = mqtt.publish_predictions(everything, context.log)
     return {
         "model_version": run.version,
         "mlflow_run_id": run.champion.info.run_id or "",
         "windows": len(by_window),
-        "windows_with_data": sum(1 for predictions in by_window.values() if predictions),
+        "windows_with_data": sum(1 for predictions in by_window.values() if predictions.height),
         "predictions": len(everything),
         "stored": stored,
         "published": published,

@@ -32,7 +32,6 @@ from factory_pipelines.resources import (
     ServingStoreResource,
 )
 from factory_pipelines.simulator import RobotModel
-from factory_pipelines.telemetry import Prediction
 from factory_pipelines.window_rows import ROBOT_ROWS_SCHEMA
 
 RUL_GROUP = "rul"
@@ -137,21 +136,24 @@ def history_windows(model: rul_model.RulModel, window_seconds: float) -> int:
     return min(MAX_HISTORY_WINDOWS, math.ceil(seconds / window_seconds) + 1)
 
 
-def window_predictions(run: ScoringRun, key: str, rows: pl.DataFrame) -> list[Prediction]:
+def window_predictions(run: ScoringRun, key: str, rows: pl.DataFrame) -> pl.DataFrame:
     """RUL per robot from its readings of the lookback windows up to `key` (benchmarks/scoring.py times this)."""
-    return [
-        run.prediction(
-            key,
-            row["asset_id"],
-            row["rul"],
-            "rul_low" if row["lower"] < RUL_LOW_CYCLES else "normal",
-            rul_lower=row["lower"],
-            rul_upper=row["upper"],
-            confidence=row["confidence"],
-            history_steps=row["steps"],
-        )
-        for row in rul_model.predict_robot_rul(run.model, rows).iter_rows(named=True)
-    ]
+    verdicts = rul_model.predict_robot_rul(run.model, rows)
+    return run.stamped(
+        key,
+        verdicts.select(
+            "asset_id",
+            pl.col("rul").alias("score"),
+            pl.when(pl.col("lower") < RUL_LOW_CYCLES)
+            .then(pl.lit("rul_low"))
+            .otherwise(pl.lit("normal"))
+            .alias("label"),
+            pl.col("lower").alias("rul_lower"),
+            pl.col("upper").alias("rul_upper"),
+            "confidence",
+            pl.col("steps").alias("history_steps"),
+        ),
+    )
 
 
 @dg.asset(
@@ -175,10 +177,10 @@ def rul_predictions(
         return
     model: rul_model.RulModel = run.model
     lookback = history_windows(model, window_files.window_seconds)
-    by_window: dict[str, list[Prediction]] = {}
+    by_window: dict[str, pl.DataFrame] = {}
     for key in context.partition_keys:
         if not window_files.rows_path("robots", key).exists():
-            by_window[key] = []
+            by_window[key] = pl.DataFrame()
             continue
         paths = window_files.rows_history("robots", key, lookback)
         rows = pl.concat([pl.read_parquet(p) for p in paths], how="vertical_relaxed") if paths else None

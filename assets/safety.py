@@ -27,7 +27,6 @@ from factory_pipelines.resources import (
     PartitionFilesResource,
     ServingStoreResource,
 )
-from factory_pipelines.telemetry import Prediction
 
 SAFETY_GROUP = "safety"
 MODEL = safety_model.MODEL_NAME
@@ -131,12 +130,13 @@ def safety_hazard(
     )
 
 
-def window_predictions(run: ScoringRun, key: str, features: pl.DataFrame) -> list[Prediction]:
+def window_predictions(run: ScoringRun, key: str, features: pl.DataFrame) -> pl.DataFrame:
     """One window's zone features scored by the champion (benchmarks/scoring.py times this)."""
-    return [
-        run.prediction(key, row["asset_id"], row["probability"], row["risk_level"], zone=row["zone"])
-        for row in run.model.predict_proba(features).iter_rows(named=True)
-    ]
+    verdicts = run.model.predict_proba(features)
+    return run.stamped(
+        key,
+        verdicts.select("asset_id", pl.col("probability").alias("score"), pl.col("risk_level").alias("label"), "zone"),
+    )
 
 
 @dg.asset(
@@ -158,7 +158,8 @@ def safety_hazard_predictions(
     run = start_scoring(context, mlflow, safety_model.FAMILY, window_files)
     if run is None:
         return
-    by_window: dict[str, list[Prediction]] = {}
-    for key in context.partition_keys:
-        by_window[key] = window_predictions(run, key, pl.read_parquet(window_files.model_features_path(MODEL, key)))
+    by_window = {
+        key: window_predictions(run, key, pl.read_parquet(window_files.model_features_path(MODEL, key)))
+        for key in context.partition_keys
+    }
     yield dg.MaterializeResult(metadata=record_predictions(context, run, by_window, window_files, serving_store, mqtt))

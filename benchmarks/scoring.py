@@ -236,7 +236,7 @@ class Workload:
 
 
 # Each platform function below is the body of the family's prediction asset for one window, minus its
-# file reads: the same scoring call and the same `run.prediction(...)` per row (assets/<family>.py).
+# file reads: the same scoring call and the same `run.stamped(...)` (assets/<family>.py).
 
 
 def build_workload(name: str, loaded: LoadedChampion, plant: PlantWindows) -> Workload:
@@ -388,7 +388,7 @@ def measure(work: Workload, rounds: int) -> Timing:
 
 
 def profile(work: Workload, rounds: int, top: int = 25) -> str:
-    """cProfile of the platform path over `rounds` batches (after a warm-up): most own time first."""
+    """cProfile of the platform path over `rounds` batches (after a warm-up): own time, then time inside."""
     run_platform(work)  # warm-up: Keras traces its predict function on the first call
     profiler = cProfile.Profile()
     profiler.enable()
@@ -397,6 +397,7 @@ def profile(work: Workload, rounds: int, top: int = 25) -> str:
     profiler.disable()
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(top)
+    pstats.Stats(profiler, stream=out).sort_stats("cumulative").print_stats(top)
     return out.getvalue()
 
 

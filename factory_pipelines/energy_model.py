@@ -30,7 +30,6 @@ from factory_pipelines.telemetry import (
     MACHINE_NUMERIC_FIELDS,
     MachineTelemetry,
     PayloadKind,
-    Prediction,
 )
 from factory_pipelines.training import ModelFamily
 from factory_pipelines.window_rows import type_rows
@@ -329,30 +328,6 @@ def score_features(model: Pipeline, features: pl.DataFrame) -> pl.DataFrame:
             .otherwise(pl.lit(NORMAL))
             .alias("label")
         )
-    )
-
-
-PREDICTION_FRAME_SCHEMA: dict[str, pl.DataType] = {
-    "model_name": pl.String(),
-    "model_version": pl.String(),
-    "asset_id": pl.String(),
-    "window_key": pl.String(),
-    "score": pl.Float64(),
-    "threshold": pl.Float64(),
-    "label": pl.String(),
-    "produced_at": pl.Datetime("us", "UTC"),
-    "window_start": pl.Datetime("us", "UTC"),
-    "window_end": pl.Datetime("us", "UTC"),
-    "mlflow_run_id": pl.String(),
-    "dagster_run_id": pl.String(),
-}
-
-
-def prediction_frame(predictions: Sequence[Prediction]) -> pl.DataFrame:
-    """Predictions as the Parquet partition file stores them (threshold travels as an extra field)."""
-    rows = [p.model_dump() for p in predictions]
-    return pl.DataFrame(
-        [{name: row.get(name) for name in PREDICTION_FRAME_SCHEMA} for row in rows], schema=PREDICTION_FRAME_SCHEMA
     )
 
 

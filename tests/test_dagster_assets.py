@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 import yaml
 
+from assets.prediction_output import PREDICTION_COLUMNS
 from factory_pipelines import energy_model as em
 from factory_pipelines.dagster_instance import ensure_energy_champion, write_dagster_yaml
 from factory_pipelines.definitions import build_definitions
@@ -128,7 +129,7 @@ def test_windows_of_one_run_are_scored_stored_published_and_retraining_promotes(
     # Parquet per window partition
     for key in keys:
         frame = pl.read_parquet(settings.predictions_dir / em.MODEL_NAME / f"{key}.parquet")
-        assert dict(frame.schema) == em.PREDICTION_FRAME_SCHEMA
+        assert dict(frame.schema) == {**PREDICTION_COLUMNS, "threshold": pl.Float64()}
         assert sorted(frame["asset_id"]) == [f"machine-{m}" for m in range(MACHINES)]
         assert (settings.features_dir / f"{key}.parquet").is_file()
     spiky = pl.read_parquet(settings.predictions_dir / em.MODEL_NAME / f"{keys[1]}.parquet")
