@@ -1,4 +1,4 @@
-"""Prediction scoring: the platform's path from a window's rows to Prediction objects vs the bare model.
+"""Prediction scoring: the platform's path from a window's rows to its predictions frame vs the bare model.
 
 For each model family that scores windows (energy_iforest, cyber_detector, safety_hazard, rul_lstm)
 a champion is trained with the family's own training function, logged to a throw-away MLflow store
@@ -9,13 +9,16 @@ sealed-window frame the collector writes, is typed like `telemetry_window` does 
 the feature assets do. Then, per window, as the prediction assets do it:
 
 * platform: the family's scoring function on the window's input frame (features, or robot rows for
-  rul_lstm) and one `Prediction` per row through `ScoringRun.prediction` (assets/prediction_output.py);
+  rul_lstm), stamped into the window's predictions frame by `ScoringRun.stamped`, the frame written as
+  the window's Parquet file (assets/prediction_output.py);
 * bare: the estimator's own call (`score_samples`, `predict_proba`, `predict_on_batch`, whichever the
   platform makes) on the already-featurised matrix of the same rows, built before the clock starts.
 
 Rounds alternate platform and bare; the medians give rows/s and the ratio (target >= 0.9). Both run
 with one native thread (the platform caps OpenMP to one thread while scoring; the bare call gets the
-same cap once, outside the clock). File reads and writes, the store and MQTT are not part of either.
+same cap once, outside the clock). File reads and writes, the store and MQTT are not part of either
+(nor the `Prediction` objects `record_predictions` makes from the frame for the store and MQTT: they
+are those sinks' work, and each costs more than the objects).
 
     .venv/bin/python benchmarks/scoring.py                  # about 2-3 min; writes results/scoring.md
     .venv/bin/python benchmarks/scoring.py --quick --no-write
@@ -66,7 +69,7 @@ from factory_pipelines.model_registry import (  # noqa: E402
     use_tracking_uri,
 )
 from factory_pipelines.simulator import Fleet, FleetConfig  # noqa: E402
-from factory_pipelines.telemetry import Prediction, dump_payload, parse_telemetry_topic  # noqa: E402
+from factory_pipelines.telemetry import dump_payload, parse_telemetry_topic  # noqa: E402
 from factory_pipelines.training import ModelFamily  # noqa: E402
 from factory_pipelines.window_rows import ROBOT_ROWS_SCHEMA, robot_rows, safety_rows  # noqa: E402
 from factory_pipelines.windows import WINDOW_SCHEMA, window_key  # noqa: E402
@@ -230,7 +233,7 @@ class Workload:
     run: ScoringRun
     inputs: list[tuple[str, pl.DataFrame]]  # (window key, what the prediction asset scores)
     matrices: list[Any]  # per window: the already-featurised matrix the estimator takes
-    platform: Callable[[ScoringRun, str, pl.DataFrame], list[Prediction]]
+    platform: Callable[[ScoringRun, str, pl.DataFrame], pl.DataFrame]
     bare: Callable[[Any], Any]
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -297,7 +300,7 @@ def bare_call(name: str, model: Any) -> Callable[[Any], Any]:
     return model.network.predict_on_batch
 
 
-PLATFORM_PATHS: dict[str, Callable[[ScoringRun, str, pl.DataFrame], list[Prediction]]] = {
+PLATFORM_PATHS: dict[str, Callable[[ScoringRun, str, pl.DataFrame], pl.DataFrame]] = {
     "energy_iforest": energy_assets.window_predictions,
     "cyber_detector": cyber_assets.window_predictions,
     "safety_hazard": safety_assets.window_predictions,
@@ -429,8 +432,9 @@ def render(timings: Sequence[Timing], command: str, plant: dict[str, Any], size:
     lines += [
         "",
         "Platform: the prediction asset's work for each window, from the frame it reads (features; for",
-        "rul_lstm the robots' typed rows of the lookback windows) to `Prediction` objects, through the",
-        "family's scoring function and `ScoringRun.prediction`. Bare: the estimator's own call on the",
+        "rul_lstm the robots' typed rows of the lookback windows) to the predictions frame written as the",
+        "window's Parquet file, through the family's scoring function and `ScoringRun.stamped`. Bare: the",
+        "estimator's own call on the",
         "featurised matrix of the same rows, prepared before timing (IsolationForest pipeline `score_samples`,",
         "HistGradientBoosting `predict_proba`, CalibratedClassifierCV `predict_proba`, Keras `predict_on_batch`",
         "on the prepared window tensor). Rows: predictions made (machines, zones or robots per window).",
