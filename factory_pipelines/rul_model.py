@@ -240,6 +240,9 @@ class RulParams:
     patience: int = 8  # with early stopping: epochs without a better monitor loss before a member stops
     ensemble_size: int = 3  # members (different seeds, and monitor units if any) whose predictions are averaged
     smoothing: float = 0.0  # exponential smoothing inside each window: weight of the past (0 = off)
+    age_scale: float = 0.0  # > 0: the unit's age (its `cycle` value) divided by this is one more input; 0 = none.
+    # Only where `cycle` counts from the unit's start (C-MAPSS); robot steps count the robot's cycles
+    # across bearing lives, and a prediction sees only the lookback windows.
     monitor_fraction: float = 0.0  # share of a member's fitting units kept aside for early stopping; 0 = none,
     # every fitting unit trains for max_epochs on a cosine learning-rate schedule (better on C-MAPSS)
     calibration_fraction: float = 0.2  # > 0: split conformal, this share of the training units never fitted
@@ -274,6 +277,8 @@ def check_params(params: RulParams) -> None:
         problems.append(f"confidence must be in (0, 1), got {params.confidence}")
     if params.interval_score not in INTERVAL_SCORES:
         problems.append(f"interval_score must be one of {INTERVAL_SCORES}, got {params.interval_score!r}")
+    if params.age_scale < 0:
+        problems.append(f"age_scale must be >= 0, got {params.age_scale}")
     if params.rul_cap < 0 or params.rul_cap_scale <= 0 or params.interval_floor <= 0:
         problems.append("rul_cap must be >= 0, rul_cap_scale > 0 and interval_floor > 0")
     if problems:
@@ -360,6 +365,17 @@ def window_tensor(
     return windows
 
 
+def model_inputs(
+    ordered: pl.DataFrame, features: Sequence[str], scaling: FeatureScaling, age_scale: float
+) -> np.ndarray:
+    """Normalised features per row (float32), and with `age_scale` > 0 the row's `cycle` / age_scale after them."""
+    values = scaling.transform(ordered, features)
+    if age_scale <= 0:
+        return values
+    age = ordered[CYCLE].cast(pl.Float64).fill_null(0.0).to_numpy() / age_scale
+    return np.hstack([values, np.clip(age, 0.0, NORMALISED_CLIP)[:, None].astype(np.float32)])
+
+
 # ---- the model --------------------------------------------------------------------------------
 
 
@@ -389,6 +405,11 @@ class RulModel:
     dropped_columns: tuple[str, ...] = ()
     attributes: dict[str, str] = field(default_factory=dict)
     summary: dict[str, float] = field(default_factory=dict)
+    age_scale: float = 0.0  # RulParams.age_scale: > 0 adds the unit's age as an input
+
+    def inputs(self, ordered: pl.DataFrame) -> np.ndarray:
+        """The network's input per row (rows x channels) of a frame sorted by unit and cycle."""
+        return model_inputs(ordered, self.feature_columns, self.scaling, self.age_scale)
 
     @property
     def uses_conditions(self) -> bool:
@@ -433,7 +454,7 @@ class RulModel:
             raise ValueError(f"the frame lacks columns {missing}; rul_lstm reads {list(self.input_columns)}")
         recent = frame.with_columns(pl.col(UNIT).cast(pl.String)).sort(UNIT, CYCLE)
         recent = recent.group_by(UNIT, maintain_order=True).tail(self.window)
-        values = self.scaling.transform(recent, self.feature_columns)
+        values = self.inputs(recent)
         starts, ends = _row_layout(recent)
         units = recent[UNIT].gather(ends).to_list() if ends.size else []
         return units, window_tensor(values, starts[ends], ends, self.window, self.smoothing)
@@ -461,6 +482,7 @@ class RulModel:
             "interval_floor": self.interval_floor,
             "calibration_scores": [float(s) for s in self.calibration_scores],
             "confidence": self.confidence,
+            "age_scale": self.age_scale,
             "attributes": self.attributes,
             "summary": self.summary,
         }
@@ -492,6 +514,7 @@ class RulModel:
             dropped_columns=tuple(state["dropped_columns"]),
             attributes=dict(state["attributes"]),
             summary={k: float(v) for k, v in state["summary"].items()},
+            age_scale=float(state.get("age_scale", 0.0)),  # versions logged before it existed had none
         )
 
 
@@ -542,7 +565,7 @@ def _prepare(
     frame: pl.DataFrame, features: Sequence[str], scaling: FeatureScaling, params: RulParams, cap: float
 ) -> _Prepared:
     ordered = frame.sort(UNIT, CYCLE)
-    values = scaling.transform(ordered, features)
+    values = model_inputs(ordered, features, scaling, params.age_scale)
     starts, _ = _row_layout(ordered)
     ends = np.arange(ordered.height)
     windows = window_tensor(values, starts, ends, params.window, params.smoothing)
@@ -638,7 +661,7 @@ def fit(train: RulDataset, params: RulParams, progress: Callable[[str], None] | 
     epochs: list[int] = []
     for member in range(params.ensemble_size):
         keras.utils.set_random_seed(params.seed + 1000 * member)
-        network = _build_member(params.window, len(features), params)
+        network = _build_member(params.window, len(features) + (params.age_scale > 0), params)
         reporter = _epoch_reporter(member, params.ensemble_size, cap, progress)
         trains = window_fold != member  # all windows in split mode; all but this member's fold when cross
         pool = np.unique(window_units[trains])
@@ -670,7 +693,7 @@ def fit(train: RulDataset, params: RulParams, progress: Callable[[str], None] | 
         members.append(network)
         epochs.append(len(history.history["loss"]))
     model = RulModel(
-        network=_ensemble(members, params.window, len(features)),
+        network=_ensemble(members, params.window, len(features) + (params.age_scale > 0)),
         feature_columns=features,
         scaling=scaling,
         window=params.window,
@@ -682,6 +705,7 @@ def fit(train: RulDataset, params: RulParams, progress: Callable[[str], None] | 
         confidence=params.confidence,
         dropped_columns=dropped,
         attributes=dict(train.attributes),
+        age_scale=params.age_scale,
     )
     if cross:  # each fold predicted by the one member that never saw it
         pieces = [
@@ -723,7 +747,7 @@ def every_cut_truth_and_prediction(
     random ones, so the scores carry no sampling noise of the cuts themselves.
     """
     ordered = frame.with_columns(pl.col(UNIT).cast(pl.String)).sort(UNIT, CYCLE)
-    values = model.scaling.transform(ordered, model.feature_columns)
+    values = model.inputs(ordered)
     starts, lasts = _row_layout(ordered)
     rul = ordered[RUL].to_numpy().astype(np.float64)
     firsts = np.concatenate([[0], lasts[:-1] + 1]) if lasts.size else lasts

@@ -43,7 +43,7 @@ from serving.access import require_viewer
 from serving.body_limit import BodySizeLimit
 from serving.champions import DEFAULT_ANSWER_WITHIN_S, DEFAULT_CHAMPION_TTL_S, KNOWN_MODELS
 from serving.context import DEFAULT_BROKER_TTL_S, ServingContext
-from serving.metrics import ApiMetrics
+from serving.metrics import ApiMetrics, RequestMetrics
 from serving.problems import install_problem_handlers
 from serving.ttl_cache import Clock
 
@@ -98,7 +98,7 @@ def create_app(
     app = FastAPI(title=API_TITLE, description=API_DESCRIPTION, version=__version__, lifespan=lifespan)
     app.state.serving = context
     app.state.metrics = ApiMetrics(app)
-    app.middleware("http")(app.state.metrics.middleware)
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     install_problem_handlers(app)
     app.add_middleware(BodySizeLimit, limits={ml.PPE_CHECK_PATH: ml.MAX_UPLOAD_BODY_BYTES})
     if settings.cors_origins:

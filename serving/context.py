@@ -221,6 +221,6 @@ class ServingContext:
         self.answers.expire()
 
 
-def get_context(request: Request) -> ServingContext:
+async def get_context(request: Request) -> ServingContext:
     """FastAPI dependency: the context of the app serving this request."""
     return request.app.state.serving

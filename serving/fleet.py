@@ -107,7 +107,7 @@ def live_of(app: FastAPI) -> LiveTelemetry:
     return context.live
 
 
-def live_for(request: Request) -> LiveTelemetry:
+async def live_for(request: Request) -> LiveTelemetry:
     """FastAPI dependency: the live feed of the app serving this request."""
     return live_of(request.app)
 

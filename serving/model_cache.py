@@ -206,6 +206,6 @@ def model_cache_of(app: FastAPI) -> ModelCache:
     return cache
 
 
-def model_cache_for(request: Request) -> ModelCache:
+async def model_cache_for(request: Request) -> ModelCache:
     """FastAPI dependency: the model cache of the app serving this request."""
     return model_cache_of(request.app)

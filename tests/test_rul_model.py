@@ -149,6 +149,24 @@ def test_cross_conformal_fits_and_calibrates_every_unit_out_of_fold(
     assert metrics["n_engines"] == 40 and np.isfinite(metrics["mean_interval_width"])
 
 
+def test_age_input_is_one_more_channel_and_survives_save_and_load(
+    fd001_slice: tuple[rm.RulDataset, rm.RulDataset], tmp_path: Path
+) -> None:
+    train, validation = fd001_slice
+    with pytest.raises(ValueError, match="age_scale"):
+        rm.check_params(replace(TINY, age_scale=-1.0))
+    model = rm.fit(train, replace(TINY, age_scale=200.0, max_epochs=1, ensemble_size=1))
+    units, windows = model.last_windows(validation.frame)
+    assert windows.shape[2] == len(model.feature_columns) + 1
+    last_cycle = validation.frame.group_by(rm.UNIT).agg(pl.col(rm.CYCLE).max())
+    expected_age = dict(last_cycle.with_columns(pl.col(rm.UNIT).cast(pl.String)).iter_rows())
+    assert np.allclose(windows[:, -1, -1], [expected_age[u] / 200.0 for u in units])
+
+    again = rm.RulModel.load(*model.save(tmp_path / "model"))
+    assert again.age_scale == 200.0
+    assert np.allclose(again.predict(validation.frame)["rul"], model.predict(validation.frame)["rul"], atol=1e-4)
+
+
 def test_split_conformal_quantile_gives_nominal_coverage_on_exchangeable_scores() -> None:
     rng = np.random.default_rng(11)
     calibration = np.abs(rng.standard_t(4, 400))
