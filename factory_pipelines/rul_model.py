@@ -75,6 +75,11 @@ CUT_MIN_RUL_FRACTION = 0.04
 CUT_MAX_RUL_FRACTION = 1.2
 CUT_MIN_PREFIX = 20
 
+# A dataset attribute: "true" when `cycle` counts from the unit's first cycle, so a prediction knows the
+# unit's age (C-MAPSS engines). Robot steps count the robot's cycles across bearing lives, and live
+# predictions see only the lookback windows: there the age input stays off whatever `age_scale` says.
+CYCLE_IS_AGE = "cycle_is_age"
+
 
 # ---- data -------------------------------------------------------------------------------------
 
@@ -129,7 +134,7 @@ def cmapss_dataset(train_file: Path) -> RulDataset:
         rul_cap=CMAPSS_RUL_CAP,
         name=f"cmapss-{Path(train_file).stem}",
         source_uri=Path(train_file).resolve().as_uri(),
-        attributes={"source": "cmapss"},
+        attributes={"source": "cmapss", CYCLE_IS_AGE: "true"},
     )
 
 
@@ -142,7 +147,7 @@ def cmapss_test_dataset(test_file: Path, rul_file: Path) -> RulDataset:
         rul_cap=CMAPSS_RUL_CAP,
         name=f"cmapss-{Path(test_file).stem}",
         source_uri=Path(test_file).resolve().as_uri(),
-        attributes={"source": "cmapss"},
+        attributes={"source": "cmapss", CYCLE_IS_AGE: "true"},
     )
 
 
@@ -241,8 +246,7 @@ class RulParams:
     ensemble_size: int = 3  # members (different seeds, and monitor units if any) whose predictions are averaged
     smoothing: float = 0.0  # exponential smoothing inside each window: weight of the past (0 = off)
     age_scale: float = 0.0  # > 0: the unit's age (its `cycle` value) divided by this is one more input; 0 = none.
-    # Only where `cycle` counts from the unit's start (C-MAPSS); robot steps count the robot's cycles
-    # across bearing lives, and a prediction sees only the lookback windows.
+    # Only for datasets whose `cycle` is the unit's age (CYCLE_IS_AGE: C-MAPSS); ignored for the robots.
     monitor_fraction: float = 0.0  # share of a member's fitting units kept aside for early stopping; 0 = none,
     # every fitting unit trains for max_epochs on a cosine learning-rate schedule (better on C-MAPSS)
     calibration_fraction: float = 0.2  # > 0: split conformal, this share of the training units never fitted
@@ -562,10 +566,15 @@ class _Prepared:
 
 
 def _prepare(
-    frame: pl.DataFrame, features: Sequence[str], scaling: FeatureScaling, params: RulParams, cap: float
+    frame: pl.DataFrame,
+    features: Sequence[str],
+    scaling: FeatureScaling,
+    params: RulParams,
+    cap: float,
+    age_scale: float,
 ) -> _Prepared:
     ordered = frame.sort(UNIT, CYCLE)
-    values = model_inputs(ordered, features, scaling, params.age_scale)
+    values = model_inputs(ordered, features, scaling, age_scale)
     starts, _ = _row_layout(ordered)
     ends = np.arange(ordered.height)
     windows = window_tensor(values, starts, ends, params.window, params.smoothing)
@@ -654,14 +663,17 @@ def fit(train: RulDataset, params: RulParams, progress: Callable[[str], None] | 
         else f"{fitting.n_units} units to fit, {calibration.n_units} to calibrate"
     )
     say(f"{how}; {len(features)} features (constant, dropped: {', '.join(dropped) or 'none'})")
-    prepared = _prepare(fitting.frame, features, scaling, params, cap)
+    age_scale = params.age_scale if train.attributes.get(CYCLE_IS_AGE) == "true" else 0.0
+    if params.age_scale > 0:
+        say(f"age input: cycle / {age_scale:g}" if age_scale else "age input off: this source's cycle is not an age")
+    prepared = _prepare(fitting.frame, features, scaling, params, cap, age_scale)
     window_units = prepared.units.astype(str)
     window_fold = np.array([folds[u] for u in window_units]) if cross else np.full(window_units.size, -1)
     members: list[keras.Model] = []
     epochs: list[int] = []
     for member in range(params.ensemble_size):
         keras.utils.set_random_seed(params.seed + 1000 * member)
-        network = _build_member(params.window, len(features) + (params.age_scale > 0), params)
+        network = _build_member(params.window, len(features) + (age_scale > 0), params)
         reporter = _epoch_reporter(member, params.ensemble_size, cap, progress)
         trains = window_fold != member  # all windows in split mode; all but this member's fold when cross
         pool = np.unique(window_units[trains])
@@ -693,7 +705,7 @@ def fit(train: RulDataset, params: RulParams, progress: Callable[[str], None] | 
         members.append(network)
         epochs.append(len(history.history["loss"]))
     model = RulModel(
-        network=_ensemble(members, params.window, len(features) + (params.age_scale > 0)),
+        network=_ensemble(members, params.window, len(features) + (age_scale > 0)),
         feature_columns=features,
         scaling=scaling,
         window=params.window,
@@ -705,7 +717,7 @@ def fit(train: RulDataset, params: RulParams, progress: Callable[[str], None] | 
         confidence=params.confidence,
         dropped_columns=dropped,
         attributes=dict(train.attributes),
-        age_scale=params.age_scale,
+        age_scale=age_scale,
     )
     if cross:  # each fold predicted by the one member that never saw it
         pieces = [

@@ -247,10 +247,12 @@ def test_robot_model_beats_the_mean_predictor_and_predicts_live_rows(robot_histo
         ensemble_size=1,
         unroll=False,
         calibration_fraction=0.25,
+        age_scale=200.0,  # asked for, but a robot's step count is not its bearing's age: no age input
         seed=2,
     )
     model = rm.fit(train, params)
     metrics = rm.evaluate(model, validation)
+    assert model.age_scale == 0.0 and model.last_windows(validation.frame)[1].shape[2] == len(model.feature_columns)
 
     assert model.rul_cap == pytest.approx(rm.ROBOT_RUL_CAP * params.rul_cap_scale)
     assert model.attributes["cycles_per_step"] == "40"
