@@ -56,7 +56,7 @@ class ScoringRun:
     produced_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     # window key -> what every prediction of that window carries, as one-row columns: made once per window
     # (a datetime literal costs polars about 0.5 ms each time, more than scoring 50 machines' features)
-    _stamps: dict[str, list[pl.Series]] = field(default_factory=dict, repr=False, compare=False)
+    _stamps: dict[str, dict[str, pl.Series]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def model(self) -> Any:
@@ -66,7 +66,7 @@ class ScoringRun:
     def version(self) -> str:
         return self.champion.info.version
 
-    def _stamp(self, window_key: str) -> list[pl.Series]:
+    def _stamp(self, window_key: str) -> dict[str, pl.Series]:
         stamp = self._stamps.get(window_key)
         if stamp is None:
             start, end = window_bounds(window_key, self.window_seconds)
@@ -80,9 +80,9 @@ class ScoringRun:
                 "mlflow_run_id": self.champion.info.run_id,
                 "dagster_run_id": self.dagster_run_id,
             }
-            stamp = self._stamps[window_key] = [
-                pl.Series(name, [value], dtype=PREDICTION_COLUMNS[name]) for name, value in shared.items()
-            ]
+            stamp = self._stamps[window_key] = {
+                name: pl.Series(name, [value], dtype=PREDICTION_COLUMNS[name]) for name, value in shared.items()
+            }
         return stamp
 
     def stamped(self, window_key: str, verdicts: pl.DataFrame) -> pl.DataFrame:
@@ -91,7 +91,7 @@ class ScoringRun:
         Whole columns, not a `Prediction` per row: the frame is the record (the window's Parquet
         file), and scoring a window stays close to the bare model's speed (benchmarks/scoring.py).
         """
-        shared = {series.name: series for series in self._stamp(window_key)}
+        shared = self._stamp(window_key)
         columns = [
             pl.lit(shared[name]).first() if name in shared else pl.col(name).cast(dtype)
             for name, dtype in PREDICTION_COLUMNS.items()

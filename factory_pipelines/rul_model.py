@@ -667,13 +667,14 @@ def fit(train: RulDataset, params: RulParams, progress: Callable[[str], None] | 
     if params.age_scale > 0:
         say(f"age input: cycle / {age_scale:g}" if age_scale else "age input off: this source's cycle is not an age")
     prepared = _prepare(fitting.frame, features, scaling, params, cap, age_scale)
+    n_inputs = len(features) + (age_scale > 0)  # the age, when on, is the last channel (`model_inputs`)
     window_units = prepared.units.astype(str)
     window_fold = np.array([folds[u] for u in window_units]) if cross else np.full(window_units.size, -1)
     members: list[keras.Model] = []
     epochs: list[int] = []
     for member in range(params.ensemble_size):
         keras.utils.set_random_seed(params.seed + 1000 * member)
-        network = _build_member(params.window, len(features) + (age_scale > 0), params)
+        network = _build_member(params.window, n_inputs, params)
         reporter = _epoch_reporter(member, params.ensemble_size, cap, progress)
         trains = window_fold != member  # all windows in split mode; all but this member's fold when cross
         pool = np.unique(window_units[trains])
@@ -705,7 +706,7 @@ def fit(train: RulDataset, params: RulParams, progress: Callable[[str], None] | 
         members.append(network)
         epochs.append(len(history.history["loss"]))
     model = RulModel(
-        network=_ensemble(members, params.window, len(features) + (age_scale > 0)),
+        network=_ensemble(members, params.window, n_inputs),
         feature_columns=features,
         scaling=scaling,
         window=params.window,

@@ -51,7 +51,7 @@ async def current_principal(
         return None
     found = settings_principal(context.settings.api_key_roles, key)
     if found is None:
-        found = await run_in_threadpool(principal_for_key, key, context)
+        found = await run_in_threadpool(managed_principal, key, context)
     if found is None:
         raise _unauthenticated("unknown or revoked API key")
     return found
@@ -63,12 +63,14 @@ def principal_for_key(key: str, context: ServingContext) -> Principal | None:
     Also used by the WebSocket hub, which takes its key from the query string. May read the store
     (StoreUnavailableError when it is down).
     """
-    found = settings_principal(context.settings.api_key_roles, key)
-    if found is None:
-        found = context.managed_keys.lookup(
-            key, lambda k: context.store.use(lambda store: ApiKeyBook(store.engine).principal_for(k))
-        )
-    return found
+    return settings_principal(context.settings.api_key_roles, key) or managed_principal(key, context)
+
+
+def managed_principal(key: str, context: ServingContext) -> Principal | None:
+    """Whom an admin-managed key names (cached for a few seconds); may read the store."""
+    return context.managed_keys.lookup(
+        key, lambda k: context.store.use(lambda store: ApiKeyBook(store.engine).principal_for(k))
+    )
 
 
 def require(role: Role) -> Callable[..., Awaitable[Principal]]:
