@@ -12,6 +12,7 @@ measure are absent, and unknown extra fields are kept.
 from __future__ import annotations
 
 import json
+import math
 import reprlib
 import time
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    field_validator,
 )
 
 
@@ -102,10 +104,23 @@ OPERATION_MODES = ("Active", "Idle", "Maintenance")
 EFFICIENCY_STATUSES = ("High", "Medium", "Low")
 
 
+def _number_as_text(value: object) -> object:
+    """The export writes ids as numbers: 7, 7.0 and 7e0 all become "7", whichever parser read them.
+
+    pydantic's own coercion would write the JSON parser's text ("1e3", "NaN") on one path and
+    Python's `str` ("1000.0", "nan") on the other; NaN and infinities name nothing, so they are refused.
+    """
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("a number given for text must be finite")
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
 class MachineTelemetry(_Envelope):
     """One row of the plant export; field aliases are the export's column names."""
-
-    model_config = ConfigDict(coerce_numbers_to_str=True)
 
     kind: Literal["machine"] = "machine"
     machine_id: str | None = Field(None, alias="Machine_ID")
@@ -120,6 +135,10 @@ class MachineTelemetry(_Envelope):
     predictive_maintenance_score: float | None = Field(None, alias="Predictive_Maintenance_Score")
     error_rate_pct: float | None = Field(None, alias="Error_Rate_%")
     efficiency_status: str | None = Field(None, alias="Efficiency_Status")
+
+    _text_from_numbers = field_validator(
+        "asset_id", "machine_id", "operation_mode", "efficiency_status", mode="before"
+    )(_number_as_text)
 
 
 # Export column name -> model field name, derived from the model so the two cannot drift.

@@ -62,6 +62,35 @@ def test_legacy_machine_row_with_epoch_timestamp() -> None:
 
 
 @pytest.mark.parametrize(
+    ("number", "text"), [("17", "17"), ("17.0", "17"), ("1.7e1", "17"), ("1e3", "1000"), ("2.5", "2.5"), ("-0.0", "0")]
+)
+def test_a_machine_id_sent_as_a_number_is_the_same_text_whichever_parser_reads_it(number: str, text: str) -> None:
+    """A complete row takes pydantic's JSON parser, a legacy one `json.loads`; both must name the machine alike."""
+    complete = f'{{"asset_id": {number}, "ts": "2026-01-01T00:00:00Z", "kind": "machine", "Machine_ID": {number}}}'
+    legacy = f'{{"timestamp": 1700000000, "Machine_ID": {number}, "Operation_Mode": {number}}}'
+    got_complete = parse_telemetry("factory/machine/m/telemetry", complete.encode(), received_at=RECEIVED)
+    got_legacy = parse_telemetry("factory/machine/m/telemetry", legacy.encode(), received_at=RECEIVED)
+    assert isinstance(got_complete, MachineTelemetry) and isinstance(got_legacy, MachineTelemetry)
+    assert (got_complete.asset_id, got_complete.machine_id) == (text, text)
+    assert (got_legacy.machine_id, got_legacy.operation_mode) == (text, text)
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "true"])
+def test_a_machine_id_that_names_nothing_is_refused(number: str) -> None:
+    row = f'{{"asset_id": "m", "ts": "2026-01-01T00:00:00Z", "kind": "machine", "Machine_ID": {number}}}'
+    with pytest.raises(PayloadError, match="Machine_ID"):
+        parse_telemetry("factory/machine/m/telemetry", row.encode(), received_at=RECEIVED)
+
+
+def test_every_text_field_of_a_machine_row_takes_numbers_the_same_way() -> None:
+    """The number-to-text validator names its fields; a text field added to the row must be named there too."""
+    fields = MachineTelemetry.model_fields
+    text_fields = {name for name, field in fields.items() if field.annotation in (str, str | None)}
+    validated = set(MachineTelemetry.__pydantic_decorators__.field_validators["_text_from_numbers"].info.fields)
+    assert validated == text_fields
+
+
+@pytest.mark.parametrize(
     ("topic", "payload", "kind", "asset"),
     [
         (
