@@ -154,7 +154,7 @@ def energy_iforest(
 def window_predictions(run: ScoringRun, key: str, features: pl.DataFrame) -> pl.DataFrame:
     """One window's machine features scored by the champion (benchmarks/scoring.py times this)."""
     verdicts = energy_model.score_features(run.model, features)
-    return run.stamped(key, verdicts.select("asset_id", "score", "label", "threshold"))
+    return run.stamped(key, {name: verdicts[name] for name in ("asset_id", "score", "label", "threshold")})
 
 
 @dg.asset(

@@ -42,6 +42,9 @@ PREDICTION_COLUMNS: dict[str, pl.DataType] = {
 """`Prediction`'s fields as a window's predictions Parquet file holds them (in that order, each family's
 own fields after them); tests/test_prediction_output.py keeps the two in step."""
 
+Verdict = pl.Series | float | int | str | None
+"""A verdict column: a Series, or one value for every row of the window."""
+
 _PREDICTION_LIST: TypeAdapter[list[Prediction]] = TypeAdapter(list[Prediction])
 
 
@@ -85,18 +88,39 @@ class ScoringRun:
             }
         return stamp
 
-    def stamped(self, window_key: str, verdicts: pl.DataFrame) -> pl.DataFrame:
+    def stamped(self, window_key: str, verdicts: pl.DataFrame | Mapping[str, Verdict]) -> pl.DataFrame:
         """A window's verdicts (`asset_id`, `score`, `label` and the family's own columns) as its predictions.
 
+        `verdicts` is a frame, or columns by name where a plain value (a threshold) holds for every row.
         Whole columns, not a `Prediction` per row: the frame is the record (the window's Parquet
-        file), and scoring a window stays close to the bare model's speed (benchmarks/scoring.py).
+        file). Built from Series alone, never a `select`: polars runs queries on its thread pool, and
+        waking the pool after the estimator's call cost 0.3 ms a window, a twentieth of scoring 50
+        machines (benchmarks/scoring.py).
         """
+        if isinstance(verdicts, pl.DataFrame):
+            given, height = dict(verdicts.to_dict()), verdicts.height
+        else:
+            given = dict(verdicts)
+            height = next((len(value) for value in given.values() if isinstance(value, pl.Series)), 0)
         shared = self._stamp(window_key)
+        missing = [name for name in PREDICTION_COLUMNS if name not in shared and name not in given]
+        if missing:
+            raise ValueError(f"the verdicts lack {', '.join(missing)}")
         columns = [
-            pl.lit(shared[name]).first() if name in shared else pl.col(name).cast(dtype)
+            shared[name].new_from_index(0, height) if name in shared else _column(name, given.pop(name), dtype, height)
             for name, dtype in PREDICTION_COLUMNS.items()
         ]
-        return verdicts.select(*columns, *(name for name in verdicts.columns if name not in PREDICTION_COLUMNS))
+        columns += [_column(name, value, None, height) for name, value in given.items() if name not in shared]
+        return pl.DataFrame(columns)
+
+
+def _column(name: str, value: Verdict, dtype: pl.DataType | None, height: int) -> pl.Series:
+    if not isinstance(value, pl.Series):
+        return pl.Series(name, [value], dtype=dtype).new_from_index(0, height)
+    if len(value) != height:
+        raise ValueError(f"verdict column {name!r} has {len(value)} rows, the others {height}")
+    value = value.alias(name)
+    return value if dtype is None or value.dtype == dtype else value.cast(dtype)
 
 
 def predictions_of(frame: pl.DataFrame) -> list[Prediction]:

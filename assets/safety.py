@@ -21,6 +21,7 @@ from assets.prediction_output import ScoringRun, record_predictions, start_scori
 from assets.telemetry import window_partitions
 from factory_pipelines import safety_model
 from factory_pipelines.datasets import store_dataset
+from factory_pipelines.native_threads import SCORING_THREADS, openmp_threads
 from factory_pipelines.resources import (
     MlflowResource,
     MqttPublisherResource,
@@ -135,7 +136,12 @@ def window_predictions(run: ScoringRun, key: str, features: pl.DataFrame) -> pl.
     verdicts = run.model.predict_proba(features)
     return run.stamped(
         key,
-        verdicts.select("asset_id", pl.col("probability").alias("score"), pl.col("risk_level").alias("label"), "zone"),
+        {
+            "asset_id": verdicts["asset_id"],
+            "score": verdicts["probability"],
+            "label": verdicts["risk_level"],
+            "zone": verdicts["zone"],
+        },
     )
 
 
@@ -158,8 +164,9 @@ def safety_hazard_predictions(
     run = start_scoring(context, mlflow, safety_model.FAMILY, window_files)
     if run is None:
         return
-    by_window = {
-        key: window_predictions(run, key, pl.read_parquet(window_files.model_features_path(MODEL, key)))
-        for key in context.partition_keys
-    }
+    with openmp_threads(SCORING_THREADS):  # once for the run: each window's own cap is then free
+        by_window = {
+            key: window_predictions(run, key, pl.read_parquet(window_files.model_features_path(MODEL, key)))
+            for key in context.partition_keys
+        }
     yield dg.MaterializeResult(metadata=record_predictions(context, run, by_window, window_files, serving_store, mqtt))

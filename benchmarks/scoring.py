@@ -15,10 +15,10 @@ the feature assets do. Then, per window, as the prediction assets do it:
   platform makes) on the already-featurised matrix of the same rows, built before the clock starts.
 
 Rounds alternate platform and bare; the medians give rows/s and the ratio (target >= 0.9). Both run
-with one native thread (the platform caps OpenMP to one thread while scoring; the bare call gets the
-same cap once, outside the clock). File reads and writes, the store and MQTT are not part of either
-(nor the `Prediction` objects `record_predictions` makes from the frame for the store and MQTT: they
-are those sinks' work, and each costs more than the objects).
+with one native thread, capped once outside the clock (a prediction asset caps OpenMP once around
+its run's windows, which makes each scoring call's own cap free). File reads and writes, the store
+and MQTT are not part of either (nor the `Prediction` objects `record_predictions` makes from the
+frame for the store and MQTT: they are those sinks' work, and each costs more than the objects).
 
     .venv/bin/python benchmarks/scoring.py                  # about 2-3 min; writes results/scoring.md
     .venv/bin/python benchmarks/scoring.py --quick --no-write
@@ -61,6 +61,7 @@ from assets import safety as safety_assets  # noqa: E402
 from assets.prediction_output import ScoringRun  # noqa: E402
 from assets.rul import history_windows  # noqa: E402
 from factory_pipelines import cyber_model, energy_model, rul_family, rul_model, safety_model  # noqa: E402
+from factory_pipelines.estimator_input import estimator_input  # noqa: E402
 from factory_pipelines.model_registry import (  # noqa: E402
     CHAMPION_ALIAS,
     LoadedChampion,
@@ -277,15 +278,15 @@ def build_workload(name: str, loaded: LoadedChampion, plant: PlantWindows) -> Wo
         if name == "energy_iforest":
             features = energy_model.machine_features(energy_model.type_machine_rows(window, key).machines)
             inputs.append((key, features))
-            matrices.append(energy_model.feature_matrix(energy_model.scoreable(features)))
+            matrices.append(estimator_input(model, energy_model.scoreable(features), energy_model.MODEL_FEATURES))
         elif name == "cyber_detector":
             features = cyber_model.window_features(energy_model.type_machine_rows(window, key).machines)
             inputs.append((key, features))
-            matrices.append(cyber_model.feature_matrix(features, model.feature_columns))
+            matrices.append(estimator_input(model.estimator, features, model.feature_columns, absent_as_missing=True))
         elif name == "safety_hazard":
             features = safety_model.window_features(safety_rows(window, key).frame)
             inputs.append((key, features))
-            matrices.append(safety_model.feature_matrix(features))
+            matrices.append(estimator_input(model.classifier, features, model.feature_columns))
     return Workload(name, run, inputs, matrices, PLATFORM_PATHS[name], bare_call(name, model))
 
 

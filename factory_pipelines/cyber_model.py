@@ -40,6 +40,7 @@ from sklearn.metrics import (
 
 from factory_pipelines import ton_iot
 from factory_pipelines.energy_model import MACHINE_FRAME_SCHEMA, MACHINE_TEXT_FIELDS
+from factory_pipelines.estimator_input import by_position, estimator_input, float_matrix
 from factory_pipelines.model_registry import pinned_requirements
 from factory_pipelines.native_threads import SCORING_THREADS, openmp_threads
 from factory_pipelines.simulator import MachineModel, machine_asset_id
@@ -456,10 +457,7 @@ def feature_matrix(frame: pl.DataFrame, columns: Sequence[str]) -> Any:
     A column the frame lacks (another device's readings) is all-missing, which the estimator
     handles natively.
     """
-    return frame.select(
-        pl.col(name).cast(pl.Float64) if name in frame.columns else pl.lit(None, pl.Float64).alias(name)
-        for name in columns
-    ).to_pandas()
+    return float_matrix(frame, columns, absent_as_missing=True)
 
 
 @dataclass(frozen=True)
@@ -481,7 +479,8 @@ class CyberModel:
         if frame.is_empty():
             return np.zeros((0, len(self.classes)))
         with openmp_threads(SCORING_THREADS):
-            return np.asarray(self.estimator.predict_proba(feature_matrix(frame, self.feature_columns)))
+            matrix = estimator_input(self.estimator, frame, self.feature_columns, absent_as_missing=True)
+            return np.asarray(self.estimator.predict_proba(matrix))
 
     def score(self, frame: pl.DataFrame) -> pl.DataFrame:
         """Per row: its id columns (those present of window_key, asset_id, device, ts), `probability`
@@ -489,16 +488,22 @@ class CyberModel:
         for an attack, "normal" otherwise)."""
         proba = self.class_probabilities(frame)
         normal_index = self.classes.index(NORMAL)
-        attack_probability = 1.0 - proba[:, normal_index] if len(proba) else np.zeros(0)
+        attack_probability = 1.0 - proba[:, normal_index]
+        is_attack = (attack_probability >= self.threshold).tolist()
         masked = proba.copy()
         masked[:, normal_index] = -1.0
-        most_likely = np.asarray(self.classes, dtype=object)[masked.argmax(axis=1)] if len(proba) else []
-        is_attack = attack_probability >= self.threshold
-        ids = frame.select(name for name in ID_COLUMNS if name in frame.columns)
-        return ids.with_columns(
-            pl.Series("probability", attack_probability, dtype=pl.Float64),
-            pl.Series("label", np.where(is_attack, ATTACK, NORMAL).tolist(), dtype=pl.String),
-            pl.Series("attack_type", np.where(is_attack, most_likely, NORMAL).tolist(), dtype=pl.String),
+        attack_types = [
+            self.classes[index] if attack else NORMAL
+            for attack, index in zip(is_attack, masked.argmax(axis=1).tolist(), strict=True)
+        ]
+        # Series, never a select: a polars query after the estimator's call waits for polars' thread pool to wake.
+        return pl.DataFrame(
+            [
+                *(frame.get_column(name) for name in ID_COLUMNS if name in frame.columns),
+                pl.Series("probability", attack_probability, dtype=pl.Float64),
+                pl.Series("label", [ATTACK if attack else NORMAL for attack in is_attack], dtype=pl.String),
+                pl.Series("attack_type", attack_types, dtype=pl.String),
+            ]
         )
 
 
@@ -722,9 +727,10 @@ def load_model(model_uri: str) -> CyberModel:
     classes = tuple(str(name) for name in estimator.classes_)
     if classes != tuple(recorded["classes"]):
         raise ValueError(f"{model_uri}: estimator classes {classes} differ from the recorded {recorded['classes']}")
+    feature_columns = tuple(recorded["feature_columns"])
     return CyberModel(
-        estimator=estimator,
-        feature_columns=tuple(recorded["feature_columns"]),
+        estimator=by_position(estimator, feature_columns),
+        feature_columns=feature_columns,
         classes=classes,
         threshold=float(recorded["threshold"]),
         dataset=str(recorded["dataset"]),

@@ -23,6 +23,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 
+from factory_pipelines.estimator_input import by_position, estimator_input, float_matrix
 from factory_pipelines.model_registry import log_sklearn_model
 from factory_pipelines.telemetry import (
     MACHINE_EXPORT_COLUMNS,
@@ -269,11 +270,13 @@ class IForestParams:
 
 def feature_matrix(features: pl.DataFrame) -> Any:
     """The model's input at the scikit-learn boundary: a pandas frame of MODEL_FEATURES."""
-    return features.select(pl.col(name).cast(pl.Float64) for name in MODEL_FEATURES).to_pandas()
+    return float_matrix(features, MODEL_FEATURES)
 
 
 def scoreable(features: pl.DataFrame) -> pl.DataFrame:
     """Rows the energy model can judge: a machine that reported no power says nothing about energy."""
+    if features.get_column("power_kw_mean").null_count() == 0:  # the usual window: no query (polars' pool stays asleep)
+        return features
     return features.filter(pl.col("power_kw_mean").is_not_null())
 
 
@@ -299,7 +302,7 @@ def model_threshold(model: Pipeline) -> float:
 
 
 def anomaly_scores(model: Pipeline, features: pl.DataFrame) -> np.ndarray:
-    return -model.score_samples(feature_matrix(features))
+    return -model.score_samples(estimator_input(model, features, MODEL_FEATURES))
 
 
 def score_features(model: Pipeline, features: pl.DataFrame) -> pl.DataFrame:
@@ -316,18 +319,18 @@ def score_features(model: Pipeline, features: pl.DataFrame) -> pl.DataFrame:
             }
         )
     threshold = model_threshold(model)
-    return (
-        rows.select("window_key", "asset_id")
-        .with_columns(
-            pl.Series("score", anomaly_scores(model, rows), dtype=pl.Float64),
-            pl.lit(threshold).alias("threshold"),
-        )
-        .with_columns(
-            pl.when(pl.col("score") > pl.col("threshold"))
-            .then(pl.lit(ANOMALY))
-            .otherwise(pl.lit(NORMAL))
-            .alias("label")
-        )
+    scores = anomaly_scores(model, rows)
+    # Series, never a select: a polars query after the estimator's call waits for polars' thread pool to wake.
+    return pl.DataFrame(
+        [
+            rows.get_column("window_key"),
+            rows.get_column("asset_id"),
+            pl.Series("score", scores, dtype=pl.Float64),
+            pl.Series("threshold", [threshold], dtype=pl.Float64).new_from_index(0, rows.height),
+            pl.Series(
+                "label", [ANOMALY if score > threshold else NORMAL for score in scores.tolist()], dtype=pl.String
+            ),
+        ]
     )
 
 
@@ -462,7 +465,7 @@ def log_model(model: Pipeline, *, registered_name: str, example: pl.DataFrame | 
 def load_model(model_uri: str) -> Pipeline:
     import mlflow.sklearn
 
-    return mlflow.sklearn.load_model(model_uri)
+    return by_position(mlflow.sklearn.load_model(model_uri), MODEL_FEATURES)
 
 
 FAMILY = ModelFamily(

@@ -40,6 +40,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from factory_pipelines import window_rows
+from factory_pipelines.estimator_input import by_position, estimator_input, float_matrix
 from factory_pipelines.model_registry import SKOPS_TRUSTED_TYPES, pinned_requirements
 from factory_pipelines.native_threads import SCORING_THREADS, openmp_threads
 from factory_pipelines.safety_sim import LOUD_DB, safety_zone_models
@@ -367,17 +368,16 @@ class SafetyParams:
 
 def feature_matrix(features: pl.DataFrame) -> Any:
     """The model's input at the scikit-learn boundary: a pandas frame of FEATURE_COLUMNS (NaN: missing)."""
-    return features.select(pl.col(name).cast(pl.Float64) for name in FEATURE_COLUMNS).to_pandas()
+    return float_matrix(features, FEATURE_COLUMNS)
 
 
-def risk_level(probability: pl.Expr, medium_cutoff: float, high_cutoff: float) -> pl.Expr:
-    return (
-        pl.when(probability >= high_cutoff)
-        .then(pl.lit("high"))
-        .when(probability >= medium_cutoff)
-        .then(pl.lit("medium"))
-        .otherwise(pl.lit("low"))
-    )
+RISK_LEVELS: tuple[str, ...] = ("low", "medium", "high")
+
+
+def risk_level(probability: np.ndarray, medium_cutoff: float, high_cutoff: float) -> pl.Series:
+    """ "high" from `high_cutoff` up, "medium" from `medium_cutoff`, "low" below."""
+    index = np.searchsorted(np.array([medium_cutoff, high_cutoff]), probability, side="right")
+    return pl.Series("risk_level", [RISK_LEVELS[i] for i in index.tolist()], dtype=pl.String)
 
 
 PREDICTION_SCHEMA: dict[str, pl.DataType] = {
@@ -408,17 +408,20 @@ class SafetyModel:
         if features.is_empty():
             return np.empty(0)
         with openmp_threads(SCORING_THREADS):
-            return self.classifier.predict_proba(feature_matrix(features))[:, 1]
+            return self.classifier.predict_proba(estimator_input(self.classifier, features, self.feature_columns))[:, 1]
 
     def predict_proba(self, features: pl.DataFrame) -> pl.DataFrame:
         """window_key, zone, asset_id, probability of a hazard, risk_level ("low"/"medium"/"high")."""
         if features.is_empty():
             return pl.DataFrame(schema=PREDICTION_SCHEMA)
-        probability = pl.Series("probability", self.probabilities(features), dtype=pl.Float64)
-        return (
-            features.select("window_key", "zone", "asset_id")
-            .with_columns(probability)
-            .with_columns(risk_level(pl.col("probability"), self.medium_cutoff, self.high_cutoff).alias("risk_level"))
+        probability = self.probabilities(features)
+        # Series, never a select: a polars query after the estimator's call waits for polars' thread pool to wake.
+        return pl.DataFrame(
+            [
+                *(features.get_column(name) for name in ("window_key", "zone", "asset_id")),
+                pl.Series("probability", probability, dtype=pl.Float64),
+                risk_level(probability, self.medium_cutoff, self.high_cutoff),
+            ]
         )
 
 
@@ -649,7 +652,7 @@ def load_model(model_uri: str) -> SafetyModel:
     if columns != FEATURE_COLUMNS:
         raise ValueError(f"{model_uri} expects features {columns}, this code computes {FEATURE_COLUMNS}")
     return SafetyModel(
-        classifier=classifier,
+        classifier=by_position(classifier, columns),
         calibration=str(meta["calibration"]),
         classifier_kind=str(meta["classifier_kind"]),
         medium_cutoff=float(meta["medium_cutoff"]),

@@ -71,3 +71,18 @@ def test_a_frame_breaking_the_contract_is_refused_before_the_store_or_mqtt_see_i
     frame = scoring_run().stamped(KEY, pl.DataFrame({"asset_id": ["m-1"], "score": [0.1], "label": [None]}))
     with pytest.raises(ValidationError, match="label"):
         predictions_of(frame)
+
+
+def test_verdicts_given_as_columns_take_one_value_for_every_row_and_must_agree_in_length() -> None:
+    run = scoring_run()
+    scores = pl.Series("probability", [0.25, 0.75])
+    columns = {"asset_id": pl.Series(["m-1", "m-2"]), "score": scores, "label": pl.Series(["normal", "anomaly"])}
+    frame = run.stamped(KEY, {**columns, "threshold": 0.5, "window_key": pl.Series(["ignored", "ignored"])})
+    assert frame.columns == [*PREDICTION_COLUMNS, "threshold"]
+    assert frame["threshold"].to_list() == [0.5, 0.5] and frame["score"].to_list() == [0.25, 0.75]
+    assert frame["window_key"].to_list() == [KEY, KEY]  # the stamp's, never a verdict's
+    assert frame.equals(run.stamped(KEY, pl.DataFrame({**columns, "score": scores.alias("score"), "threshold": 0.5})))
+    with pytest.raises(ValueError, match="'label' has 1 rows"):
+        run.stamped(KEY, {**columns, "label": pl.Series(["normal"])})
+    with pytest.raises(ValueError, match="lack score"):
+        run.stamped(KEY, {"asset_id": columns["asset_id"], "label": columns["label"]})
