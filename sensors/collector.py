@@ -94,6 +94,7 @@ from factory_pipelines.windows import (
     window_key,
     window_start,
 )
+from sensors.dedup_index import DedupIndex
 
 log = logging.getLogger("sensors.collector")  # not __name__: it is "__main__" under python -m
 
@@ -101,7 +102,7 @@ SHARED_GROUP = "collectors"
 # Unacknowledged QoS 1 messages the broker may have in flight to us (MQTT v5 ReceiveMaximum).
 DEFAULT_RECEIVE_MAXIMUM = 1000
 DEFAULT_DEDUP_HORIZON_MINUTES = 10.0
-DEFAULT_DEDUP_MAX_ENTRIES = 1_000_000
+DEFAULT_DEDUP_MAX_ENTRIES = 4_000_000  # frozen pairs take 16 bytes each (dedup_index.py): 64 MB at most
 PART_SUFFIX = ".arrow"
 DEAD_LETTER_TOPIC_CHARS = 512  # a topic may be 64 KiB: a dead-letter line keeps its start
 DEAD_LETTER_REASON_CHARS = 1000
@@ -181,54 +182,6 @@ class CollectorStats:
     dead_letters_counted_only: int = 0  # over the dead-letter line limits: in a counter line, not a line each
     dead_letter_payloads_dropped: int = 0  # over the payload budget: line kept (size, sha256), bytes not
     dead_letter_payload_bytes_dropped: int = 0
-
-
-class DedupIndex:
-    """Recently written (asset_id, seq) pairs, bounded by a time horizon and an entry count.
-
-    Entries live in time buckets (a quarter of the horizon each) so forgetting old ones is O(1).
-    The value is the payload's own `ts` in microseconds (None when the device sent none): a
-    redelivery is byte-identical, so the same seq with a different ts is a publisher that restarted
-    its counter, and is kept rather than silently dropped.
-    """
-
-    def __init__(self, horizon_s: float, max_entries: int, buckets: int = 4) -> None:
-        self._bucket_us = max(1, int(horizon_s * 1_000_000 / buckets))
-        self._keep_buckets = buckets
-        self._max_entries = max_entries
-        self._buckets: deque[tuple[int, dict[tuple[str, int], int | None]]] = deque()
-        self._size = 0
-        self.evicted_early = 0  # entries forgotten before the horizon because of max_entries
-
-    def __len__(self) -> int:
-        return self._size
-
-    def seen(self, asset_id: str, seq: int, ts_us: int | None) -> bool:
-        key = (asset_id, seq)
-        for _, bucket in self._buckets:
-            if key in bucket:
-                stored = bucket[key]
-                if stored is None or ts_us is None or stored == ts_us:
-                    return True
-        return False
-
-    def add(self, asset_id: str, seq: int, ts_us: int | None, received_us: int) -> None:
-        bucket_id = received_us // self._bucket_us
-        if not self._buckets or self._buckets[-1][0] < bucket_id:
-            self._buckets.append((bucket_id, {}))
-        bucket = self._buckets[-1][1]  # older receipts (read back on start) join the newest bucket
-        key = (asset_id, seq)
-        if key not in bucket:
-            self._size += 1
-        bucket[key] = ts_us
-        newest = self._buckets[-1][0]
-        while self._buckets[0][0] <= newest - self._keep_buckets:
-            self._size -= len(self._buckets.popleft()[1])
-        while self._size > self._max_entries and len(self._buckets) > 1:
-            dropped = len(self._buckets.popleft()[1])
-            self._size -= dropped
-            self.evicted_early += dropped
-            log.warning("dedup index over %d entries: forgot %d before the horizon", self._max_entries, dropped)
 
 
 @dataclass
