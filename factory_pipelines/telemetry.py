@@ -70,6 +70,11 @@ class Severity(StrEnum):
     CRITICAL = "CRITICAL"
 
 
+INT64_MAX = 2**63 - 1
+"""Every integer of the contract fits the Int64 columns windows are typed into; a larger one is refused
+at the collector rather than failing the window's typed rows later."""
+
+
 class _Envelope(BaseModel):
     """Fields every telemetry message carries once it has been accepted."""
 
@@ -78,7 +83,7 @@ class _Envelope(BaseModel):
     asset_id: str = Field(min_length=1, max_length=128)
     ts: UtcDatetime = Field(description="Measurement time (UTC); the time of receipt when a device sends none.")
     seq: int | None = Field(
-        None, ge=0, le=2**63 - 1, description="Per-publisher sequence; (asset_id, seq) makes delivery idempotent."
+        None, ge=0, le=INT64_MAX, description="Per-publisher sequence; (asset_id, seq) makes delivery idempotent."
     )
 
 
@@ -173,7 +178,7 @@ class RobotTelemetry(_Envelope):
     vibration: VibrationFeatures | None = None
     temperature: float | None = Field(None, description="Bearing temperature (degC).")
     motor_current: float | None = Field(None, ge=0, description="Motor current (A).")
-    cycle_count: int | None = Field(None, ge=0)
+    cycle_count: int | None = Field(None, ge=0, le=INT64_MAX)
     health_score: float | None = Field(None, ge=0, le=100)
     state: str | None = Field(None, description="running, slow or stopped.")
     true_rul_cycles: float | None = Field(
@@ -229,8 +234,8 @@ class SafetyReading(_Envelope):
     noise_db: float | None = Field(None, ge=0, description="Sound level, A-weighted (dB(A)).")
     temperature: float | None = Field(None, description="Air temperature (degC).")
     proximity_m: float | None = Field(None, ge=0, description="Closest person to moving machinery (m).")
-    ppe_violations: int | None = Field(None, ge=0, description="People without hard hat or vest in view.")
-    workers: int | None = Field(None, ge=0, description="People in the zone.")
+    ppe_violations: int | None = Field(None, ge=0, le=INT64_MAX, description="People without hard hat or vest in view.")
+    workers: int | None = Field(None, ge=0, le=INT64_MAX, description="People in the zone.")
     true_hazard: bool | None = Field(None, description="Ground truth of a hazard episode; only the simulator knows it.")
 
 
@@ -243,8 +248,8 @@ class CameraFrame(_Envelope):
     kind: Literal["camera_frame"] = "camera_frame"
     zone: str | None = None
     image_jpeg_b64: str = Field(min_length=4, max_length=MAX_FRAME_B64_CHARS, description="JPEG bytes, base64.")
-    width: int | None = Field(None, gt=0)
-    height: int | None = Field(None, gt=0)
+    width: int | None = Field(None, gt=0, le=INT64_MAX)
+    height: int | None = Field(None, gt=0, le=INT64_MAX)
     true_violation: bool | None = Field(
         None, description="Ground truth: someone in the frame lacks a hard hat or vest; only the simulator knows it."
     )

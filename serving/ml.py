@@ -52,7 +52,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, T
 
 from factory_pipelines.model_catalog import CATALOG
 from factory_pipelines.settings import FactorySettings
-from factory_pipelines.telemetry import PayloadKind, RobotTelemetry, VibrationFeatures, utc_now
+from factory_pipelines.telemetry import INT64_MAX, PayloadKind, RobotTelemetry, VibrationFeatures, utc_now
 from factory_pipelines.windows import WindowKeyError, window_start
 from serving.champions import ChampionLookup
 from serving.context import ServingContext, get_context
@@ -110,7 +110,7 @@ class RobotFeatures(BaseModel):
     vibration_kurtosis: float | None = Field(None, description="Vibration kurtosis (3 for a healthy bearing).")
     temperature: float | None = Field(None, description="Bearing temperature (degC).")
     motor_current: float | None = Field(None, ge=0, description="Motor current (A).")
-    cycle_count: int | None = Field(None, ge=0, description="The robot's cycle counter.")
+    cycle_count: int | None = Field(None, ge=0, le=INT64_MAX, description="The robot's cycle counter.")
     vibration_bpfo: float | None = Field(None, ge=0, description="Band energy at the outer-race frequency.")
     vibration_bpfi: float | None = Field(None, ge=0, description="Band energy at the inner-race frequency.")
     vibration_bsf: float | None = Field(None, ge=0, description="Band energy at the ball spin frequency.")

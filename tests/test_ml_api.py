@@ -235,6 +235,8 @@ def test_requests_are_validated(api: TestClient) -> None:
         "neither form": {"robot_id": "r"},
         "confidence 1": {"robot_id": "r", "features": [1.0] * 5, "confidence_level": 1.0},
         "negative cycles": {"robot_id": "r", "features": [0.3, 3.0, 50.0, 4.0, -5.0]},
+        "cycles past 64 bits": {"robot_id": "r", "reading": {"cycle_count": 2**63}},  # was a 500 (fuzzing)
+        "cycles past 64 bits, as a feature": {"robot_id": "r", "features": [0.3, 3.0, 50.0, 4.0, 1e300]},
         "vibration not an object": {"robot_id": "r", "reading": {"vibration": 0.4}},
         "robot id with a slash": {"robot_id": "a/b", "features": [1.0] * 5},
     }

@@ -155,3 +155,21 @@ def test_schemas_cover_every_payload_with_export_column_names() -> None:
     schemas = json_schemas()
     assert set(schemas) == set(PUBLISHED_MODELS)
     assert "Power_Consumption_kW" in schemas["MachineTelemetry"]["properties"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "field"),
+    [("robot", "cycle_count"), ("safety", "workers"), ("safety", "ppe_violations"), ("camera_frame", "width")],
+)
+def test_an_integer_past_64_bits_is_refused_at_the_door_not_in_the_windows_typed_rows(kind: str, field: str) -> None:
+    """Windows type these fields as Int64: one such payload accepted would fail its whole window later."""
+    payload = {"asset_id": "a1", "ts": "2026-11-26T10:00:00Z", "seq": 1, "kind": kind, field: 2**63}
+    if kind == "camera_frame":
+        payload["image_jpeg_b64"] = "AAAA"
+    with pytest.raises(PayloadError, match=field):
+        parse_telemetry("factory/main/a1/telemetry", json.dumps(payload).encode(), received_at=RECEIVED)
+    payload[field] = 2**63 - 1
+    assert (
+        getattr(parse_telemetry("factory/main/a1/telemetry", json.dumps(payload).encode(), received_at=RECEIVED), field)
+        == 2**63 - 1
+    )
