@@ -10,7 +10,7 @@ is read back: each acknowledged message must be in exactly one of them.
 
 Flat memory: RSS over the first and the last tenth of the run, and the slope of a least-squares
 line through the second half (MB/hour). The collector's dedup index fills for its first
-min(horizon, max entries / rate) seconds (about 8 minutes at 2,000 messages/s); the verdict is
+min(horizon, max entries / rate) seconds (10 minutes at 2,000 messages/s); the verdict is
 "flat" when the second half starts after that and its slope is at most FLAT_MB_PER_HOUR.
 
     .venv/bin/python benchmarks/soak.py                       # 30 minutes at 2,000 messages/s

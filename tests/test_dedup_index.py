@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import tracemalloc
 from collections import deque
 
@@ -58,7 +57,6 @@ operations = st.lists(
 @settings(max_examples=300, deadline=None)
 @given(ops=operations, max_entries=st.integers(1, 120))
 def test_it_answers_like_a_dict_per_bucket(ops: list[tuple[str, int, int | None, int]], max_entries: int) -> None:
-    logging.getLogger("sensors.collector").setLevel(logging.ERROR)  # early evictions are expected here
     index, reference = DedupIndex(8.0, max_entries), DictBuckets(max_entries)
     now = 10 * BUCKET_US
     for asset_id, seq, ts, step in ops:
