@@ -7,8 +7,8 @@ a different ts is a publisher that restarted its counter, and is kept rather tha
 
 Only the newest bucket is a dict. When a newer one opens, the old one is frozen into sorted numpy
 arrays per asset: 16 bytes a pair instead of about 250 as dict entries of tuples and ints. At
-2,000 messages/s the dicts held 200 MB and their churn kept the collector's RSS creeping
-(benchmarks/soak.py); the arrays hold the same horizon in under 20 MB. A publisher's seq only grows,
+2,000 messages/s the dicts held about 200 MB of the collector's 332 (benchmarks/soak.py); the
+arrays hold the same horizon in under 20 MB. A publisher's seq only grows,
 so a new message is above everything frozen for its asset (`_ceiling`) and never searches them.
 """
 
