@@ -4,7 +4,7 @@ from assets.alerts import window_alerts
 from assets.cyber import cyber_detector, cyber_detector_dataset, cyber_detector_predictions, network_features
 from assets.energy import energy_anomaly_predictions, energy_iforest, energy_iforest_dataset, machine_features
 from assets.ppe import ppe_vision, ppe_vision_dataset, ppe_vision_predictions
-from assets.rul import rul_lstm, rul_lstm_dataset, rul_predictions
+from assets.rul import robot_steps, rul_lstm, rul_lstm_dataset, rul_predictions
 from assets.safety import safety_features, safety_hazard, safety_hazard_dataset, safety_hazard_predictions
 from assets.telemetry import telemetry_window, window_partitions
 
@@ -17,6 +17,7 @@ window_assets = [
     network_features,
     cyber_detector_predictions,
     ppe_vision_predictions,
+    robot_steps,
     rul_predictions,
 ]
 """The assets partitioned by sealed window, in pipeline order (what the sensor's job runs)."""
@@ -50,6 +51,7 @@ __all__ = [
     "ppe_vision",
     "ppe_vision_dataset",
     "ppe_vision_predictions",
+    "robot_steps",
     "rul_lstm",
     "rul_lstm_dataset",
     "rul_predictions",

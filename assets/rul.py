@@ -1,11 +1,10 @@
 """Remaining useful life: robot bearings scored by `rul_lstm`, an LSTM trained in Dagster.
 
 Thin: the work is in `factory_pipelines.rul_model` (tested without Dagster). A prediction needs
-the robot's recent history, not only its latest window, so each window is scored with the typed
-robot rows of the windows before it too.
+the robot's recent history, not only its latest window: `robot_steps` bins each window's readings
+into the model's time steps once, and each window is scored with the steps of the windows before it too.
 """
 
-import math
 from collections.abc import Iterator
 from typing import Literal
 
@@ -31,13 +30,11 @@ from factory_pipelines.resources import (
     PartitionFilesResource,
     ServingStoreResource,
 )
-from factory_pipelines.simulator import RobotModel
 from factory_pipelines.window_rows import ROBOT_ROWS_SCHEMA
 
 RUL_GROUP = "rul"
 MODEL = rul_model.MODEL_NAME
 RUL_LOW_CYCLES = 200.0  # label a robot `rul_low` when its interval's lower end falls below this
-MAX_HISTORY_WINDOWS = 200
 
 
 class RulDatasetConfig(dg.Config):
@@ -129,37 +126,85 @@ def rul_lstm(
     )
 
 
-def history_windows(model: rul_model.RulModel, window_seconds: float) -> int:
-    """Windows of robot rows that hold the model's window of steps at the robots' full speed."""
-    cycles_per_step = float(model.attributes.get("cycles_per_step", rul_model.ROBOT_CYCLES_PER_STEP))
-    seconds = model.window * cycles_per_step / RobotModel.CYCLES_PER_S
-    return min(MAX_HISTORY_WINDOWS, math.ceil(seconds / window_seconds) + 1)
+@dg.asset(
+    partitions_def=window_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=["telemetry_window"],
+    group_name=RUL_GROUP,
+    kinds={"polars", "parquet"},
+)
+def robot_steps(context: dg.AssetExecutionContext, window_files: PartitionFilesResource) -> dg.MaterializeResult:
+    """Per robot and window: its readings binned into rul_lstm's time steps (the last reading of each step).
+
+    Binned once per window here, so scoring a window reads the steps of its lookback windows
+    instead of binning every one of their readings again.
+    """
+    steps = robots = 0
+    for key in context.partition_keys:
+        path = window_files.rows_path("robots", key)
+        rows = pl.read_parquet(path) if path.exists() else pl.DataFrame(schema=ROBOT_ROWS_SCHEMA)
+        binned = rul_model.robot_steps(rows)
+        window_files.write(binned, window_files.model_features_path(MODEL, key))
+        steps += binned.height
+        robots = max(robots, binned.get_column("asset_id").n_unique())
+    return dg.MaterializeResult(
+        metadata={
+            "windows": len(context.partition_keys),
+            "steps": steps,
+            "max_robots_per_window": robots,
+            "cycles_per_step": rul_model.ROBOT_CYCLES_PER_STEP,
+            "path": dg.MetadataValue.path(str(window_files.features_dir / MODEL)),
+        }
+    )
 
 
-def window_predictions(run: ScoringRun, key: str, rows: pl.DataFrame) -> pl.DataFrame:
-    """RUL per robot from its readings of the lookback windows up to `key` (benchmarks/scoring.py times this)."""
-    verdicts = rul_model.predict_robot_rul(run.model, rows)
+def window_predictions(run: ScoringRun, key: str, steps: pl.DataFrame) -> pl.DataFrame:
+    """RUL per robot from the steps of the lookback windows up to `key` (benchmarks/scoring.py times this)."""
+    verdicts = rul_model.robot_rul(run.model, steps)
     return run.stamped(
         key,
-        verdicts.select(
-            "asset_id",
-            pl.col("rul").alias("score"),
-            pl.when(pl.col("lower") < RUL_LOW_CYCLES)
-            .then(pl.lit("rul_low"))
-            .otherwise(pl.lit("normal"))
-            .alias("label"),
-            pl.col("lower").alias("rul_lower"),
-            pl.col("upper").alias("rul_upper"),
-            "confidence",
-            pl.col("steps").alias("history_steps"),
-        ),
+        {
+            "asset_id": pl.Series(verdicts.asset_id, dtype=pl.String),
+            "score": pl.Series(verdicts.rul),
+            "label": pl.Series(["rul_low" if x < RUL_LOW_CYCLES else "normal" for x in verdicts.lower.tolist()]),
+            "rul_lower": pl.Series(verdicts.lower),
+            "rul_upper": pl.Series(verdicts.upper),
+            "confidence": verdicts.confidence,
+            "history_steps": pl.Series(verdicts.steps, dtype=pl.Int64),
+        },
     )
+
+
+class LookbackSteps:
+    """The robot steps of a window and the windows before it, each window's file read once per run.
+
+    Windows are those with robot rows. A window binned before `robot_steps` existed, or a model
+    trained with another step size than the asset bins with, is binned here from its rows.
+    """
+
+    def __init__(self, window_files: PartitionFilesResource, model: rul_model.RulModel) -> None:
+        self.window_files = window_files
+        self.cycles_per_step = rul_model.robot_cycles_per_step(model)
+        self.windows = rul_model.robot_history_windows(model, window_files.window_seconds)
+        self._read: dict[str, pl.DataFrame] = {}
+
+    def up_to(self, key: str) -> pl.DataFrame:
+        keys = [path.stem for path in self.window_files.rows_history("robots", key, self.windows)]
+        self._read = {k: self._read[k] if k in self._read else self._steps(k) for k in keys}  # drops the older
+        return pl.concat(self._read.values()) if keys else pl.DataFrame(schema=rul_model.ROBOT_STEP_SCHEMA)
+
+    def _steps(self, key: str) -> pl.DataFrame:
+        binned = self.window_files.model_features_path(MODEL, key)
+        if binned.exists() and self.cycles_per_step == rul_model.ROBOT_CYCLES_PER_STEP:
+            return pl.read_parquet(binned)
+        rows = pl.read_parquet(self.window_files.rows_path("robots", key))
+        return rul_model.robot_steps(rows, cycles_per_step=self.cycles_per_step)
 
 
 @dg.asset(
     partitions_def=window_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
-    deps=["telemetry_window", rul_lstm],
+    deps=[robot_steps, rul_lstm],
     group_name=RUL_GROUP,
     kinds={"tensorflow", "parquet"},
     output_required=False,
@@ -171,20 +216,16 @@ def rul_predictions(
     serving_store: ServingStoreResource,
     mqtt: MqttPublisherResource,
 ) -> Iterator[dg.MaterializeResult]:
-    """Per robot and window: RUL in cycles with its conformal interval, from the robot's recent history."""
+    """Per robot and window: RUL in cycles with its conformal interval, from the robot's recent steps."""
     run = start_scoring(context, mlflow, rul_family.FAMILY, window_files)
     if run is None:
         return
-    model: rul_model.RulModel = run.model
-    lookback = history_windows(model, window_files.window_seconds)
+    lookback = LookbackSteps(window_files, run.model)
     by_window: dict[str, pl.DataFrame] = {}
     for key in context.partition_keys:
         if not window_files.rows_path("robots", key).exists():
             by_window[key] = pl.DataFrame()
             continue
-        paths = window_files.rows_history("robots", key, lookback)
-        rows = pl.concat([pl.read_parquet(p) for p in paths], how="vertical_relaxed") if paths else None
-        rows = rows if rows is not None else pl.DataFrame(schema=ROBOT_ROWS_SCHEMA)
-        by_window[key] = window_predictions(run, key, rows)
+        by_window[key] = window_predictions(run, key, lookback.up_to(key))
     metadata = record_predictions(context, run, by_window, window_files, serving_store, mqtt)
-    yield dg.MaterializeResult(metadata={**metadata, "lookback": lookback})
+    yield dg.MaterializeResult(metadata={**metadata, "lookback": lookback.windows})

@@ -8,9 +8,10 @@ prediction asset loads it. A simulated plant (`--machines`, `--robots`, `--safet
 sealed-window frame the collector writes, is typed like `telemetry_window` does and featurised like
 the feature assets do. Then, per window, as the prediction assets do it:
 
-* platform: the family's scoring function on the window's input frame (features, or robot rows for
-  rul_lstm), stamped into the window's predictions frame by `ScoringRun.stamped`, the frame written as
-  the window's Parquet file (assets/prediction_output.py);
+* platform: the family's scoring function on the window's input frame (its features; for rul_lstm
+  the robot steps of the lookback windows, as `robot_steps` writes them per window), stamped into
+  the window's predictions frame by `ScoringRun.stamped`, the frame written as the window's Parquet
+  file (assets/prediction_output.py);
 * bare: the estimator's own call (`score_samples`, `predict_proba`, `predict_on_batch`, whichever the
   platform makes) on the already-featurised matrix of the same rows, built before the clock starts.
 
@@ -59,7 +60,6 @@ from assets import energy as energy_assets  # noqa: E402
 from assets import rul as rul_assets  # noqa: E402
 from assets import safety as safety_assets  # noqa: E402
 from assets.prediction_output import ScoringRun  # noqa: E402
-from assets.rul import history_windows  # noqa: E402
 from factory_pipelines import cyber_model, energy_model, rul_family, rul_model, safety_model  # noqa: E402
 from factory_pipelines.estimator_input import estimator_input  # noqa: E402
 from factory_pipelines.model_registry import (  # noqa: E402
@@ -72,7 +72,7 @@ from factory_pipelines.model_registry import (  # noqa: E402
 from factory_pipelines.simulator import Fleet, FleetConfig  # noqa: E402
 from factory_pipelines.telemetry import dump_payload, parse_telemetry_topic  # noqa: E402
 from factory_pipelines.training import ModelFamily  # noqa: E402
-from factory_pipelines.window_rows import ROBOT_ROWS_SCHEMA, robot_rows, safety_rows  # noqa: E402
+from factory_pipelines.window_rows import robot_rows, safety_rows  # noqa: E402
 from factory_pipelines.windows import WINDOW_SCHEMA, window_key  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -127,7 +127,7 @@ def simulate_plant(
     """`scored` windows of the whole plant, after `robot_history - 1` windows of its robots alone.
 
     The robots run longer because rul_lstm scores a robot from the windows before the scored one
-    too (`assets.rul.history_windows`); machines and zones are only scored on their own window.
+    too (`rul_model.robot_history_windows`); machines and zones are only scored on their own window.
     """
     robot_fleet = Fleet(FleetConfig(machines=0, robots=robots, cleanrooms=0, safety_stations=0, cameras=0), seq_start=0)
     rest = Fleet(
@@ -251,19 +251,15 @@ def build_workload(name: str, loaded: LoadedChampion, plant: PlantWindows) -> Wo
     inputs: list[tuple[str, pl.DataFrame]] = []
     matrices: list[Any] = []
     if name == "rul_lstm":
-        lookback = history_windows(model, plant.window_seconds)
-        typed = {key: robot_rows(frame, key).frame for key, frame in by_key.items()}
+        lookback = rul_model.robot_history_windows(model, plant.window_seconds)
+        steps = {key: rul_model.robot_steps(robot_rows(frame, key).frame) for key, frame in by_key.items()}
         for index, key in enumerate(plant.keys):
             if key not in plant.scored_keys:
                 continue
-            history = [typed[k] for k in plant.keys[max(0, index - lookback + 1) : index + 1]]
-            rows = pl.concat(history, how="vertical_relaxed") if history else pl.DataFrame(schema=ROBOT_ROWS_SCHEMA)
-            inputs.append((key, rows))
-            cycles_per_step = float(model.attributes.get("cycles_per_step", rul_model.ROBOT_CYCLES_PER_STEP))
-            sequences = rul_model.robot_sequences_from_rows(
-                rows, cycles_per_step=cycles_per_step, latest_life_only=True
-            )
-            matrices.append(model.last_windows(sequences)[1])
+            history = pl.concat([steps[k] for k in plant.keys[max(0, index - lookback + 1) : index + 1]])
+            inputs.append((key, history))
+            # the model's general path (a long frame, then each unit's last window), not the one timed
+            matrices.append(model.last_windows(rul_model.robot_sequences(history, latest_life_only=True))[1])
         return Workload(
             name,
             run,
@@ -433,10 +429,10 @@ def render(timings: Sequence[Timing], command: str, plant: dict[str, Any], size:
     lines += [
         "",
         "Platform: the prediction asset's work for each window, from the frame it reads (features; for",
-        "rul_lstm the robots' typed rows of the lookback windows) to the predictions frame written as the",
-        "window's Parquet file, through the family's scoring function and `ScoringRun.stamped`. Bare: the",
-        "estimator's own call on the",
-        "featurised matrix of the same rows, prepared before timing (IsolationForest pipeline `score_samples`,",
+        "rul_lstm the robot steps of the lookback windows, binned once per window by `robot_steps`) to the",
+        "predictions frame written as the window's Parquet file, through the family's scoring function and",
+        "`ScoringRun.stamped`. Bare: the estimator's own call on the featurised matrix of the same rows,",
+        "prepared before timing (IsolationForest pipeline `score_samples`,",
         "HistGradientBoosting `predict_proba`, CalibratedClassifierCV `predict_proba`, Keras `predict_on_batch`",
         "on the prepared window tensor). Rows: predictions made (machines, zones or robots per window).",
         "Ratio: the median over rounds of bare time / platform time, the two paths alternating window by",
@@ -479,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
             model = train(name, size, args.window_seconds, scratch)
             loaded[name] = champion(name, model, tracking_uri, scratch / "artifacts")
             print(f"{name}: champion trained and loaded in {time.perf_counter() - started:.1f} s", flush=True)
-        lookback = history_windows(loaded["rul_lstm"].model, args.window_seconds) if "rul_lstm" in loaded else 1
+        rul = loaded.get("rul_lstm")
+        lookback = rul_model.robot_history_windows(rul.model, args.window_seconds) if rul is not None else 1
         started = time.perf_counter()
         plant = simulate_plant(
             args.machines, args.robots if "rul_lstm" in loaded else 0, args.safety_stations, args.windows, lookback,

@@ -26,6 +26,7 @@ TensorFlow is imported only where a network is built, trained or loaded: importi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import tempfile
@@ -298,6 +299,10 @@ class FeatureScaling:
 
     mean: dict[str, list[float]]  # condition -> per feature; "" holds the statistics over all rows
     std: dict[str, list[float]]
+    # condition -> (mean, std with 1 for constant features) as arrays, made on first use
+    _arrays: dict[str, tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
 
     @classmethod
     def fit(cls, frame: pl.DataFrame, features: Sequence[str]) -> FeatureScaling:
@@ -329,18 +334,32 @@ class FeatureScaling:
         frames without one use the overall statistics; missing values become the mean (0)."""
         values = frame.select(pl.col(c).cast(pl.Float64) for c in features).to_numpy().astype(np.float64)
         if CONDITION in frame.columns and len(self.mean) > 1:
-            conditions = frame[CONDITION].cast(pl.String).fill_null("").to_list()
-            keys = [c if c in self.mean else "" for c in conditions]
+            return self.standardise(values, frame[CONDITION].cast(pl.String).fill_null("").to_list())
+        return self.standardise(values)
+
+    def standardise(self, values: np.ndarray, conditions: Sequence[str] | None = None) -> np.ndarray:
+        """`transform` of a float matrix (rows x the fitted features), with each row's condition if any."""
+        if conditions is None or len(self.mean) == 1:
+            mean, std = self._overall()
         else:
-            keys = [""] * frame.height
-        names = sorted(set(keys))
-        index = np.array([names.index(k) for k in keys], dtype=np.int64) if keys else np.zeros(0, np.int64)
-        means = np.array([self.mean[k] for k in names]).reshape(len(names), len(features))
-        stds = np.array([self.std[k] for k in names]).reshape(len(names), len(features))
-        stds = np.where(stds > 1e-9, stds, 1.0)
-        z = (values - means[index]) / stds[index]
-        z = np.nan_to_num(z, nan=0.0, posinf=NORMALISED_CLIP, neginf=-NORMALISED_CLIP)
-        return np.clip(z, -NORMALISED_CLIP, NORMALISED_CLIP).astype(np.float32)
+            keys = [c if c in self.mean else "" for c in conditions]
+            names = sorted(set(keys))
+            index = np.array([names.index(k) for k in keys], dtype=np.int64) if keys else np.zeros(0, np.int64)
+            means = np.array([self.mean[k] for k in names]).reshape(-1, values.shape[1])
+            stds = np.array([self.std[k] for k in names]).reshape(-1, values.shape[1])
+            mean, std = means[index], np.where(stds > 1e-9, stds, 1.0)[index]
+        z = values - mean
+        z /= std
+        np.clip(z, -NORMALISED_CLIP, NORMALISED_CLIP, out=z)  # +-inf to the clip; NaN stays NaN
+        z[np.isnan(z)] = 0.0
+        return z.astype(np.float32)
+
+    def _overall(self) -> tuple[np.ndarray, np.ndarray]:
+        arrays = self._arrays.get("")
+        if arrays is None:
+            std = np.array(self.std[""], dtype=np.float64)
+            arrays = self._arrays[""] = (np.array(self.mean[""], dtype=np.float64), np.where(std > 1e-9, std, 1.0))
+        return arrays
 
 
 def _row_layout(frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -363,9 +382,13 @@ def window_tensor(
     offsets = np.arange(window - 1, -1, -1)
     rows = np.maximum(ends[:, None] - offsets[None, :], starts[:, None])
     windows = values[rows]
-    if smoothing > 0:
-        for t in range(1, window):
-            windows[:, t] = (1 - smoothing) * windows[:, t] + smoothing * windows[:, t - 1]
+    return smoothed(windows, smoothing) if smoothing > 0 else windows
+
+
+def smoothed(windows: np.ndarray, smoothing: float) -> np.ndarray:
+    """Exponential smoothing along each window's steps (samples x window x channels), in place."""
+    for t in range(1, windows.shape[1]):
+        windows[:, t] = (1 - smoothing) * windows[:, t] + smoothing * windows[:, t - 1]
     return windows
 
 
@@ -376,8 +399,13 @@ def model_inputs(
     values = scaling.transform(ordered, features)
     if age_scale <= 0:
         return values
-    age = ordered[CYCLE].cast(pl.Float64).fill_null(0.0).to_numpy() / age_scale
-    return np.hstack([values, np.clip(age, 0.0, NORMALISED_CLIP)[:, None].astype(np.float32)])
+    return with_age(values, ordered[CYCLE].cast(pl.Float64).fill_null(0.0).to_numpy(), age_scale)
+
+
+def with_age(values: np.ndarray, cycles: np.ndarray, age_scale: float) -> np.ndarray:
+    """Normalised features with each row's cycle / age_scale (clipped like them) as one more channel."""
+    age = np.clip(cycles.astype(np.float64) / age_scale, 0.0, NORMALISED_CLIP)
+    return np.hstack([values, age[:, None].astype(np.float32)])
 
 
 # ---- the model --------------------------------------------------------------------------------
@@ -410,6 +438,8 @@ class RulModel:
     attributes: dict[str, str] = field(default_factory=dict)
     summary: dict[str, float] = field(default_factory=dict)
     age_scale: float = 0.0  # RulParams.age_scale: > 0 adds the unit's age as an input
+    # confidence -> half_width_factor; not copied by `replace`, which may change the scores
+    _half_widths: dict[float, float] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def inputs(self, ordered: pl.DataFrame) -> np.ndarray:
         """The network's input per row (rows x channels) of a frame sorted by unit and cycle."""
@@ -424,8 +454,17 @@ class RulModel:
         """The columns `predict` reads."""
         return (UNIT, CYCLE, *((CONDITION,) if self.uses_conditions else ()), *self.feature_columns)
 
+    def calibrate(self, scores: np.ndarray) -> None:
+        """Keep these nonconformity scores for the interval (and forget factors of the previous ones)."""
+        self.calibration_scores = np.sort(scores)
+        self._half_widths.clear()
+
     def half_width_factor(self, confidence: float | None = None) -> float:
-        return conformal_quantile(self.calibration_scores, self.confidence if confidence is None else confidence)
+        confidence = self.confidence if confidence is None else confidence
+        factor = self._half_widths.get(confidence)
+        if factor is None:
+            factor = self._half_widths[confidence] = conformal_quantile(self.calibration_scores, confidence)
+        return factor
 
     def interval(self, predicted: np.ndarray, confidence: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(lower, upper) around predictions; lower never below 0."""
@@ -733,7 +772,7 @@ def fit(train: RulDataset, params: RulParams, progress: Callable[[str], None] | 
         predicted = np.concatenate([p for _, p in pieces])
     else:
         truth, predicted = every_cut_truth_and_prediction(model, calibration.frame, train.rul_cap)
-    model.calibration_scores = np.sort(model.scores(truth, predicted))
+    model.calibrate(model.scores(truth, predicted))
     model.summary = {
         "train_seconds": time.perf_counter() - started,
         "fit_units": float(fitting.n_units),
@@ -1072,40 +1111,175 @@ def robot_run_to_failure_rows(
     return pl.DataFrame(records, schema=ROBOT_ROW_SCHEMA)
 
 
-def robot_sequences_from_rows(
-    rows: pl.DataFrame, *, cycles_per_step: float = ROBOT_CYCLES_PER_STEP, latest_life_only: bool = False
-) -> pl.DataFrame:
-    """Robot readings as the model's long frame: one row per robot bearing life per step of cycles.
+ROBOT_STEP_SCHEMA: dict[str, pl.DataType] = {
+    "asset_id": pl.String(),
+    "robot_key": pl.Int64(),
+    CYCLE: pl.Int64(),
+    "health_score": pl.Float64(),
+    "true_rul_cycles": pl.Float64(),
+    **dict.fromkeys(ROBOT_FEATURE_COLUMNS, pl.Float64()),
+}
+"""A robot's readings binned into the model's time steps (`robot_steps`): the input of `robot_sequences`."""
 
-    A unit is one bearing life (`asset_id/life-n`); a new life starts where health_score jumps
-    up or true_rul_cycles rises (a replacement). Readings are binned by `cycle_count` into
-    steps of `cycles_per_step` cycles and the last reading of each step kept, so live telemetry
-    at any rate looks like the training history (one reading per step). Band energies enter as
-    log10. Rows without asset_id or cycle_count cannot be placed and are dropped.
+
+def robot_key(asset_id: str) -> int:
+    """A robot's number in `robot_steps`: the first 63 bits of the blake2b digest of its asset id.
+
+    Steps of many windows are grouped by robot after every model call (`RobotSteps`); numbers
+    group there at a quarter of the cost of comparing the ids. Stable across processes and
+    versions (unlike a hash of polars'), and two of even a million robots share one with a
+    probability under 1e-7.
+    """
+    return int.from_bytes(hashlib.blake2b(asset_id.encode(), digest_size=8).digest(), "big") >> 1
+
+
+def robot_steps(rows: pl.DataFrame, *, cycles_per_step: float = ROBOT_CYCLES_PER_STEP) -> pl.DataFrame:
+    """Robot readings binned into model time steps: per robot and step of `cycles_per_step` cycles, the last reading.
+
+    Binning makes live telemetry at any rate look like the training history (one reading per
+    step). Band energies enter as log10. Rows without asset_id or cycle_count cannot be placed and
+    are dropped. Sorted by robot and step; `cycle` is the step number (cycle_count // cycles_per_step,
+    which runs on across bearing replacements, so steps of a window line up with the next window's).
     """
     present = rows.select(
         [pl.col(c).cast(t) if c in rows.columns else pl.lit(None, t).alias(c) for c, t in ROBOT_ROW_SCHEMA.items()]
     )
     present = present.filter(pl.col("asset_id").is_not_null() & pl.col("cycle_count").is_not_null())
     ordered = present.sort("asset_id", "ts", "cycle_count", nulls_last=True)
-    new_life = (pl.col("health_score").diff() > ROBOT_REPLACEMENT_HEALTH_JUMP).fill_null(False) | (
-        pl.col("true_rul_cycles").diff() > 0
-    ).fill_null(False)
-    ordered = ordered.with_columns(new_life.cum_sum().over("asset_id").alias("_life"))
-    if latest_life_only:
-        ordered = ordered.filter(pl.col("_life") == pl.col("_life").max().over("asset_id"))
     step = (pl.col("cycle_count") // cycles_per_step).cast(pl.Int64)
-    binned = ordered.with_columns(step.alias(CYCLE)).group_by("asset_id", "_life", CYCLE, maintain_order=True).last()
-    return binned.select(
-        (pl.format("{}/life-{}", "asset_id", "_life") if not latest_life_only else pl.col("asset_id")).alias(UNIT),
-        pl.col(CYCLE),
+    binned = ordered.with_columns(step.alias(CYCLE)).group_by("asset_id", CYCLE, maintain_order=True).last()
+    steps = binned.select(
+        "asset_id",
+        CYCLE,
+        "health_score",
+        "true_rul_cycles",
         pl.col("temperature"),
         pl.col("motor_current"),
         pl.col("vibration_rms"),
         pl.col("vibration_kurtosis"),
         *(pl.col(c).clip(lower_bound=ROBOT_BAND_FLOOR).log10().alias(f"{c}_log10") for c in ROBOT_BAND_COLUMNS),
-        pl.col("true_rul_cycles").alias(RUL),
+    ).sort("asset_id", CYCLE)
+    names = steps.get_column("asset_id").to_list()
+    keys = {name: robot_key(name) for name in set(names)}
+    return steps.insert_column(1, pl.Series("robot_key", [keys[name] for name in names], dtype=pl.Int64))
+
+
+@dataclass(frozen=True, slots=True)
+class RobotSteps:
+    """`robot_steps` of one window or several (in window order), arranged robot by robot in numpy.
+
+    Rows are grouped by robot (in `robot_key` order), steps ascending within a robot; a step cut
+    in two by a window boundary appears in both windows, and the later window's reading wins. A
+    new bearing life starts where health_score jumps up by ROBOT_REPLACEMENT_HEALTH_JUMP or
+    true_rul_cycles rises (a replacement). Numpy after one conversion of the frame, never a polars
+    query, and few array operations: the prediction asset does this after each window's model
+    call, where every operation runs on cold caches and costs tens of microseconds whatever its size.
+    """
+
+    names: list[str]  # per robot
+    first: np.ndarray  # per robot: its first row
+    last: np.ndarray  # per robot: its last row
+    step: np.ndarray  # int64 per row
+    life_start: np.ndarray  # bool per row: a new bearing starts here (never on a robot's first row)
+    values: np.ndarray  # float64, rows x (health_score, true_rul_cycles, *feature columns asked for)
+
+    @classmethod
+    def of(cls, steps: pl.DataFrame, feature_columns: Sequence[str] = ROBOT_FEATURE_COLUMNS) -> RobotSteps:
+        key = steps.get_column("robot_key").to_numpy()
+        order = np.lexsort((steps.get_column(CYCLE).to_numpy(), key))  # stable: the later window last
+        key = key[order]
+        step = steps.get_column(CYCLE).to_numpy()[order].astype(np.int64)
+        keep = np.ones(order.size, dtype=bool)
+        keep[:-1] = (key[1:] != key[:-1]) | (step[1:] != step[:-1])  # the last of a repeated step
+        order, key, step = order[keep], key[keep], step[keep]
+        same_robot = np.zeros(order.size, dtype=bool)
+        same_robot[1:] = key[1:] == key[:-1]
+        first = np.flatnonzero(~same_robot)
+        last = np.append(first[1:] - 1, order.size - 1) if first.size else first
+        columns = ("health_score", "true_rul_cycles", *feature_columns)
+        values = np.empty((order.size, len(columns)), dtype=np.float64)
+        for i, name in enumerate(columns):
+            values[:, i] = steps.get_column(name).to_numpy()[order]  # float columns: nulls arrive as NaN
+        life_start = np.zeros(order.size, dtype=bool)
+        with np.errstate(invalid="ignore"):  # a difference with a missing reading starts nothing
+            rises = values[1:, :2] - values[:-1, :2]
+            life_start[1:] = same_robot[1:] & ((rises[:, 0] > ROBOT_REPLACEMENT_HEALTH_JUMP) | (rises[:, 1] > 0))
+        return cls(_robot_names(steps, key[first], order[first]), first, last, step, life_start, values)
+
+    @property
+    def features(self) -> np.ndarray:
+        return self.values[:, 2:]
+
+    @property
+    def truth(self) -> np.ndarray:
+        return self.values[:, 1]
+
+    def robot(self) -> np.ndarray:
+        """Each row's robot (an index into `names`)."""
+        return np.repeat(np.arange(len(self.names)), self.last - self.first + 1)
+
+    def life(self) -> np.ndarray:
+        """Each row's bearing life within its robot, from 0."""
+        started = np.cumsum(self.life_start)
+        return started - np.repeat(started[self.first], self.last - self.first + 1)
+
+    def current_first(self) -> np.ndarray:
+        """Per robot: the first row of its current bearing (its last life)."""
+        if not self.first.size:
+            return self.first
+        starts = np.where(self.life_start, np.arange(self.step.size), -1)
+        return np.maximum(np.maximum.reduceat(starts, self.first), self.first)
+
+
+_NAMES_BY_KEY: dict[int, str] = {}  # robot_key -> asset id: a pure function's inverse, so never stale
+_NAMES_BY_KEY_MAX = 100_000
+
+
+def _robot_names(steps: pl.DataFrame, keys: np.ndarray, rows: np.ndarray) -> list[str]:
+    """The asset ids of `keys` (found at `rows`): from the keys already seen, else read from the frame.
+
+    A plant's robots are the same window after window; reading their ids off the frame (a gather
+    and a list) costs more than the rest of arranging their steps.
+    """
+    names = [_NAMES_BY_KEY.get(key) for key in keys.tolist()]
+    if None in names:
+        names = steps.get_column("asset_id")[rows].to_list()  # a native gather, one id per robot
+        if len(_NAMES_BY_KEY) > _NAMES_BY_KEY_MAX:
+            _NAMES_BY_KEY.clear()
+        _NAMES_BY_KEY.update(zip(keys.tolist(), names, strict=True))
+    return names  # type: ignore[return-value]
+
+
+def robot_sequences(
+    steps: pl.DataFrame, *, latest_life_only: bool = False, feature_columns: Sequence[str] = ROBOT_FEATURE_COLUMNS
+) -> pl.DataFrame:
+    """Robot steps (`robot_steps`, of one or more windows) as the model's long frame: a unit per bearing life.
+
+    A unit is one bearing life (`asset_id/life-n`), or the robot itself with `latest_life_only`.
+    """
+    arranged = RobotSteps.of(steps, feature_columns)
+    robot, life = arranged.robot(), arranged.life()
+    if latest_life_only:
+        rows = life == np.repeat(life[arranged.last], arranged.last - arranged.first + 1)
+        units = [arranged.names[r] for r in robot[rows].tolist()]
+    else:
+        rows = np.ones(robot.size, dtype=bool)
+        units = [f"{arranged.names[r]}/life-{n}" for r, n in zip(robot.tolist(), life.tolist(), strict=True)]
+    return pl.DataFrame(
+        [
+            pl.Series(UNIT, units, dtype=pl.String),
+            pl.Series(CYCLE, arranged.step[rows], dtype=pl.Int64),
+            *(pl.Series(name, arranged.features[rows, i], nan_to_null=True) for i, name in enumerate(feature_columns)),
+            pl.Series(RUL, arranged.truth[rows], nan_to_null=True),  # NaN was a missing reading: null again
+        ]
     ).sort(UNIT, CYCLE)
+
+
+def robot_sequences_from_rows(
+    rows: pl.DataFrame, *, cycles_per_step: float = ROBOT_CYCLES_PER_STEP, latest_life_only: bool = False
+) -> pl.DataFrame:
+    """Robot readings (ROBOT_ROW_SCHEMA) as the model's long frame: `robot_steps`, then `robot_sequences`."""
+    return robot_sequences(robot_steps(rows, cycles_per_step=cycles_per_step), latest_life_only=latest_life_only)
 
 
 def robot_run_to_failure_history(
@@ -1148,23 +1322,83 @@ def robot_dataset(
     )
 
 
-def predict_robot_rul(model: RulModel, rows: pl.DataFrame, confidence: float | None = None) -> pl.DataFrame:
-    """Per robot: RUL (cycles) with its interval from its current bearing's most recent `window` steps.
+def robot_cycles_per_step(model: RulModel) -> float:
+    """The step size the model was trained with: live rows must be binned the same way."""
+    return float(model.attributes.get("cycles_per_step", ROBOT_CYCLES_PER_STEP))
 
-    `rows` are RobotTelemetry readings (ROBOT_ROW_SCHEMA columns; true_rul_cycles may be null).
-    Columns: asset_id, rul, lower, upper, confidence, steps (how many steps of history the
-    prediction saw; fewer than the window means the rest was padded).
+
+MAX_HISTORY_WINDOWS = 200  # a robot standing still for hours adds no steps: look back no further
+
+
+def robot_history_windows(model: RulModel, window_seconds: float) -> int:
+    """Windows of robot steps that hold the model's window of steps at the robots' full speed."""
+    from factory_pipelines.simulator import RobotModel
+
+    seconds = model.window * robot_cycles_per_step(model) / RobotModel.CYCLES_PER_S
+    return min(MAX_HISTORY_WINDOWS, math.ceil(seconds / window_seconds) + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class RobotRul:
+    """Per robot (in asset_id order): RUL in cycles, its interval, and how many steps of history it saw.
+
+    `steps` below the model's window means the rest of the window was padded with the first step.
     """
-    cycles_per_step = float(model.attributes.get("cycles_per_step", ROBOT_CYCLES_PER_STEP))
-    sequences = robot_sequences_from_rows(rows, cycles_per_step=cycles_per_step, latest_life_only=True)
-    predictions = model.predict(sequences, confidence)
-    steps = sequences.group_by(UNIT).len("steps").with_columns(pl.col("steps").clip(upper_bound=model.window))
-    return (
-        predictions.join(steps, on=UNIT, how="left")
-        .rename({UNIT: "asset_id"})
-        .with_columns(
-            pl.lit(model.confidence if confidence is None else confidence).alias("confidence"),
-            pl.col("steps").cast(pl.Int64),
+
+    asset_id: list[str]
+    rul: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    confidence: float
+    steps: np.ndarray
+
+    def frame(self) -> pl.DataFrame:
+        """Columns: asset_id, rul, lower, upper, confidence, steps."""
+        return pl.DataFrame(
+            {
+                "asset_id": pl.Series(self.asset_id, dtype=pl.String),
+                "rul": self.rul,
+                "lower": self.lower,
+                "upper": self.upper,
+                "confidence": np.full(len(self.asset_id), self.confidence),
+                "steps": self.steps.astype(np.int64),
+            }
         )
-        .select("asset_id", "rul", "lower", "upper", "confidence", "steps")
+
+
+def robot_rul(model: RulModel, steps: pl.DataFrame, confidence: float | None = None) -> RobotRul:
+    """RUL per robot from its current bearing's most recent `window` steps (`robot_steps` of one or more windows)."""
+    missing = [c for c in model.feature_columns if c not in steps.columns]
+    if missing:
+        raise ValueError(f"the robot steps lack {missing}; rul_lstm reads {list(model.feature_columns)}")
+    arranged = RobotSteps.of(steps, model.feature_columns)
+    confidence = model.confidence if confidence is None else confidence
+    if not arranged.names:
+        nothing = np.zeros(0)
+        return RobotRul([], nothing, nothing, nothing, confidence, np.zeros(0, dtype=np.int64))
+    first, last = arranged.current_first(), arranged.last
+    offsets = np.arange(model.window - 1, -1, -1)
+    rows = np.maximum(last[:, None] - offsets[None, :], first[:, None])  # padded with the bearing's first step
+    windows = model.scaling.standardise(arranged.features[rows.reshape(-1)]).reshape(*rows.shape, -1)
+    if model.age_scale > 0:
+        windows = with_age(windows.reshape(rows.size, -1), arranged.step[rows.reshape(-1)], model.age_scale)
+        windows = windows.reshape(*rows.shape, -1)
+    if model.smoothing > 0:
+        windows = smoothed(windows, model.smoothing)
+    predicted = model.predict_windows(windows)
+    lower, upper = model.interval(predicted, confidence)
+    by_name = np.array(sorted(range(len(arranged.names)), key=arranged.names.__getitem__), dtype=np.int64)
+    return RobotRul(
+        asset_id=[arranged.names[i] for i in by_name.tolist()],
+        rul=predicted[by_name],
+        lower=lower[by_name],
+        upper=upper[by_name],
+        confidence=confidence,
+        steps=np.minimum(last - first + 1, model.window)[by_name],
     )
+
+
+def predict_robot_rul(model: RulModel, rows: pl.DataFrame, confidence: float | None = None) -> pl.DataFrame:
+    """`robot_rul` from RobotTelemetry readings (ROBOT_ROW_SCHEMA columns; true_rul_cycles may be null), as a frame."""
+    steps = robot_steps(rows, cycles_per_step=robot_cycles_per_step(model))
+    return robot_rul(model, steps, confidence).frame()

@@ -19,7 +19,7 @@ form predicts without band energies.
 History. `rul_lstm` reads the last `window` steps of the robot's current bearing (one step per
 `cycles_per_step` cycles). The API adds to the given reading, which is always the newest step:
 the robot's typed rows of the newest windows (`settings.typed_rows_dir / "robots"`, as many
-windows as the prediction asset reads, see `assets.rul.history_windows`) and the latest reading
+windows as the prediction asset reads, see `rul_model.robot_history_windows`) and the latest reading
 of the live MQTT feed when it is newer. Readings at a higher cycle count than the given one are
 left out (they cannot precede it). A reading without a cycle count is placed one step after the
 history (cycle 0 without history). `history_steps` in the answer says how many steps the model
@@ -76,7 +76,6 @@ if TYPE_CHECKING:
 router = APIRouter()
 
 MAX_BATCH = 100
-MAX_HISTORY_WINDOWS = 200  # as the prediction asset: a robot standing still for hours adds no steps
 PPE_CHECK_PATH = "/api/ppe/check"
 MAX_IMAGE_BYTES = 5 * 1024 * 1024
 MAX_UPLOAD_BODY_BYTES = MAX_IMAGE_BYTES + 64 * 1024  # the image plus multipart headers and boundaries
@@ -349,17 +348,15 @@ def _model_ref(served: ServedModel) -> ModelRef:
 
 
 def _cycles_per_step(model: RulModel) -> float:
-    from factory_pipelines.rul_model import ROBOT_CYCLES_PER_STEP
+    from factory_pipelines.rul_model import robot_cycles_per_step
 
-    return float(model.attributes.get("cycles_per_step", ROBOT_CYCLES_PER_STEP))
+    return robot_cycles_per_step(model)
 
 
 def history_windows(model: RulModel, window_seconds: float) -> int:
-    """Windows of robot rows holding the model's window of steps at full speed (as assets.rul.history_windows)."""
-    from factory_pipelines.simulator import RobotModel
+    from factory_pipelines.rul_model import robot_history_windows
 
-    seconds = model.window * _cycles_per_step(model) / RobotModel.CYCLES_PER_S
-    return min(MAX_HISTORY_WINDOWS, math.ceil(seconds / window_seconds) + 1)
+    return robot_history_windows(model, window_seconds)
 
 
 def newest_window_files(directory: Path, windows: int) -> list[Path]:

@@ -200,6 +200,7 @@ def test_code_location_wires_sensors_jobs_and_resources(settings: FactorySetting
         "cyber_detector_predictions",
         "safety_features",
         "safety_hazard_predictions",
+        "robot_steps",
         "rul_predictions",
         "ppe_vision_predictions",
     }

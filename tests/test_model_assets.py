@@ -43,7 +43,9 @@ def materialized(result: dg.ExecuteInProcessResult, asset: str) -> list[dict[str
 def score_windows(defs: dg.Definitions, instance: dg.DagsterInstance, keys: list[str]) -> dg.ExecuteInProcessResult:
     instance.add_dynamic_partitions("telemetry_windows", keys)
     request = windows_run_request(keys)
-    result = defs.resolve_job_def("window_predictions_job").execute_in_process(instance=instance, tags=request.tags)
+    result = defs.resolve_job_def("window_predictions_job").execute_in_process(
+        instance=instance, tags=request.tags, partition_key=request.partition_key
+    )
     assert result.success
     return result
 
@@ -146,6 +148,14 @@ def test_rul_and_ppe_train_in_dagster_and_score_robots_and_camera_frames(
     assert sorted(rul_rows["asset_id"]) == ["robot-01", "robot-02"]
     assert (rul_rows["rul_lower"] <= rul_rows["score"]).all() and (rul_rows["score"] <= rul_rows["rul_upper"]).all()
     assert materialized(result, "rul_predictions")[-1]["model_version"] == "1"
+    # Each window's readings are binned into steps once (robot_steps); a window without its steps
+    # file (binned before robot_steps existed) is binned from its rows, to the same predictions.
+    steps_file = settings.features_dir / "rul_lstm" / f"{keys[0]}.parquet"
+    assert pl.read_parquet(steps_file)["asset_id"].unique().sort().to_list() == ["robot-01", "robot-02"]
+    steps_file.unlink()
+    score_windows(defs, instance, [keys[-1]])
+    again = pl.read_parquet(settings.predictions_dir / "rul_lstm" / f"{keys[-1]}.parquet")
+    assert not steps_file.exists() and again.select("asset_id", "score").equals(rul_rows.select("asset_id", "score"))
 
     ppe_rows = pl.read_parquet(settings.predictions_dir / "ppe_vision" / f"{keys[-1]}.parquet")
     assert ppe_rows["asset_id"].to_list() == ["camera-01"]

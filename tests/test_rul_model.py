@@ -267,3 +267,53 @@ def test_robot_model_beats_the_mean_predictor_and_predicts_live_rows(robot_histo
     sequences = rm.robot_sequences_from_rows(rows, cycles_per_step=40, latest_life_only=True)
     assert sequences[rm.UNIT].unique().sort().to_list() == ["robot-01", "robot-02"]
     assert sequences.height < rm.robot_sequences_from_rows(rows, cycles_per_step=40).height
+
+    # Scored window by window, as the prediction asset does: each window binned on its own
+    # (`robot_steps`), the lookback's steps concatenated. Window edges cut steps in two and
+    # fall between readings of the same step; the model must see what the whole history gives.
+    edges = np.linspace(0, rows.height, 6).astype(int)
+    ordered = rows.sort("ts")
+    windows = [rm.robot_steps(ordered[a:b], cycles_per_step=40) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    windowed = rm.robot_rul(model, pl.concat(windows), confidence=0.8).frame()
+    assert windowed.equals(live)
+    # The fast path agrees with the model's general one (a long frame, then each unit's last window).
+    general = model.predict(rm.robot_sequences(pl.concat(windows), latest_life_only=True), confidence=0.8)
+    assert general[rm.UNIT].to_list() == live["asset_id"].to_list()
+    np.testing.assert_allclose(general["rul"].to_numpy(), live["rul"].to_numpy(), rtol=1e-6)
+    np.testing.assert_allclose(general["upper"].to_numpy(), live["upper"].to_numpy(), rtol=1e-6)
+
+
+def split_at(rows: pl.DataFrame, cuts: list[int]) -> list[pl.DataFrame]:
+    bounds = [0, *cuts, rows.height]
+    return [rows[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+
+def test_robot_steps_binned_per_window_give_the_same_lives_and_steps_as_the_whole_history() -> None:
+    rows = rm.robot_run_to_failure_rows(3, 7, cycles_per_step=8, lives_per_robot=3, fault_share=1.0).sort("ts")
+    whole = rm.robot_steps(rows, cycles_per_step=40)
+    assert whole.schema == pl.Schema(rm.ROBOT_STEP_SCHEMA)
+    # the last reading of each step of 40 cycles: 5 readings of 8 cycles each
+    per_step = rows.group_by("asset_id", (pl.col("cycle_count") // 40).alias(rm.CYCLE)).len()
+    assert per_step["len"].max() == 5 and whole.height == per_step.height
+    # Windows cut right at each bearing replacement (the first reading of a new bearing opens a
+    # window), and at random rows elsewhere.
+    replaced = rows.with_row_index().filter(
+        pl.col("health_score").diff().over("asset_id") > rm.ROBOT_REPLACEMENT_HEALTH_JUMP
+    )["index"]
+    assert replaced.len() == 3 * 2
+    random_cuts = np.random.default_rng(3).choice(rows.height, 40, replace=False).tolist()
+    for cuts in (sorted(replaced.to_list()), sorted(random_cuts), sorted({*replaced.to_list(), *random_cuts})):
+        steps = pl.concat([rm.robot_steps(window, cycles_per_step=40) for window in split_at(rows, cuts)])
+        assert rm.robot_sequences(steps).equals(rm.robot_sequences(whole))
+        assert rm.robot_sequences(steps, latest_life_only=True).equals(rm.robot_sequences(whole, latest_life_only=True))
+    lives = rm.robot_sequences(whole)
+    assert lives[rm.UNIT].n_unique() == 3 * 3
+    assert lives.group_by(rm.UNIT).agg(pl.col(rm.RUL).diff().max())[rm.RUL].max() <= 0  # RUL only falls in a life
+
+
+def test_robot_steps_of_no_rows_or_rows_that_cannot_be_placed_are_empty() -> None:
+    assert rm.robot_steps(pl.DataFrame()).is_empty()
+    unplaced = pl.DataFrame({"asset_id": ["robot-01", None], "cycle_count": [None, 40]})
+    assert rm.robot_steps(unplaced).schema == pl.Schema(rm.ROBOT_STEP_SCHEMA)
+    assert rm.robot_steps(unplaced).is_empty()
+    assert rm.robot_sequences(rm.robot_steps(unplaced), latest_life_only=True).is_empty()
