@@ -379,10 +379,14 @@ def window_tensor(
     Smoothing runs inside the window only, so a prediction from a unit's last `window` rows
     sees exactly what training saw, however much history the caller passed.
     """
-    offsets = np.arange(window - 1, -1, -1)
-    rows = np.maximum(ends[:, None] - offsets[None, :], starts[:, None])
-    windows = values[rows]
+    windows = values[window_rows(starts, ends, window)]
     return smoothed(windows, smoothing) if smoothing > 0 else windows
+
+
+def window_rows(starts: np.ndarray, ends: np.ndarray, window: int) -> np.ndarray:
+    """Row numbers (samples x window) of the windows ending at `ends`, repeating `starts` where a unit is short."""
+    offsets = np.arange(window - 1, -1, -1)
+    return np.maximum(ends[:, None] - offsets[None, :], starts[:, None])
 
 
 def smoothed(windows: np.ndarray, smoothing: float) -> np.ndarray:
@@ -1258,13 +1262,14 @@ def robot_sequences(
     A unit is one bearing life (`asset_id/life-n`), or the robot itself with `latest_life_only`.
     """
     arranged = RobotSteps.of(steps, feature_columns)
-    robot, life = arranged.robot(), arranged.life()
+    robot = arranged.robot()
     if latest_life_only:
-        rows = life == np.repeat(life[arranged.last], arranged.last - arranged.first + 1)
+        rows = np.arange(robot.size) >= arranged.current_first()[robot]
         units = [arranged.names[r] for r in robot[rows].tolist()]
     else:
         rows = np.ones(robot.size, dtype=bool)
-        units = [f"{arranged.names[r]}/life-{n}" for r, n in zip(robot.tolist(), life.tolist(), strict=True)]
+        lives = arranged.life().tolist()
+        units = [f"{arranged.names[r]}/life-{n}" for r, n in zip(robot.tolist(), lives, strict=True)]
     return pl.DataFrame(
         [
             pl.Series(UNIT, units, dtype=pl.String),
@@ -1377,8 +1382,7 @@ def robot_rul(model: RulModel, steps: pl.DataFrame, confidence: float | None = N
         nothing = np.zeros(0)
         return RobotRul([], nothing, nothing, nothing, confidence, np.zeros(0, dtype=np.int64))
     first, last = arranged.current_first(), arranged.last
-    offsets = np.arange(model.window - 1, -1, -1)
-    rows = np.maximum(last[:, None] - offsets[None, :], first[:, None])  # padded with the bearing's first step
+    rows = window_rows(first, last, model.window)  # padded with the bearing's first step
     windows = model.scaling.standardise(arranged.features[rows.reshape(-1)]).reshape(*rows.shape, -1)
     if model.age_scale > 0:
         windows = with_age(windows.reshape(rows.size, -1), arranged.step[rows.reshape(-1)], model.age_scale)
