@@ -30,7 +30,6 @@ from factory_pipelines.resources import (
     PartitionFilesResource,
     ServingStoreResource,
 )
-from factory_pipelines.window_rows import ROBOT_ROWS_SCHEMA
 
 RUL_GROUP = "rul"
 MODEL = rul_model.MODEL_NAME
@@ -142,8 +141,9 @@ def robot_steps(context: dg.AssetExecutionContext, window_files: PartitionFilesR
     steps = robots = 0
     for key in context.partition_keys:
         path = window_files.rows_path("robots", key)
-        rows = pl.read_parquet(path) if path.exists() else pl.DataFrame(schema=ROBOT_ROWS_SCHEMA)
-        binned = rul_model.robot_steps(rows)
+        if not path.exists():
+            continue  # no robot spoke in this window: nothing to bin, and no lookback reads it
+        binned = rul_model.robot_steps(pl.read_parquet(path))
         window_files.write(binned, window_files.model_features_path(MODEL, key))
         steps += binned.height
         robots = max(robots, binned.get_column("asset_id").n_unique())
