@@ -10,7 +10,6 @@ in `factory_pipelines.alert_rules` (what breaks a rule) and `factory_pipelines.o
 from datetime import UTC, datetime
 
 import dagster as dg
-import polars as pl
 from pydantic import Field
 
 from assets.telemetry import window_partitions
@@ -68,7 +67,7 @@ def window_alerts(
                     if not path.exists():
                         continue
                     evaluation = rules.evaluate_telemetry(
-                        kind, pl.read_parquet(path), window_key=key, carry=carry_store.get(kind), now=now
+                        kind, window_files.read(path), window_key=key, carry=carry_store.get(kind), now=now
                     )
                     if evaluation.carry is not None:
                         carry_store[kind] = evaluation.carry
@@ -79,7 +78,7 @@ def window_alerts(
             path = window_files.predictions_path(model, key)
             if not path.exists():
                 continue
-            predictions = [Prediction.model_validate(row) for row in pl.read_parquet(path).iter_rows(named=True)]
+            predictions = [Prediction.model_validate(row) for row in window_files.read(path).iter_rows(named=True)]
             evaluation = rules.evaluate_predictions(predictions, asset_key=asset_name, now=now)
             candidates += evaluation.candidates
             problems += evaluation.problems

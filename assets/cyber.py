@@ -47,7 +47,7 @@ def network_features(context: dg.AssetExecutionContext, window_files: PartitionF
     """Per machine per window: latency, packet loss and error rate statistics, against the fleet."""
     rows = 0
     for key in context.partition_keys:
-        features = cyber_model.window_features(pl.read_parquet(window_files.telemetry_path(key)))
+        features = cyber_model.window_features(window_files.read(window_files.telemetry_path(key)))
         window_files.write(features, window_files.model_features_path(MODEL, key))
         rows += features.height
     return dg.MaterializeResult(metadata={"windows": len(context.partition_keys), "machine_windows": rows})
@@ -183,7 +183,7 @@ def cyber_detector_predictions(
         return
     with openmp_threads(SCORING_THREADS):  # once for the run: each window's own cap is then free
         by_window = {
-            key: window_predictions(run, key, pl.read_parquet(window_files.model_features_path(MODEL, key)))
+            key: window_predictions(run, key, window_files.read(window_files.model_features_path(MODEL, key)))
             for key in context.partition_keys
         }
     yield dg.MaterializeResult(metadata=record_predictions(context, run, by_window, window_files, serving_store, mqtt))

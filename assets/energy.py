@@ -39,7 +39,7 @@ def machine_features(context: dg.AssetExecutionContext, window_files: PartitionF
     """Per machine per window: power, temperature, vibration, speed aggregates and power-vs-work residuals."""
     rows = machines = 0
     for key in context.partition_keys:
-        typed = pl.read_parquet(window_files.telemetry_path(key))
+        typed = window_files.read(window_files.telemetry_path(key))
         features = energy_model.machine_features(typed)
         window_files.write(features, window_files.features_path(key))
         rows += features.height
@@ -177,7 +177,7 @@ def energy_anomaly_predictions(
     if run is None:
         return
     by_window = {
-        key: window_predictions(run, key, pl.read_parquet(window_files.features_path(key)))
+        key: window_predictions(run, key, window_files.read(window_files.features_path(key)))
         for key in context.partition_keys
     }
     metadata = record_predictions(context, run, by_window, window_files, serving_store, mqtt)

@@ -151,7 +151,7 @@ def ppe_vision_predictions(
     frames_scored = 0
     for key in context.partition_keys:
         path = window_files.rows_path("cameras", key)
-        cameras = pl.read_parquet(path) if path.exists() else pl.DataFrame()
+        cameras = window_files.read(path) if path.exists() else pl.DataFrame()
         verdicts: list[dict[str, Any]] = []
         for (camera,), frames in cameras.group_by("asset_id", maintain_order=True) if cameras.height else []:
             images = [base64.b64decode(text) for text in frames["image_jpeg_b64"]]

@@ -143,7 +143,7 @@ def robot_steps(context: dg.AssetExecutionContext, window_files: PartitionFilesR
         path = window_files.rows_path("robots", key)
         if not path.exists():
             continue  # no robot spoke in this window: nothing to bin, and no lookback reads it
-        binned = rul_model.robot_steps(pl.read_parquet(path))
+        binned = rul_model.robot_steps(window_files.read(path))
         window_files.write(binned, window_files.model_features_path(MODEL, key))
         steps += binned.height
         robots = max(robots, binned.get_column("asset_id").n_unique())
@@ -196,8 +196,8 @@ class LookbackSteps:
     def _steps(self, key: str) -> pl.DataFrame:
         binned = self.window_files.model_features_path(MODEL, key)
         if binned.exists() and self.cycles_per_step == rul_model.ROBOT_CYCLES_PER_STEP:
-            return pl.read_parquet(binned)
-        rows = pl.read_parquet(self.window_files.rows_path("robots", key))
+            return self.window_files.read(binned)
+        rows = self.window_files.read(self.window_files.rows_path("robots", key))
         return rul_model.robot_steps(rows, cycles_per_step=self.cycles_per_step)
 
 

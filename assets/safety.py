@@ -45,7 +45,7 @@ def safety_features(context: dg.AssetExecutionContext, window_files: PartitionFi
     rows = 0
     for key in context.partition_keys:
         path = window_files.rows_path("safety", key)
-        readings = pl.read_parquet(path) if path.exists() else pl.DataFrame()
+        readings = window_files.read(path) if path.exists() else pl.DataFrame()
         features = (
             safety_model.window_features(readings)
             if readings.height
@@ -166,7 +166,7 @@ def safety_hazard_predictions(
         return
     with openmp_threads(SCORING_THREADS):  # once for the run: each window's own cap is then free
         by_window = {
-            key: window_predictions(run, key, pl.read_parquet(window_files.model_features_path(MODEL, key)))
+            key: window_predictions(run, key, window_files.read(window_files.model_features_path(MODEL, key)))
             for key in context.partition_keys
         }
     yield dg.MaterializeResult(metadata=record_predictions(context, run, by_window, window_files, serving_store, mqtt))

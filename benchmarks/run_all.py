@@ -1,14 +1,14 @@
 """Every benchmark in sequence, then one summary: benchmarks/RESULTS.md.
 
-Runs ingest, scoring, latency (60 s windows), api_load, memory, soak, ws_fanout and bridge_latency,
-each as its own process (so one that fails or hangs cannot take the others down), with progress on
-the terminal. Each keeps writing its own results/*.md (not with --quick: a smoke run leaves the
-recorded figures alone) and hands its figures to this script as JSON. RESULTS.md holds one table
-(each figure, its baseline from the same run, the ratio, the target and whether it is met), the
-absolute numbers, the machine, the commit, the date and the exact command; a benchmark that failed
-is listed with its error.
+Runs ingest, collectors_shared, scoring, latency (60 s windows), api_load, memory, soak, ws_fanout and
+bridge_latency, each as its own process (so one that fails or hangs cannot take the others down),
+with progress on the terminal. Each keeps writing its own results/*.md (not with --quick: a smoke
+run leaves the recorded figures alone) and hands its figures to this script as JSON. RESULTS.md
+holds one table (each figure, its baseline from the same run, the ratio, the target and whether it
+is met), the absolute numbers, the machine, the commit, the date and the exact command; a benchmark
+that failed is listed with its error.
 
-    .venv/bin/python benchmarks/run_all.py                    # about 75 min (a 30 min soak)
+    .venv/bin/python benchmarks/run_all.py                    # about 85 min (a 30 min soak)
     .venv/bin/python benchmarks/run_all.py --quick            # smoke check, 8-11 min
     .venv/bin/python benchmarks/run_all.py --only ingest,scoring
     .venv/bin/python -m benchmarks                            # the same as run_all.py
@@ -59,6 +59,8 @@ def benchmarks(soak_minutes: float) -> list[Benchmark]:
     return [
         Benchmark("ingest", "ingest.py", (), ("--messages", "5000", "--backlog-messages", "3000", "--rounds", "1"),
                   900, "collector vs bare paho subscriber"),
+        Benchmark("collectors_shared", "collectors_shared.py", (),
+                  ("--messages", "6000", "--rounds", "1"), 1500, "1, 2 and 4 collectors on a shared subscription"),
         Benchmark("scoring", "scoring.py", (), ("--quick",), 1800, "prediction scoring vs bare model predict"),
         Benchmark("latency", "latency.py", ("--windows", "60", "--count", "5"),
                   ("--windows", "10", "--count", "2", "--during-training"), 2700,
@@ -189,6 +191,23 @@ def rows_ingest(f: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def rows_collectors_shared(f: dict[str, Any]) -> list[Row]:
+    rows = []
+    for members, s in f["members"].items():
+        same = f", {s['ratio_to_same_bare']:.2f} of {members} bare" if s["ratio_to_same_bare"] is not None else ""
+        rows.append(
+            Row(
+                f"{members} collector(s) on a shared subscription, backlog ({s['messages']:,} msgs)",
+                f"{s['rate']:,.0f} msg/s, lost {s['lost']}, duplicates {s['duplicates']}",
+                f"1 bare paho subscriber {f['bare_one_rate']:,.0f} msg/s",
+                f"{s['ratio_to_one_bare']:.2f}{same}",
+                "reported, zero loss",
+                _yes(s["lost"] == 0 and s["duplicates"] == 0),
+            )
+        )
+    return rows
+
+
 def rows_scoring(f: dict[str, Any]) -> list[Row]:
     return [
         Row(
@@ -305,6 +324,7 @@ def rows_bridge(f: dict[str, Any]) -> list[Row]:
 
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "ingest": rows_ingest,
+    "collectors_shared": rows_collectors_shared,
     "scoring": rows_scoring,
     "latency": rows_latency,
     "api_load": rows_api,
@@ -340,6 +360,16 @@ def absolute_numbers(outcome: Outcome) -> list[str]:
             f"- {scenario}: collector {s['collector_rate']:,.0f} msg/s, bare {s['bare_rate']:,.0f} msg/s "
             f"(median of {s['rounds']} rounds of {s['messages']:,} messages)"
             for scenario, s in f["scenarios"].items()
+        ]
+    if outcome.name == "collectors_shared":
+        fleet = f["fleet"]
+        return [
+            f"- {members} collector(s): {s['rate']:,.0f} msg/s (range {s['range'][0]:,.0f}-{s['range'][1]:,.0f}), "
+            f"{s['cpu_us_per_message']:.0f} µs CPU per message; rows per collector {s['shares']}"
+            for members, s in f["members"].items()
+        ] + [
+            f"- 1 bare paho subscriber: {f['bare_one_rate']:,.0f} msg/s, {f['bare_one_cpu_us_per_message']:.0f} µs "
+            f"CPU per message; simulated fleet: {fleet['messages_per_s']:g} msg/s from {fleet['assets']} assets"
         ]
     if outcome.name == "latency":
         return [

@@ -18,7 +18,6 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -27,6 +26,7 @@ from factory_pipelines.alert_book import AlertBook
 from factory_pipelines.alert_model import AlertRecord
 from factory_pipelines.backlog_model import EvidenceItem, EvidenceKind, ShiftEvidence
 from factory_pipelines.shifts import Shift, ShiftCalendar
+from factory_pipelines.storage import StoragePath, parquet_files, read_parquet
 from factory_pipelines.store import ServingStore
 from factory_pipelines.telemetry import Prediction, utc_now
 from factory_pipelines.windows import WindowKeyError, window_start
@@ -60,7 +60,7 @@ def gather_evidence(
     calendar: ShiftCalendar,
     *,
     store: ServingStore,
-    rows_dir: Path,
+    rows_dir: StoragePath,
     horizon_shifts: int = 3,
     limits: EvidenceLimits | None = None,
     now: datetime | None = None,
@@ -124,7 +124,7 @@ def _all_predictions(store: ServingStore, model: str, since: datetime, until: da
 
 
 def _rul_items(
-    store: ServingStore, rows_dir: Path, shift: Shift, horizon_end: datetime, limits: EvidenceLimits
+    store: ServingStore, rows_dir: StoragePath, shift: Shift, horizon_end: datetime, limits: EvidenceLimits
 ) -> list[EvidenceItem]:
     latest = store.latest_predictions(model_name=RUL_MODEL, since=shift.start - timedelta(days=1), before=shift.start)
     if not latest:
@@ -166,12 +166,12 @@ def _rul_items(
     return items
 
 
-def robot_cycle_rates(robot_rows_dir: Path, *, up_to: datetime, windows: int) -> dict[str, float]:
+def robot_cycle_rates(robot_rows_dir: StoragePath, *, up_to: datetime, windows: int) -> dict[str, float]:
     """Cycles per hour per robot, from the robot rows of the last `windows` windows before `up_to`."""
     paths = _window_files(robot_rows_dir, until=up_to)[-windows:]
     if not paths:
         return {}
-    rows = pl.concat([pl.read_parquet(p, columns=["asset_id", "ts", "cycle_count"]) for p in paths])
+    rows = pl.concat([read_parquet(p, columns=["asset_id", "ts", "cycle_count"]) for p in paths])
     spans = (
         rows.drop_nulls()
         .group_by("asset_id")
@@ -331,12 +331,10 @@ def _ppe_items(predictions: list[Prediction], limits: EvidenceLimits) -> list[Ev
 # ---- cleanroom excursions -------------------------------------------------------------------
 
 
-def _window_files(directory: Path, *, until: datetime, since: datetime | None = None) -> list[Path]:
+def _window_files(directory: StoragePath, *, until: datetime, since: datetime | None = None) -> list[StoragePath]:
     """Typed-row files of windows that started in [since, until), oldest first (names sort by time)."""
-    if not directory.is_dir():
-        return []
     chosen = []
-    for path in sorted(directory.glob("*.parquet")):
+    for path in parquet_files(directory):
         try:
             start = window_start(path.stem)
         except WindowKeyError:
@@ -346,11 +344,13 @@ def _window_files(directory: Path, *, until: datetime, since: datetime | None = 
     return chosen
 
 
-def _cleanroom_items(directory: Path, since: datetime, until: datetime, limits: EvidenceLimits) -> list[EvidenceItem]:
+def _cleanroom_items(
+    directory: StoragePath, since: datetime, until: datetime, limits: EvidenceLimits
+) -> list[EvidenceItem]:
     paths = _window_files(directory, since=since, until=until)
     if not paths:
         return []
-    rows = pl.concat([pl.read_parquet(p) for p in paths], how="vertical_relaxed")
+    rows = pl.concat([read_parquet(p) for p in paths], how="vertical_relaxed")
     low_h, high_h = limits.cleanroom_humidity_range
     low_t, high_t = limits.cleanroom_temperature_range
     breaches = {

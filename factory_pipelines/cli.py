@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -235,6 +236,27 @@ def broker() -> None:
         running.stop()
 
 
+@app.command("celery-worker")
+def celery_worker(
+    name: Annotated[str | None, typer.Option(help="Worker name (default: factory-PID); @host is appended.")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Steps this worker runs at once.")] = 1,
+) -> None:
+    """Run Dagster steps from the Celery broker (FACTORY_DAGSTER_EXECUTOR=celery) until stopped."""
+    import os
+
+    from factory_pipelines.executors import celery_worker_command
+
+    settings = _settings()
+    if settings.celery_broker_url is None:
+        console.print("FACTORY_CELERY_BROKER_URL is not set: a worker needs the broker the runs submit steps to")
+        raise typer.Exit(2)
+    argv, env = celery_worker_command(settings, name=name, concurrency=concurrency)
+    where = settings.celery_broker_url.split("@")[-1]  # no credentials on the terminal
+    console.print(f"Celery worker: queue dagster on {where}, {concurrency} step(s) at a time")
+    # Celery replaces this process, so a container's SIGTERM reaches it and it finishes its steps first.
+    os.execve(argv[0], argv, env)
+
+
 @app.command()
 def lineage(
     alert_id: Annotated[str, typer.Argument(help="The alert to trace, e.g. al-3f2a9c.")],
@@ -262,9 +284,24 @@ def show_settings() -> None:
     data["resolved"] = {
         "db_url": settings.resolved_db_url,
         "mlflow_tracking_uri": settings.resolved_mlflow_uri,
+        "mlflow_backend_store_uri": settings.resolved_mlflow_backend_store_uri,
         "dagster_home": str(settings.dagster_home),
     }
-    print(json.dumps(data, indent=2, default=str))
+    print(json.dumps(_without_url_passwords(data), indent=2, default=str))
+
+
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
+
+
+def _without_url_passwords(value: Any) -> Any:
+    """Database and broker URLs may carry a password (postgresql://user:pw@host/db): shown as ***."""
+    if isinstance(value, str):
+        return _URL_PASSWORD.sub(r"\1***@", value)
+    if isinstance(value, dict):
+        return {key: _without_url_passwords(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_url_passwords(item) for item in value]
+    return value
 
 
 def _register_model_commands() -> None:

@@ -1,9 +1,10 @@
 """The Dagster instance `factory up` runs against, and the first champion it needs.
 
 `write_dagster_yaml` puts a `dagster.yaml` in DAGSTER_HOME (under the data dir): SQLite storage
-there too, telemetry off, a queued run coordinator that runs at most a couple of runs at once
-(each run costs ~200 MB on a small machine), run monitoring on so a run whose worker died is
-marked failed instead of hanging, and short retention for the many skipped sensor ticks.
+there too, or PostgreSQL when `FACTORY_DAGSTER_PG_URL` is set (dagster-postgres), telemetry off,
+a queued run coordinator that runs at most a couple of runs at once (each run costs ~200 MB on a
+small machine), run monitoring on so a run whose worker died is marked failed instead of
+hanging, and short retention for the many skipped sensor ticks.
 
 `ensure_energy_champion` makes sure `models:/energy_iforest@champion` exists before the window
 sensor starts asking for predictions, by materializing the training asset in-process against
@@ -12,11 +13,13 @@ that same instance, so the run appears in the Dagster UI like any other.
 
 from __future__ import annotations
 
+import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -24,15 +27,32 @@ from factory_pipelines.energy_model import MODEL_NAME
 from factory_pipelines.model_registry import champion_info
 from factory_pipelines.settings import FactorySettings
 
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
+
 DEFAULT_MAX_CONCURRENT_RUNS = 2
 
 
+DAGSTER_PG_URL_ENV = "FACTORY_DAGSTER_PG_URL"
+
+
+def dagster_storage_config(dagster_home: Path, *, on_postgres: bool) -> dict[str, Any]:
+    """SQLite under DAGSTER_HOME, or PostgreSQL through dagster-postgres.
+
+    The PostgreSQL URL is read from the environment when the instance loads, so its password is
+    never written into dagster.yaml.
+    """
+    if on_postgres:
+        return {"postgres": {"postgres_url": {"env": DAGSTER_PG_URL_ENV}}}
+    return {"sqlite": {"base_dir": str(dagster_home.resolve() / "storage")}}
+
+
 def dagster_yaml_config(
-    dagster_home: Path, *, max_concurrent_runs: int = DEFAULT_MAX_CONCURRENT_RUNS
+    dagster_home: Path, *, max_concurrent_runs: int = DEFAULT_MAX_CONCURRENT_RUNS, on_postgres: bool = False
 ) -> dict[str, Any]:
     home = dagster_home.resolve()
     return {
-        "storage": {"sqlite": {"base_dir": str(home / "storage")}},
+        "storage": dagster_storage_config(home, on_postgres=on_postgres),
         "local_artifact_storage": {
             "module": "dagster._core.storage.root",
             "class": "LocalArtifactStorage",
@@ -64,9 +84,30 @@ def write_dagster_yaml(settings: FactorySettings, *, max_concurrent_runs: int = 
     home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
     path = home / "dagster.yaml"
-    text = yaml.safe_dump(dagster_yaml_config(home, max_concurrent_runs=max_concurrent_runs), sort_keys=False)
+    config = dagster_yaml_config(
+        home, max_concurrent_runs=max_concurrent_runs, on_postgres=settings.dagster_pg_url is not None
+    )
+    text = yaml.safe_dump(config, sort_keys=False)
     path.write_text("# Written by `factory up` (factory_pipelines.dagster_instance); edits are overwritten.\n" + text)
     return path
+
+
+@contextmanager
+def open_platform_instance(settings: FactorySettings) -> Iterator[DagsterInstance]:
+    """The instance at `settings.dagster_home` (its dagster.yaml written first if missing).
+
+    dagster.yaml names the PostgreSQL URL by environment variable; a URL that came from the
+    settings file is put in this process's environment so the instance can resolve it.
+    """
+    from dagster import DagsterInstance
+
+    settings.ensure_dirs()
+    if not (settings.dagster_home / "dagster.yaml").is_file():
+        write_dagster_yaml(settings)
+    if settings.dagster_pg_url is not None:
+        os.environ[DAGSTER_PG_URL_ENV] = settings.dagster_pg_url
+    with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+        yield instance
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,14 +148,9 @@ def run_training_job(
     The run is recorded in the instance at `settings.dagster_home` (written first if it has no
     dagster.yaml yet), so it shows in the Dagster UI with its logs, like a launchpad run.
     """
-    from dagster import DagsterInstance
-
     from factory_pipelines.model_catalog import catalog_entry
 
     entry = catalog_entry(model_name)
-    settings.ensure_dirs()
-    if not (settings.dagster_home / "dagster.yaml").is_file():
-        write_dagster_yaml(settings)
     job = _definitions(settings).resolve_job_def(entry.training_job)
     run_config = {
         "ops": {
@@ -124,7 +160,7 @@ def run_training_job(
         # The run's full event log is in the Dagster UI; the terminal gets the summary.
         "loggers": {"console": {"config": {"log_level": "INFO"}}},
     }
-    with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+    with open_platform_instance(settings) as instance:
         result = job.execute_in_process(
             instance=instance, run_config=run_config, tags={"factory/trigger": trigger}, raise_on_error=False
         )
@@ -183,17 +219,12 @@ def run_backlog_job(
     trigger: str = "factory backlog",
 ) -> BacklogRun:
     """Materialize one shift's `shift_backlog` partition in this process, in the platform's instance (like the UI)."""
-    from dagster import DagsterInstance
-
-    settings.ensure_dirs()
-    if not (settings.dagster_home / "dagster.yaml").is_file():
-        write_dagster_yaml(settings)
     job = _definitions(settings).resolve_job_def("shift_backlog_job")
     run_config = {
         "ops": {"shift_backlog": {"config": dict(config or {})}},
         "loggers": {"console": {"config": {"log_level": "WARNING"}}},
     }
-    with DagsterInstance.from_config(str(settings.dagster_home)) as instance:
+    with open_platform_instance(settings) as instance:
         result = job.execute_in_process(
             instance=instance,
             run_config=run_config,

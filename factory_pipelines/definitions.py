@@ -13,6 +13,7 @@ import dagster as dg
 from assets import all_assets, window_partitions
 from assets.backlog import build_shift_backlog
 from factory_pipelines.alert_rules import load_rules
+from factory_pipelines.executors import run_executor
 from factory_pipelines.jobs import (
     alert_timers_job,
     build_backlog_job,
@@ -53,6 +54,7 @@ def build_definitions(settings: FactorySettings) -> dg.Definitions:
             ),
         ],
         resources=build_resources(settings),
+        executor=run_executor(settings),
     )
 
 

@@ -25,6 +25,7 @@ from sklearn.pipeline import Pipeline
 
 from factory_pipelines.estimator_input import by_position, estimator_input, float_matrix
 from factory_pipelines.model_registry import log_sklearn_model
+from factory_pipelines.storage import StoragePath, read_parquet
 from factory_pipelines.telemetry import (
     MACHINE_EXPORT_COLUMNS,
     MACHINE_FIELD_BY_COLUMN,
@@ -161,11 +162,11 @@ def machine_features(machines: pl.DataFrame) -> pl.DataFrame:
     return features.select(pl.col(name).cast(dtype) for name, dtype in FEATURE_FRAME_SCHEMA.items())
 
 
-def read_feature_history(paths: Sequence[Path]) -> pl.DataFrame:
-    """Every machine_features partition file in `paths`, as one frame."""
+def read_feature_history(paths: Sequence[StoragePath]) -> pl.DataFrame:
+    """Every machine_features partition file in `paths` (local or object storage), as one frame."""
     if not paths:
         return pl.DataFrame(schema=FEATURE_FRAME_SCHEMA)
-    return pl.concat([pl.read_parquet(path) for path in paths], how="vertical_relaxed").select(
+    return pl.concat([read_parquet(path) for path in paths], how="vertical_relaxed").select(
         pl.col(name).cast(dtype) for name, dtype in FEATURE_FRAME_SCHEMA.items()
     )
 
@@ -357,7 +358,7 @@ def count_windows(features: pl.DataFrame) -> int:
     return int(features["window_key"].n_unique()) if features.height else 0
 
 
-def history_paths_newest(paths: Iterable[Path], limit: int) -> list[Path]:
+def history_paths_newest(paths: Iterable[StoragePath], limit: int) -> list[StoragePath]:
     """The newest `limit` partition files; window keys sort by time, so names do too."""
     ordered = sorted(paths, key=lambda p: p.name)
     return ordered[-limit:] if limit > 0 else []

@@ -1,5 +1,8 @@
 """Jobs of the code location: the window pipeline, one training job per model family, the
-orchestrator job (alert rules over new predictions), the alert timers and the shift backlog."""
+orchestrator job (alert rules over new predictions), the alert timers and the shift backlog.
+
+No job names its executor: the code location's (`factory_pipelines.executors.run_executor`) runs
+them all, in process by default or on Celery workers."""
 
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -17,8 +20,6 @@ window_predictions_job = dg.define_asset_job(
     "window_predictions_job",
     selection=dg.AssetSelection.assets(*window_assets),
     description="Type, featurize and score the sealed windows of one run (one window or a range of them).",
-    # Three short steps in a row: running them in the run worker saves a process launch per step.
-    executor_def=dg.in_process_executor,
 )
 
 training_jobs = [
@@ -26,7 +27,6 @@ training_jobs = [
         entry.training_job,
         selection=dg.AssetSelection.assets(entry.dataset_asset, entry.name),
         description=f"Build {entry.name}'s data sets, train it, register a version and gate it against the champion.",
-        executor_def=dg.in_process_executor,
     )
     for entry in CATALOG.values()
 ]
@@ -35,7 +35,6 @@ orchestrator_job = dg.define_asset_job(
     "orchestrator_job",
     selection=dg.AssetSelection.assets(window_alerts),
     description="Evaluate the alert rules on a window's new predictions and telemetry; record, plan and text.",
-    executor_def=dg.in_process_executor,
 )
 
 
@@ -44,7 +43,6 @@ def build_backlog_job(shift_backlog: dg.AssetsDefinition) -> "UnresolvedAssetJob
         "shift_backlog_job",
         selection=dg.AssetSelection.assets(shift_backlog),
         description="Write one shift's backlog from the evidence at its start (Gemini, or the deterministic writer).",
-        executor_def=dg.in_process_executor,
     )
 
 

@@ -37,6 +37,25 @@ MAX_RESTARTS = 3
 READY_TIMEOUT_S = 180.0
 
 
+def mlflow_server_command(settings: FactorySettings, host: str) -> tuple[list[str], dict[str, str]]:
+    """argv and extra environment of the MLflow tracking server, on SQLite or PostgreSQL.
+
+    The backend store goes by environment, not argv: a PostgreSQL URL's password would show in `ps`.
+    MLflow 3's server also starts job-runner processes beside its web server; the platform runs no
+    MLflow jobs, and they held 2.3 of the server's 2.9 GB (benchmarks/results/memory.md).
+    """
+    argv = [
+        sys.executable, "-m", "mlflow", "server",
+        "--artifacts-destination", str(settings.mlflow_artifacts_dir),
+        "--host", host, "--port", str(settings.mlflow_port), "--workers", "1",
+    ]  # fmt: skip
+    env = {
+        "MLFLOW_BACKEND_STORE_URI": settings.resolved_mlflow_backend_store_uri,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    return argv, env
+
+
 @dataclass
 class PlatformOptions:
     machines: int = 5
@@ -218,30 +237,26 @@ def run_platform(settings: FactorySettings, options: PlatformOptions, console: C
             # MLflow's default retries make a call to a stopped tracking server hang for minutes.
             "MLFLOW_HTTP_REQUEST_MAX_RETRIES": os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3"),
             "MLFLOW_HTTP_REQUEST_TIMEOUT": os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "30"),
-            # MLflow 3's server starts job-runner processes beside its web server; the platform runs no
-            # MLflow jobs, and they held 2.3 of the server's 2.9 GB (benchmarks/results/memory.md).
-            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         }
         env.update(demo_access(settings, console))
         os.environ.update(settings.child_env())
         write_dagster_yaml(settings)
 
-        def spawn(name: str, argv: list[str], restartable: bool = True, one_shot: bool = False) -> ManagedProcess:
-            process = ManagedProcess(name, argv, env, settings.logs_dir / f"{name}.log", restartable, one_shot)
+        def spawn(
+            name: str,
+            argv: list[str],
+            restartable: bool = True,
+            one_shot: bool = False,
+            extra_env: dict[str, str] | None = None,
+        ) -> ManagedProcess:
+            child_env = {**env, **(extra_env or {})}
+            process = ManagedProcess(name, argv, child_env, settings.logs_dir / f"{name}.log", restartable, one_shot)
             process.start()
             processes.append(process)
             return process
 
-        mlflow = spawn(
-            "mlflow",
-            [
-                sys.executable, "-m", "mlflow", "server",
-                "--backend-store-uri", f"sqlite:///{settings.mlflow_dir / 'mlflow.db'}",
-                "--artifacts-destination", str(settings.mlflow_artifacts_dir),
-                "--host", host, "--port", str(settings.mlflow_port), "--workers", "1",
-            ],
-            restartable=False,
-        )  # fmt: skip
+        mlflow_argv, mlflow_env = mlflow_server_command(settings, host)
+        mlflow = spawn("mlflow", mlflow_argv, restartable=False, extra_env=mlflow_env)
         console.print("MLflow: starting the tracking server...")
         _wait_http(f"{mlflow_url}/health", READY_TIMEOUT_S, lambda: mlflow.exit_code is None, stop)
         console.print(f"MLflow: ready after {time.monotonic() - started:.0f} s")

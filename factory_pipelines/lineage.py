@@ -10,7 +10,6 @@ the alert claims. A step that cannot be followed says why and the walk goes on w
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -18,6 +17,7 @@ from pydantic import BaseModel, Field
 from factory_pipelines.alert_book import AlertBook
 from factory_pipelines.alert_model import AlertRecord
 from factory_pipelines.settings import FactorySettings
+from factory_pipelines.storage import StoragePath
 from factory_pipelines.store import ServingStore
 from factory_pipelines.telemetry import Prediction
 from factory_pipelines.windows import WindowKeyError, sealed_window_path
@@ -138,18 +138,27 @@ def _window_step(settings: FactorySettings, window_key: str | None, model_name: 
     if not window_key:
         return LineageStep(kind="window", ref=None, found=False, summary="the alert names no data window")
     try:
-        sealed = sealed_window_path(settings.windows_dir, window_key)
+        sealed = sealed_window_path(settings.store_windows_dir, window_key)
     except WindowKeyError as exc:
         return LineageStep(kind="window", ref=window_key, found=False, summary=str(exc))
-    files: dict[str, Path] = {"sealed window": sealed}
+    files: dict[str, StoragePath] = {"sealed window": sealed}
     if model_name:
         files["prediction partition"] = settings.predictions_dir / model_name / f"{window_key}.parquet"
-    present = {name: str(path) for name, path in files.items() if path.exists()}
+    try:
+        present = {name: str(path) for name, path in files.items() if path.exists()}
+    except Exception as exc:  # object storage that does not answer raises its client's own errors
+        return LineageStep(
+            kind="window",
+            ref=window_key,
+            found=False,
+            summary=f"window {window_key} (storage not reachable: {type(exc).__name__})",
+        )
+    found = "sealed window" in present
     return LineageStep(
         kind="window",
         ref=window_key,
-        found=sealed.exists(),
-        summary=f"window {window_key}" + ("" if sealed.exists() else f" (no sealed file at {sealed})"),
+        found=found,
+        summary=f"window {window_key}" + ("" if found else f" (no sealed file at {sealed})"),
         details=present,
     )
 

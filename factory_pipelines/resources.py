@@ -21,11 +21,12 @@ from pydantic import PrivateAttr, SecretStr
 from factory_pipelines.alert_book import AlertBook
 from factory_pipelines.alert_rules import RuleBook, TelemetryCarry, load_rules
 from factory_pipelines.backlog_gemini import GeminiBacklogWriter
-from factory_pipelines.durable_files import write_bytes_atomic, write_parquet_atomic
+from factory_pipelines.durable_files import write_bytes_atomic
 from factory_pipelines.model_registry import LoadedChampion, ensure_experiment, load_champion
 from factory_pipelines.mqtt import BoundedPublisher, BrokerConnection, connect_and_wait, make_client
 from factory_pipelines.orchestrator import AlertDesk, build_alert_desk
 from factory_pipelines.settings import FactorySettings
+from factory_pipelines.storage import StoragePath, parquet_files, read_parquet, write_parquet
 from factory_pipelines.store import ServingStore
 from factory_pipelines.telemetry import Prediction, dump_payload, prediction_topic
 from factory_pipelines.training import ModelFamily
@@ -33,30 +34,40 @@ from factory_pipelines.windows import read_window
 
 
 class PartitionFilesResource(dg.ConfigurableResource):
-    """Where window partitions live on disk: sealed windows in, typed rows, features, predictions out.
+    """Where window partitions live: sealed windows in, typed rows, features, predictions out.
 
     Paths derive from `FactorySettings` (the single place that decides where state lives), so
-    the Dagster side and the rest of the platform can never disagree about a location.
+    the Dagster side and the rest of the platform can never disagree about a location. They are
+    under the storage root (`storage.py`): the data dir, or object storage when `storage_url` is
+    set; read and write them through `read` and `write`, which work on either.
     """
 
     data_dir: str
     window_seconds: float = 60.0
+    storage_url: str | None = None
+    storage_endpoint_url: str | None = None
 
     @property
     def layout(self) -> FactorySettings:
         # model_construct: only the locations, without re-reading the environment in a run worker.
-        return FactorySettings.model_construct(data_dir=Path(self.data_dir), window_seconds=self.window_seconds)
+        return FactorySettings.model_construct(
+            data_dir=Path(self.data_dir),
+            window_seconds=self.window_seconds,
+            storage_url=self.storage_url,
+            storage_endpoint_url=self.storage_endpoint_url,
+        )
 
     @property
-    def windows_dir(self) -> Path:
-        return self.layout.windows_dir
+    def windows_dir(self) -> StoragePath:
+        """Sealed windows as the collectors published them."""
+        return self.layout.store_windows_dir
 
     @property
-    def telemetry_dir(self) -> Path:
+    def telemetry_dir(self) -> StoragePath:
         return self.layout.machine_rows_dir
 
     @property
-    def features_dir(self) -> Path:
+    def features_dir(self) -> StoragePath:
         return self.layout.features_dir
 
     @property
@@ -70,47 +81,46 @@ class PartitionFilesResource(dg.ConfigurableResource):
     def read_sealed(self, key: str) -> pl.DataFrame:
         return read_window(self.windows_dir, key)
 
-    def telemetry_path(self, key: str) -> Path:
+    def telemetry_path(self, key: str) -> StoragePath:
         return self.telemetry_dir / f"{key}.parquet"
 
-    def rows_path(self, kind: str, key: str) -> Path:
+    def rows_path(self, kind: str, key: str) -> StoragePath:
         """Typed rows of one payload kind (robots, safety, cameras, ...) of one window."""
         return self.layout.typed_rows_dir / kind / f"{key}.parquet"
 
-    def rows_history(self, kind: str, up_to: str, windows: int) -> list[Path]:
+    def rows_history(self, kind: str, up_to: str, windows: int) -> list[StoragePath]:
         """The typed-row files of `kind` for the newest `windows` windows up to key `up_to` (included).
 
         Window keys sort by time, so file names do too.
         """
-        directory = self.layout.typed_rows_dir / kind
-        if not directory.is_dir():
-            return []
-        names = sorted(p for p in directory.glob("*.parquet") if p.stem <= up_to)
+        names = [p for p in parquet_files(self.layout.typed_rows_dir / kind) if p.stem <= up_to]
         return names[-windows:]
 
-    def features_path(self, key: str) -> Path:
+    def features_path(self, key: str) -> StoragePath:
         return self.features_dir / f"{key}.parquet"
 
-    def predictions_dir(self, model_name: str) -> Path:
+    def predictions_dir(self, model_name: str) -> StoragePath:
         return self.layout.predictions_dir / model_name
 
-    def predictions_path(self, model_name: str, key: str) -> Path:
+    def predictions_path(self, model_name: str, key: str) -> StoragePath:
         return self.predictions_dir(model_name) / f"{key}.parquet"
 
-    def model_features_path(self, model_name: str, key: str) -> Path:
+    def model_features_path(self, model_name: str, key: str) -> StoragePath:
         """Per-window features of a model family other than energy (energy's live at the top level)."""
         return self.features_dir / model_name / f"{key}.parquet"
 
-    def model_feature_history(self, model_name: str) -> list[Path]:
-        directory = self.features_dir / model_name
-        return sorted(directory.glob("*.parquet")) if directory.is_dir() else []
+    def model_feature_history(self, model_name: str) -> list[StoragePath]:
+        return parquet_files(self.features_dir / model_name)
 
-    def feature_history(self) -> list[Path]:
+    def feature_history(self) -> list[StoragePath]:
         """Every machine_features partition file (window keys sort by time, so do the names)."""
-        return sorted(self.features_dir.glob("*.parquet")) if self.features_dir.is_dir() else []
+        return parquet_files(self.features_dir)
 
-    def write(self, frame: pl.DataFrame, path: Path) -> None:
-        write_parquet_atomic(frame, path)
+    def write(self, frame: pl.DataFrame, path: StoragePath) -> None:
+        write_parquet(frame, path)
+
+    def read(self, path: StoragePath, columns: list[str] | None = None) -> pl.DataFrame:
+        return read_parquet(path, columns)
 
 
 class MlflowResource(dg.ConfigurableResource):
@@ -327,7 +337,10 @@ def build_resources(settings: FactorySettings) -> dict[str, dg.ConfigurableResou
     """The resources every definition of the code location uses, from one settings object."""
     return {
         "window_files": PartitionFilesResource(
-            data_dir=str(settings.data_path), window_seconds=settings.window_seconds
+            data_dir=str(settings.data_path),
+            window_seconds=settings.window_seconds,
+            storage_url=str(settings.storage_root) if settings.storage_url else None,
+            storage_endpoint_url=settings.storage_endpoint_url,
         ),
         "mlflow": MlflowResource(
             tracking_uri=settings.resolved_mlflow_uri, artifacts_dir=str(settings.mlflow_artifacts_dir)

@@ -24,7 +24,6 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,6 +43,7 @@ from factory_pipelines.estimator_input import by_position, estimator_input, floa
 from factory_pipelines.model_registry import SKOPS_TRUSTED_TYPES, pinned_requirements
 from factory_pipelines.native_threads import SCORING_THREADS, openmp_threads
 from factory_pipelines.safety_sim import LOUD_DB, safety_zone_models
+from factory_pipelines.storage import StoragePath, read_parquet
 from factory_pipelines.training import ModelFamily
 from factory_pipelines.windows import window_key as make_window_key
 
@@ -255,11 +255,11 @@ def safety_history(
     )
 
 
-def read_feature_history(paths: Sequence[Path]) -> pl.DataFrame:
-    """Every `window_features` partition file in `paths`, as one frame (FEATURE_FRAME_SCHEMA)."""
+def read_feature_history(paths: Sequence[StoragePath]) -> pl.DataFrame:
+    """Every `window_features` partition file in `paths` (local or object storage), as one frame."""
     if not paths:
         return pl.DataFrame(schema=FEATURE_FRAME_SCHEMA)
-    return pl.concat([pl.read_parquet(path) for path in paths], how="vertical_relaxed").select(
+    return pl.concat([read_parquet(path) for path in paths], how="vertical_relaxed").select(
         pl.col(name).cast(dtype) for name, dtype in FEATURE_FRAME_SCHEMA.items()
     )
 

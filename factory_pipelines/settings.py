@@ -17,7 +17,7 @@ from datetime import date
 from functools import cached_property
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
@@ -32,6 +32,9 @@ from pydantic_settings import (
 from factory_pipelines.api_keys import Role, parse_api_keys
 from factory_pipelines.mqtt import BrokerConnection, parse_broker_url
 from factory_pipelines.shifts import DEFAULT_SHIFTS, ShiftCalendar, ShiftSpec
+
+if TYPE_CHECKING:
+    from upath import UPath
 
 CONFIG_ENV_VAR = "FACTORY_CONFIG"
 DEFAULT_CONFIG_FILE = "factory.yaml"
@@ -103,6 +106,9 @@ class _YamlWithoutSecrets(YamlConfigSettingsSource):
         return data
 
 
+DAGSTER_PG_SCHEME = "postgresql+psycopg2"
+
+
 class FactorySettings(BaseSettings):
     """Everything the platform's processes need to find each other and their state."""
 
@@ -139,6 +145,36 @@ class FactorySettings(BaseSettings):
     )
     db_url: str | None = Field(
         None, description="SQLAlchemy URL of the serving store; default: SQLite under the data dir."
+    )
+    storage_url: str | None = Field(
+        None,
+        description="Where sealed windows, typed rows, features and predictions live: a local path or an fsspec URL "
+        "such as s3://bucket/prefix; default: the data dir. Open windows stay on the collector's local disk.",
+    )
+    storage_endpoint_url: str | None = Field(
+        None,
+        description="Endpoint of an S3-compatible store (MinIO, Ceph, ...), e.g. http://minio:9000; default: AWS. "
+        "Credentials come only from AWS's standard variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...).",
+    )
+    dagster_pg_url: str | None = Field(
+        None,
+        description="PostgreSQL URL (postgresql+psycopg2://...) of the Dagster instance's runs, event log and "
+        "schedules (dagster-postgres); default: SQLite under DAGSTER_HOME.",
+    )
+    mlflow_backend_store_uri: str | None = Field(
+        None,
+        description="Backend store of the MLflow server `factory up` starts (e.g. postgresql+psycopg://...); "
+        "default: SQLite under the data dir.",
+    )
+    dagster_executor: Literal["in_process", "celery"] = Field(
+        "in_process",
+        description="Where the steps of the platform's runs execute: in the run's own process, or on Celery "
+        "workers (dagster-celery; start them with `factory celery-worker`).",
+    )
+    celery_broker_url: str | None = Field(
+        None,
+        description="Broker of the Celery workers, redis://host:6379/0 or amqp://user@host:5672//; "
+        "required when dagster_executor is celery.",
     )
     window_seconds: float = Field(60.0, ge=1, description="A window is sealed every this many seconds.")
     window_max_rows: int = Field(50_000, gt=0, description="A window is sealed early at this many rows.")
@@ -282,6 +318,11 @@ class FactorySettings(BaseSettings):
 
     @field_validator(
         "db_url",
+        "storage_url",
+        "storage_endpoint_url",
+        "dagster_pg_url",
+        "mlflow_backend_store_uri",
+        "celery_broker_url",
         "mlflow_tracking_uri",
         "twilio_account_sid",
         "twilio_auth_token",
@@ -306,6 +347,27 @@ class FactorySettings(BaseSettings):
         """`NAME=` in .env (as in .env.example) means "not set", not an empty secret."""
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("dagster_pg_url")
+    @classmethod
+    def _check_dagster_pg_url(cls, value: str | None) -> str | None:
+        """dagster-postgres needs psycopg2, named in the URL: SQLAlchemy 2.1 reads a bare postgresql:// as
+        psycopg 3, under which Dagster's event log fails (its NOTIFY takes no bound parameter)."""
+        if value is None or value.startswith(DAGSTER_PG_SCHEME + "://"):
+            return value
+        scheme = value.split("://", 1)[0] if "://" in value else "(none)"
+        raise ValueError(
+            f"must start with {DAGSTER_PG_SCHEME}:// (dagster-postgres runs on the psycopg2 driver), "
+            f"e.g. {DAGSTER_PG_SCHEME}://user:password@host:5432/dagster; the scheme given was {scheme}"
+        )
+
+    @field_validator("storage_url")
+    @classmethod
+    def _no_credentials_in_storage_url(cls, value: str | None) -> str | None:
+        """A URL gets logged and shown in the UI: keys belong in AWS_* variables, never in it."""
+        if value and "://" in value and "@" in value.split("://", 1)[1].split("/", 1)[0]:
+            raise ValueError("must not hold credentials (user:secret@): set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY")
+        return value
+
     @field_validator("mqtt_url")
     @classmethod
     def _check_mqtt_url(cls, value: str) -> str:
@@ -320,6 +382,8 @@ class FactorySettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_derived(self) -> FactorySettings:
+        if self.dagster_executor == "celery" and self.celery_broker_url is None:
+            raise ValueError("celery_broker_url (FACTORY_CELERY_BROKER_URL) is required with dagster_executor celery")
         # A calendar or key list that cannot be built stops start-up with its reason.
         self.shift_calendar  # noqa: B018
         self.api_key_roles  # noqa: B018
@@ -350,23 +414,36 @@ class FactorySettings(BaseSettings):
 
     @property
     def windows_dir(self) -> Path:
+        """The collector's own windows on local disk: open ones, and sealed ones until they are published."""
         return self.data_path / "windows"
+
+    @cached_property
+    def storage_root(self) -> UPath:
+        """Root of the partition files every process shares: FACTORY_STORAGE_URL, else the data dir."""
+        from factory_pipelines.storage import storage_root
+
+        return storage_root(self.storage_url, default=self.data_path, endpoint_url=self.storage_endpoint_url)
+
+    @property
+    def store_windows_dir(self) -> UPath:
+        """Sealed windows as the platform sees them (the collector's `windows_dir` when the store is the data dir)."""
+        return self.storage_root / "windows"
 
     @property
     def dead_letter_dir(self) -> Path:
         return self.data_path / "dead-letter"
 
     @property
-    def predictions_dir(self) -> Path:
-        return self.data_path / "predictions"
+    def predictions_dir(self) -> UPath:
+        return self.storage_root / "predictions"
 
     @property
-    def typed_rows_dir(self) -> Path:
+    def typed_rows_dir(self) -> UPath:
         """Typed rows per payload kind and window (the `telemetry_window` asset)."""
-        return self.data_path / "telemetry"
+        return self.storage_root / "telemetry"
 
     @property
-    def machine_rows_dir(self) -> Path:
+    def machine_rows_dir(self) -> UPath:
         return self.typed_rows_dir / "machines"
 
     @property
@@ -380,8 +457,8 @@ class FactorySettings(BaseSettings):
         return self.data_path / "datasets"
 
     @property
-    def features_dir(self) -> Path:
-        return self.data_path / "features"
+    def features_dir(self) -> UPath:
+        return self.storage_root / "features"
 
     @property
     def alerts_dir(self) -> Path:
@@ -411,6 +488,11 @@ class FactorySettings(BaseSettings):
     @property
     def resolved_mlflow_uri(self) -> str:
         return self.mlflow_tracking_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def resolved_mlflow_backend_store_uri(self) -> str:
+        """Where the MLflow server `factory up` starts keeps runs and the registry."""
+        return self.mlflow_backend_store_uri or f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
 
     @property
     def resolved_db_url(self) -> str:
@@ -458,6 +540,7 @@ class FactorySettings(BaseSettings):
         env = {
             "FACTORY_DATA_DIR": str(self.data_path),
             "FACTORY_SITE": self.site,
+            "FACTORY_DAGSTER_EXECUTOR": self.dagster_executor,
             "FACTORY_MQTT_URL": self.mqtt_url,
             "FACTORY_API_HOST": self.api_host,
             "FACTORY_API_PORT": str(self.api_port),
@@ -476,6 +559,11 @@ class FactorySettings(BaseSettings):
             "FACTORY_MQTT_CA_FILE": self.mqtt_ca_file,
             "FACTORY_MQTT_CLIENT_CERT_FILE": self.mqtt_client_cert_file,
             "FACTORY_MQTT_CLIENT_KEY_FILE": self.mqtt_client_key_file,
+            "FACTORY_DAGSTER_PG_URL": self.dagster_pg_url,
+            "FACTORY_MLFLOW_BACKEND_STORE_URI": self.mlflow_backend_store_uri,
+            "FACTORY_CELERY_BROKER_URL": self.celery_broker_url,
+            "FACTORY_STORAGE_URL": str(self.storage_root) if self.storage_url else None,
+            "FACTORY_STORAGE_ENDPOINT_URL": self.storage_endpoint_url,
         }
         env.update({name: str(value) for name, value in optional.items() if value is not None})
         return env
@@ -490,7 +578,8 @@ class FactorySettings(BaseSettings):
             self.mlflow_artifacts_dir,
             self.logs_dir,
         ):
-            path.mkdir(parents=True, exist_ok=True)
+            if isinstance(path, Path):  # object storage has no folders to make (and may be down at start)
+                path.mkdir(parents=True, exist_ok=True)
 
 
 def _number_list(value: str | None) -> list[str]:

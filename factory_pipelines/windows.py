@@ -9,7 +9,9 @@ interval continues in the next part). Its key sorts by time:
 A sealed window is one Parquet file, written atomically, at
 `{windows_dir}/sealed/{YYYYMMDD}/{key}.parquet`, with the columns of `WINDOW_SCHEMA`: the
 envelope of each message plus its validated payload as JSON (unknown extra fields included), so
-nothing a device sent is lost. Windows are assigned by time of receipt.
+nothing a device sent is lost. Windows are assigned by time of receipt. `windows_dir` is a local
+path or a folder on object storage (`storage.py`): the collector's own, or the store's, where the
+collector publishes what it sealed and where everyone else reads.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import polars as pl
+
+from factory_pipelines.storage import StoragePath, parquet_files, read_parquet
 
 WINDOW_SCHEMA: dict[str, pl.DataType] = {
     "asset_id": pl.String(),
@@ -66,24 +69,28 @@ def aligned_window_start(moment: datetime, window_seconds: float) -> datetime:
     return datetime.fromtimestamp(int(start), UTC)
 
 
-def sealed_dir(windows_dir: Path) -> Path:
+def sealed_dir(windows_dir: StoragePath) -> StoragePath:
     return windows_dir / "sealed"
 
 
-def sealed_window_path(windows_dir: Path, key: str) -> Path:
+def sealed_window_path(windows_dir: StoragePath, key: str) -> StoragePath:
     return sealed_dir(windows_dir) / key[:8] / f"{key}.parquet"
 
 
-def iter_sealed_keys(windows_dir: Path, since: datetime | None = None) -> Iterator[str]:
-    """Keys of sealed windows in key (time) order, optionally only those starting at or after `since`."""
+def iter_sealed_keys(windows_dir: StoragePath, since: datetime | None = None) -> Iterator[str]:
+    """Keys of sealed windows in key (time) order, optionally only those starting at or after `since`.
+
+    Day folders before `since` are not listed (on object storage each listing is a request).
+    """
     root = sealed_dir(windows_dir)
     if not root.is_dir():
         return
     since_day = f"{since.astimezone(UTC):%Y%m%d}" if since else None
-    for day in sorted(p for p in root.iterdir() if p.is_dir()):
+    days = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name)
+    for day in days:
         if since_day and day.name < since_day:
             continue
-        for path in sorted(day.glob("*.parquet")):
+        for path in parquet_files(day):
             key = path.stem
             if not _KEY_RE.match(key):
                 continue
@@ -92,11 +99,11 @@ def iter_sealed_keys(windows_dir: Path, since: datetime | None = None) -> Iterat
             yield key
 
 
-def read_window(windows_dir: Path, key: str) -> pl.DataFrame:
+def read_window(windows_dir: StoragePath, key: str) -> pl.DataFrame:
     path = sealed_window_path(windows_dir, key)
     if not path.is_file():
         raise FileNotFoundError(f"sealed window {key} not found at {path}")
-    return pl.read_parquet(path)
+    return read_parquet(path)
 
 
 def empty_window() -> pl.DataFrame:

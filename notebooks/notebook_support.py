@@ -112,8 +112,8 @@ def simulate_windows(
     """
     import polars as pl
 
-    from factory_pipelines.durable_files import write_parquet_atomic
     from factory_pipelines.simulator import Fleet, FleetConfig
+    from factory_pipelines.storage import write_parquet
     from factory_pipelines.telemetry import dump_payload, parse_telemetry_topic
     from factory_pipelines.windows import WINDOW_SCHEMA, aligned_window_start, sealed_window_path, window_key
 
@@ -150,7 +150,7 @@ def simulate_windows(
                         "payload": dump_payload(payload).decode(),
                     }
                 )
-        write_parquet_atomic(pl.DataFrame(rows, schema=WINDOW_SCHEMA), sealed_window_path(settings.windows_dir, key))
+        write_parquet(pl.DataFrame(rows, schema=WINDOW_SCHEMA), sealed_window_path(settings.store_windows_dir, key))
         keys.append(key)
     return keys
 

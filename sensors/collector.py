@@ -28,12 +28,17 @@ Why it is built this way (DESIGN.md, "Streams, windows, partitions"):
 * Rejected input is bounded (`DeadLetterBudget`): dead-letter lines per topic and minute, and
   bytes of rejected payloads per topic and hour, so a flood of bad or huge messages cannot fill
   the disk; what goes over is counted, not stored.
+* Storage elsewhere (`FACTORY_STORAGE_URL`: object storage, another mount): windows are still sealed
+  on local disk as above, and a `WindowPublisher` thread then puts each into the store, where the
+  platform sees it only once complete; a store that does not answer delays windows, never loses
+  them (`sensors/window_publisher.py`).
 
 On-disk layout (all under `settings.windows_dir` / `settings.dead_letter_dir`):
 
     open/{key}/part-000001.arrow      one Arrow IPC file (WINDOW_SCHEMA) per group commit
     open/.{collector_id}.lock         flock held while a collector with that id runs
     sealed/{YYYYMMDD}/{key}.parquet   the sealed window (windows.py contract)
+    published/{YYYYMMDD}/{key}        marker: this sealed window is in the store (only with FACTORY_STORAGE_URL)
     dead-letter/{YYYYMMDD}-{collector_id}.jsonl   one JSON line per rejected message
     dead-letter/blobs/{sha256}.bin    full bytes of payloads larger than max_payload_bytes (within budget)
 """
@@ -95,6 +100,7 @@ from factory_pipelines.windows import (
     window_start,
 )
 from sensors.dedup_index import DedupIndex
+from sensors.window_publisher import WindowPublisher
 
 log = logging.getLogger("sensors.collector")  # not __name__: it is "__main__" under python -m
 
@@ -182,6 +188,10 @@ class CollectorStats:
     dead_letters_counted_only: int = 0  # over the dead-letter line limits: in a counter line, not a line each
     dead_letter_payloads_dropped: int = 0  # over the payload budget: line kept (size, sha256), bytes not
     dead_letter_payload_bytes_dropped: int = 0
+    windows_published: int = 0  # sealed windows put into the store (only when FACTORY_STORAGE_URL points elsewhere)
+    windows_awaiting_store: int = 0  # sealed on local disk, not yet in the store
+    store_unreachable: bool = False  # the last attempt to publish failed: windows wait on local disk, retried
+    store_error: str | None = None  # the last failure to publish
 
 
 @dataclass
@@ -524,13 +534,21 @@ class Collector:
         self._window_duplicates = 0
         self._window_dead_letters = 0
         self._running = False
+        self._publisher = WindowPublisher.for_settings(settings, keep_seconds=self.dedup_horizon_s)
 
     # ---- public ----
 
     @property
     def stats(self) -> CollectorStats:
         """A snapshot of the counters (safe to read from another thread)."""
-        return dataclasses.replace(self._stats)
+        stats = dataclasses.replace(self._stats)
+        if self._publisher is not None:
+            published = self._publisher.stats
+            stats.windows_published = published.published
+            stats.windows_awaiting_store = published.waiting
+            stats.store_unreachable = published.store_unreachable
+            stats.store_error = published.last_error
+        return stats
 
     @property
     def subscribed(self) -> threading.Event:
@@ -552,14 +570,20 @@ class Collector:
         try:
             with self._exclusive():
                 if self._recover_until_done(stop):
-                    client = self._make_client()
-                    self._client = client
-                    if self._connect(stop):
-                        self._collect(client, stop)
-                    self._shutdown(client)
+                    if self._publisher is not None:
+                        self._publisher.start()  # first the windows an earlier run sealed and did not publish
+                    try:
+                        client = self._make_client()
+                        self._client = client
+                        if self._connect(stop):
+                            self._collect(client, stop)
+                        self._shutdown(client)
+                    finally:
+                        if self._publisher is not None:
+                            self._publisher.stop()
         finally:
             self._running = False
-        log.info("collector %s stopped: %s", self.settings.collector_id, self._stats)
+        log.info("collector %s stopped: %s", self.settings.collector_id, self.stats)
         return self.stats
 
     # ---- recovery ----
@@ -1139,6 +1163,8 @@ class Collector:
                 [pl.col(name).cast(dtype) for name, dtype in WINDOW_SCHEMA.items()]
             )
             write_parquet_atomic(frame, sealed_window_path(self.windows_dir, window.key))
+            if self._publisher is not None:
+                self._publisher.notify()
             self._stats.windows_sealed += 1
             self._stats.rows_sealed += frame.height
             self._stats.last_sealed_key = window.key

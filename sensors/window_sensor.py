@@ -16,6 +16,12 @@ While a window run is queued and not yet started, a tick hands nothing over: the
 takes every window sealed meanwhile (up to `max_windows_per_run`), so a machine that falls behind
 catches up with a few large runs instead of queueing one run per window.
 
+A window can also be sealed or published long after its time: a collector of a shared
+subscription restarted after an outage seals the window it had open, or its publisher uploads
+windows held while the object store was down. Such a key falls behind the lookback, so once every
+`sweep_every_seconds` (10 minutes) a tick looks back to the retention horizon instead, and hands
+over whatever is not yet a partition.
+
 A run that fails leaves its windows registered, so the cursor has moved past them; they are not
 lost: each tick also looks at failed runs of the window job and asks again for the same windows
 (same partition tags, `factory/retry_of` and `factory/attempt` tags) once an exponential backoff
@@ -48,6 +54,7 @@ WAITING_STATUSES = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
 LOOKBACK_WINDOWS = 5
 MIN_LOOKBACK_SECONDS = 30.0
 MAX_WINDOWS_PER_RUN = 1000
+SWEEP_EVERY_SECONDS = 600.0
 _LOOKUP_ONE_BY_ONE = 64  # fewer candidates than this: ask the instance per key, else fetch all keys once
 
 
@@ -61,6 +68,17 @@ def lookback_since(
     lookback = timedelta(seconds=max(LOOKBACK_WINDOWS * window_seconds, MIN_LOOKBACK_SECONDS))
     since = window_start(cursor) - lookback
     return max(since, floor) if floor else since
+
+
+def sweep_due(now: datetime, *, every_seconds: float | None, tick_seconds: float) -> bool:
+    """Whether this tick looks back to the retention horizon: in the first two tick intervals of each period.
+
+    Stateless (no cursor format to migrate); a period may see two sweeps, which is harmless, since
+    keys that are already partitions are dropped.
+    """
+    if every_seconds is None:
+        return False
+    return now.timestamp() % every_seconds < 2 * tick_seconds
 
 
 def windows_run_request(keys: Sequence[str]) -> dg.RunRequest:
@@ -161,8 +179,10 @@ def build_sealed_windows_sensor(
     max_windows_per_run: int = MAX_WINDOWS_PER_RUN,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     retry_after_seconds: float = DEFAULT_RETRY_AFTER_SECONDS,
+    sweep_every_seconds: float | None = SWEEP_EVERY_SECONDS,
 ) -> dg.SensorDefinition:
-    """The sensor, with its polling interval, how far back a first tick looks, and its retry policy."""
+    """The sensor, with its polling interval, how far back a first tick looks, its retry policy and
+    how often it sweeps back to the retention horizon (None: never)."""
 
     @dg.sensor(
         name="sealed_windows_sensor",
@@ -181,9 +201,15 @@ def build_sealed_windows_sensor(
             # Its successor takes every window sealed meanwhile: one launch for many windows, so a
             # machine that falls behind catches up instead of queueing a run per window.
             return dg.SkipReason(f"window run {waiting[0]} is waiting to start; new windows go in the next run")
+        sweep = cursor is not None and sweep_due(
+            now, every_seconds=sweep_every_seconds, tick_seconds=minimum_interval_seconds
+        )
         try:
             since = lookback_since(
-                cursor, window_seconds=window_files.window_seconds, now=now, retention_days=retention_days
+                None if sweep else cursor,
+                window_seconds=window_files.window_seconds,
+                now=now,
+                retention_days=retention_days,
             )
         except WindowKeyError:
             context.log.warning(f"cursor {cursor!r} is no window key; starting over from the retention horizon")
@@ -212,6 +238,9 @@ def build_sealed_windows_sensor(
                 f"no new sealed windows since {since:%Y-%m-%dT%H:%M:%SZ}" if since else "no sealed windows"
             )
         context.log.info(f"{len(new_keys)} new window(s): {new_keys[0]} .. {new_keys[-1]}")
+        if sweep and cursor is not None and new_keys[0] < cursor:
+            stragglers = sum(key < cursor for key in new_keys)
+            context.log.warning(f"the sweep found {stragglers} window(s) sealed or published long after their time")
         return dg.SensorResult(
             run_requests=[windows_run_request(new_keys), *retries],
             dynamic_partitions_requests=[window_partitions.build_add_request(new_keys)],

@@ -42,7 +42,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
@@ -52,6 +51,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, T
 
 from factory_pipelines.model_catalog import CATALOG
 from factory_pipelines.settings import FactorySettings
+from factory_pipelines.storage import StoragePath, parquet_files, scan_parquet
 from factory_pipelines.telemetry import INT64_MAX, PayloadKind, RobotTelemetry, VibrationFeatures, utc_now
 from factory_pipelines.windows import WindowKeyError, window_start
 from serving.champions import ChampionLookup
@@ -359,16 +359,14 @@ def history_windows(model: RulModel, window_seconds: float) -> int:
     return robot_history_windows(model, window_seconds)
 
 
-def newest_window_files(directory: Path, windows: int) -> list[Path]:
+def newest_window_files(directory: StoragePath, windows: int) -> list[StoragePath]:
     """Typed-row files of the newest `windows` windows (every collector's part of each), oldest first.
 
     Window keys start with the window's start time, so names sort by time: only the newest are parsed.
     """
-    if not directory.is_dir():
-        return []
-    chosen: list[Path] = []
+    chosen: list[StoragePath] = []
     starts: set[datetime] = set()
-    for path in sorted(directory.glob("*.parquet"), reverse=True):
+    for path in reversed(parquet_files(directory)):
         try:
             start = window_start(path.stem)
         except WindowKeyError:
@@ -399,14 +397,19 @@ def stored_history(settings: FactorySettings, robot_ids: set[str], windows: int)
     """Typed robot rows of `robot_ids` from the newest `windows` windows; warnings for files not read."""
     frames: list[pl.DataFrame] = []
     warnings: list[str] = []
-    for path in newest_window_files(settings.typed_rows_dir / "robots", windows):
+    directory = settings.typed_rows_dir / "robots"
+    try:
+        paths = newest_window_files(directory, windows)
+    except Exception as exc:  # object storage that does not answer raises its client's own errors
+        return _empty_rows(), [f"robot rows not listed at {directory}: {describe_error(exc)}"]
+    for path in paths:
         try:
-            scan = pl.scan_parquet(path)
+            scan = scan_parquet(path)
             present = scan.collect_schema().names()
             if "asset_id" not in present:
                 continue
             rows = _robot_rows(scan.filter(pl.col("asset_id").is_in(sorted(robot_ids))), present).collect()
-        except (OSError, pl.exceptions.PolarsError) as exc:
+        except Exception as exc:  # a file not read costs a warning, not the answer (OSError, polars, the store's)
             warnings.append(f"robot rows {path.name} not read: {describe_error(exc)}")
             continue
         frames.append(rows)

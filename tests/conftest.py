@@ -15,12 +15,14 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
 from factory_pipelines.broker import RunningBroker, start_local_broker
 from factory_pipelines.mqtt import connect_and_wait, make_client
-from factory_pipelines.settings import FactorySettings, load_settings
+from factory_pipelines.settings import DAGSTER_PG_SCHEME, FactorySettings, load_settings
 from tests.gemini_standin import gemini  # noqa: F401 - the Gemini stand-in fixture, for every test
+from tests.postgres_server import NoPostgresServer, own_postgres_cluster
 
 
 def find_free_port(host: str = "127.0.0.1") -> int:
@@ -126,32 +128,100 @@ def demo_access(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FACTORY_API_KEYS", ",".join(f"{key}:{role}" for role, key in TEST_API_KEYS.items()))
 
 
-PG_URL = os.environ.get("FACTORY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+LOCAL_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
-def postgres_schema_url() -> Iterator[str]:
-    """A throwaway schema on the local PostgreSQL, so tests never touch real tables; skips without one."""
-    engine = create_engine(PG_URL)
+def _answers(url: str) -> bool:
+    engine = create_engine(url)
     try:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
+        return True
     except OperationalError:
-        pytest.skip(f"no PostgreSQL answers at {PG_URL}")
+        return False
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """The PostgreSQL server of the suite's PostgreSQL profile (`pytest -m postgres`).
+
+    `FACTORY_TEST_PG_URL` when set (it must answer), else the server on 127.0.0.1:5432 when one
+    answers, else a cluster of the suite's own when PostgreSQL is installed; skipped otherwise.
+    """
+    given = os.environ.get("FACTORY_TEST_PG_URL")
+    if given:
+        if not _answers(given):
+            pytest.fail(f"FACTORY_TEST_PG_URL is set but no PostgreSQL answers at {make_url(given)!r}")
+        yield given
+        return
+    if _answers(LOCAL_PG_URL):
+        yield LOCAL_PG_URL
+        return
+    try:
+        with own_postgres_cluster(find_free_port()) as server:
+            yield server.url
+    except NoPostgresServer as exc:
+        pytest.skip(f"no PostgreSQL answers at {LOCAL_PG_URL} and none can be started: {exc}")
+
+
+@pytest.fixture
+def postgres_schema_url(postgres_url: str) -> Iterator[str]:
+    """A throwaway schema on the suite's PostgreSQL, so tests never touch real tables."""
+    engine = create_engine(postgres_url)
     schema = f"t_{uuid.uuid4().hex[:12]}"
     with engine.begin() as conn:
         conn.execute(text(f"CREATE SCHEMA {schema}"))
     try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+        yield f"{postgres_url}?options=-csearch_path%3D{schema}"
     finally:
         with engine.begin() as conn:
             conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """The serving store's URL on SQLite, then on PostgreSQL when one answers (same tests, both engines)."""
+@pytest.fixture
+def postgres_database_url(postgres_url: str) -> Iterator[str]:
+    """A throwaway database on the suite's PostgreSQL, for tools that own their tables (Dagster, MLflow)."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with engine.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The serving store's URL on SQLite, then on PostgreSQL (same tests, both engines)."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'serving.db'}"
-    else:
-        yield from postgres_schema_url()
+        return f"sqlite:///{tmp_path / 'serving.db'}"
+    return request.getfixturevalue("postgres_schema_url")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def instance(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A Dagster instance on SQLite (`instance_for_test`), then on PostgreSQL through the platform's own
+    dagster.yaml (`write_dagster_yaml` with `dagster_pg_url`), on a throwaway database."""
+    import dagster as dg
+
+    from factory_pipelines.dagster_instance import DAGSTER_PG_URL_ENV, open_platform_instance, write_dagster_yaml
+
+    if request.param == "sqlite":
+        with dg.instance_for_test() as sqlite_instance:
+            yield sqlite_instance
+        return
+    database_url = make_url(request.getfixturevalue("postgres_database_url"))
+    url = database_url.set(drivername=DAGSTER_PG_SCHEME).render_as_string(hide_password=False)
+    monkeypatch.setenv(DAGSTER_PG_URL_ENV, url)  # restored after the test; the instance reads it on load
+    settings = load_settings(data_dir=tmp_path / "dagster-on-postgres", dagster_pg_url=url)
+    config_text = write_dagster_yaml(settings).read_text()
+    assert "postgres_url" in config_text and url not in config_text  # by reference: no password on disk
+    with open_platform_instance(settings) as pg_instance:
+        assert type(pg_instance.run_storage).__name__ == "PostgresRunStorage"
+        yield pg_instance

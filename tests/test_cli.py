@@ -36,11 +36,19 @@ def test_settings_command_shows_resolved_settings_and_masks_secrets(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("FACTORY_DATA_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("TWILIO_AUTH_TOKEN", "very-secret-token")
+    # Database and broker URLs carry their passwords inline: shown without them.
+    monkeypatch.setenv("FACTORY_DB_URL", "postgresql+psycopg://app:db-pw-1@db:5432/serving")
+    monkeypatch.setenv("FACTORY_DAGSTER_PG_URL", "postgresql+psycopg2://dagster:db-pw-2@db:5432/dagster")
+    monkeypatch.setenv("FACTORY_MLFLOW_BACKEND_STORE_URI", "postgresql+psycopg://mlflow:db-pw-3@db/mlflow")
+    monkeypatch.setenv("FACTORY_CELERY_BROKER_URL", "redis://:db-pw-4@redis:6379/0")
     result = runner.invoke(app, ["settings"])
     assert result.exit_code == 0, result.output
     shown = json.loads(result.stdout)
     assert shown["resolved"]["dagster_home"] == str(tmp_path / "state" / "dagster")
     assert "very-secret-token" not in result.output
+    assert not [n for n in range(1, 5) if f"db-pw-{n}" in result.output]
+    assert shown["dagster_pg_url"] == "postgresql+psycopg2://dagster:***@db:5432/dagster"
+    assert shown["resolved"]["mlflow_backend_store_uri"] == "postgresql+psycopg://mlflow:***@db/mlflow"
 
 
 def test_a_bad_setting_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

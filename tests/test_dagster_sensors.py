@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from sensors.window_sensor import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
     build_sealed_windows_sensor,
+    sweep_due,
 )
 
 PARTITIONS = "telemetry_windows"
@@ -32,12 +32,6 @@ def settings(tmp_path: Path) -> FactorySettings:
     settings = load_settings(data_dir=tmp_path / "data", window_seconds=WINDOW_S)
     settings.ensure_dirs()
     return settings
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 def seal(settings: FactorySettings, start: datetime, collector: str = "collector-1") -> str:
@@ -76,9 +70,12 @@ class Ticker:
         return result
 
 
-def window_sensor(max_windows_per_run: int = 1000) -> dg.SensorDefinition:
+def window_sensor(max_windows_per_run: int = 1000, sweep_every_seconds: float | None = None) -> dg.SensorDefinition:
     return build_sealed_windows_sensor(
-        minimum_interval_seconds=5, retention_days=30, max_windows_per_run=max_windows_per_run
+        minimum_interval_seconds=5,
+        retention_days=30,
+        max_windows_per_run=max_windows_per_run,
+        sweep_every_seconds=sweep_every_seconds,
     )
 
 
@@ -128,6 +125,34 @@ def test_late_sealed_earlier_window_is_still_picked_up(settings: FactorySettings
         newest
     ]
     assert isinstance(ticker.tick(), dg.SkipReason)
+
+
+def test_a_window_sealed_long_after_its_time_is_found_by_the_sweep(
+    settings: FactorySettings, instance: dg.DagsterInstance
+) -> None:
+    """A collector back after an outage seals the window it had open, far behind the cursor."""
+    keys = [seal(settings, start) for start in recent_starts(3)]
+    ticker = Ticker(window_sensor(), instance, settings)
+    ticker.tick()
+    straggler = seal(settings, recent_starts(1)[0] - timedelta(minutes=20), collector="collector-2")
+    assert isinstance(ticker.tick(), dg.SkipReason)  # behind the lookback: an ordinary tick misses it
+
+    # A period shorter than a tick: every tick of this sensor is a sweep.
+    sweeping = Ticker(window_sensor(sweep_every_seconds=1e-6), instance, settings)
+    sweeping.cursor = ticker.cursor
+    result = sweeping.tick()
+    assert isinstance(result, dg.SensorResult)
+    assert list(result.dynamic_partitions_requests[0].partition_keys) == [straggler]
+    assert sweeping.cursor == keys[-1]  # the cursor never moves back
+    assert isinstance(sweeping.tick(), dg.SkipReason)  # nothing twice
+
+
+@pytest.mark.parametrize(("seconds_into_period", "due"), [(0.0, True), (9.9, True), (10.1, False), (599.0, False)])
+def test_a_sweep_is_due_in_the_first_two_ticks_of_each_period(seconds_into_period: float, due: bool) -> None:
+    period_start = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+    now = period_start + timedelta(seconds=seconds_into_period)
+    assert sweep_due(now, every_seconds=600, tick_seconds=5) is due
+    assert sweep_due(now, every_seconds=None, tick_seconds=5) is False
 
 
 def test_a_backlog_is_handed_over_in_bounded_runs_without_skipping(

@@ -9,7 +9,7 @@ launches it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -27,12 +27,6 @@ from sensors.window_sensor import ATTEMPT_TAG, RETRY_OF_TAG, build_sealed_window
 from tests.machine_windows import MACHINES, write_sealed_window
 
 PREDICTIONS = dg.AssetKey("energy_anomaly_predictions")
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 @pytest.fixture

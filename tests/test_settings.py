@@ -80,7 +80,14 @@ def test_secrets_come_from_dotenv_and_blank_means_unset(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("FACTORY_MQTT_URL", "http://broker:1883"), ("FACTORY_WINDOW_SECONDS", "0"), ("FACTORY_API_PORT", "eighty")],
+    [
+        ("FACTORY_MQTT_URL", "http://broker:1883"),
+        ("FACTORY_WINDOW_SECONDS", "0"),
+        ("FACTORY_API_PORT", "eighty"),
+        # dagster-postgres needs psycopg2; SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3
+        ("FACTORY_DAGSTER_PG_URL", "postgresql+psycopg://u@127.0.0.1:5432/dagster"),
+        ("FACTORY_DAGSTER_PG_URL", "postgresql://u@127.0.0.1:5432/dagster"),
+    ],
 )
 def test_bad_values_are_rejected_with_the_setting_named(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
     monkeypatch.setenv(name, value)
