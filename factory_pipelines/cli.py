@@ -196,12 +196,48 @@ def collect(
     shared: Annotated[
         bool, typer.Option(help="Join the $share/collectors group to split the load with other collectors.")
     ] = False,
+    retire: Annotated[
+        bool,
+        typer.Option(
+            help=(
+                "With --shared: retire this FACTORY_COLLECTOR_ID for good. Stop that collector first; this run "
+                "leaves the group, drains its broker session into sealed windows, ends the session and exits."
+            )
+        ),
+    ] = False,
 ) -> None:
     """Collect telemetry from MQTT into durable, sealed window files."""
+    if retire and not shared:
+        console.print(
+            "[red]--retire needs --shared: only a member of the shared subscription can be retired "
+            "(factory collect --shared --retire, with the member's FACTORY_COLLECTOR_ID and data dir)[/red]"
+        )
+        raise typer.Exit(2)
     from sensors.collector import run_collector
 
     settings = _settings()
-    stats = run_collector(settings, shared=shared, stop=_stop_on_signals())
+    stats = run_collector(settings, shared=shared, retire=retire, stop=_stop_on_signals())
+    if retire:
+        if not stats.retired:
+            console.print(
+                f"[red]collector {settings.collector_id} is NOT retired: its broker session was not drained "
+                "and ended (see the log). Keep the id and its data dir, and run --retire again.[/red]"
+            )
+            raise typer.Exit(1)
+        console.print(
+            f"retired collector {settings.collector_id}: drained {stats.received:,} messages from its session "
+            f"({stats.rows_written:,} rows written, {stats.duplicates_dropped:,} duplicates dropped, "
+            f"{stats.dead_letters:,} dead letters), {stats.windows_sealed:,} windows sealed; its broker session "
+            "is ended and the id can be dropped"
+        )
+        if stats.session_present is False:
+            console.print("(the broker held no session for this id: nothing was waiting in it)")
+        if stats.windows_awaiting_store:
+            console.print(
+                f"[yellow]{stats.windows_awaiting_store:,} sealed windows are not in the store yet: keep the data "
+                "dir until they are (running --retire again publishes them)[/yellow]"
+            )
+        return
     console.print(
         f"collector stopped: {stats.rows_written:,} rows in {stats.windows_sealed:,} windows, "
         f"{stats.duplicates_dropped:,} duplicates dropped, {stats.dead_letters:,} dead letters"
@@ -239,9 +275,9 @@ def broker() -> None:
 @app.command("celery-worker")
 def celery_worker(
     name: Annotated[str | None, typer.Option(help="Worker name (default: factory-PID); @host is appended.")] = None,
-    concurrency: Annotated[int, typer.Option(min=1, help="Steps this worker runs at once.")] = 1,
+    concurrency: Annotated[int, typer.Option(min=1, help="Tasks (runs and steps) this worker runs at once.")] = 2,
 ) -> None:
-    """Run Dagster steps from the Celery broker (FACTORY_DAGSTER_EXECUTOR=celery) until stopped."""
+    """Run Dagster runs and steps from the Celery broker (FACTORY_DAGSTER_RUN_LAUNCHER / _EXECUTOR=celery)."""
     import os
 
     from factory_pipelines.executors import celery_worker_command
@@ -252,7 +288,7 @@ def celery_worker(
         raise typer.Exit(2)
     argv, env = celery_worker_command(settings, name=name, concurrency=concurrency)
     where = settings.celery_broker_url.split("@")[-1]  # no credentials on the terminal
-    console.print(f"Celery worker: queue dagster on {where}, {concurrency} step(s) at a time")
+    console.print(f"Celery worker: queue dagster on {where}, {concurrency} task(s) at a time")
     # Celery replaces this process, so a container's SIGTERM reaches it and it finishes its steps first.
     os.execve(argv[0], argv, env)
 

@@ -1,7 +1,8 @@
 """The Dagster instance `factory up` runs against, and the first champion it needs.
 
 `write_dagster_yaml` puts a `dagster.yaml` in DAGSTER_HOME (under the data dir): SQLite storage
-there too, or PostgreSQL when `FACTORY_DAGSTER_PG_URL` is set (dagster-postgres), telemetry off,
+there too, or PostgreSQL when `FACTORY_DAGSTER_PG_URL` is set (dagster-postgres); with
+`FACTORY_DAGSTER_RUN_LAUNCHER=celery` runs are launched as Celery tasks (dagster-celery); telemetry off,
 a queued run coordinator that runs at most a couple of runs at once (each run costs ~200 MB on a
 small machine), run monitoring on so a run whose worker died is marked failed instead of
 hanging, and short retention for the many skipped sensor ticks.
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from factory_pipelines.energy_model import MODEL_NAME
+from factory_pipelines.executors import celery_run_launcher_config
 from factory_pipelines.model_registry import champion_info
 from factory_pipelines.settings import FactorySettings
 
@@ -48,11 +50,17 @@ def dagster_storage_config(dagster_home: Path, *, on_postgres: bool) -> dict[str
 
 
 def dagster_yaml_config(
-    dagster_home: Path, *, max_concurrent_runs: int = DEFAULT_MAX_CONCURRENT_RUNS, on_postgres: bool = False
+    dagster_home: Path,
+    *,
+    max_concurrent_runs: int = DEFAULT_MAX_CONCURRENT_RUNS,
+    on_postgres: bool = False,
+    run_launcher: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The instance config; `run_launcher` None keeps Dagster's default (a run is a subprocess of the code server)."""
     home = dagster_home.resolve()
     return {
         "storage": dagster_storage_config(home, on_postgres=on_postgres),
+        **({"run_launcher": dict(run_launcher)} if run_launcher is not None else {}),
         "local_artifact_storage": {
             "module": "dagster._core.storage.root",
             "class": "LocalArtifactStorage",
@@ -85,7 +93,10 @@ def write_dagster_yaml(settings: FactorySettings, *, max_concurrent_runs: int = 
     home.mkdir(parents=True, exist_ok=True)
     path = home / "dagster.yaml"
     config = dagster_yaml_config(
-        home, max_concurrent_runs=max_concurrent_runs, on_postgres=settings.dagster_pg_url is not None
+        home,
+        max_concurrent_runs=max_concurrent_runs,
+        on_postgres=settings.dagster_pg_url is not None,
+        run_launcher=celery_run_launcher_config(settings) if settings.dagster_run_launcher == "celery" else None,
     )
     text = yaml.safe_dump(config, sort_keys=False)
     path.write_text("# Written by `factory up` (factory_pipelines.dagster_instance); edits are overwritten.\n" + text)

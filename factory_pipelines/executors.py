@@ -1,10 +1,16 @@
-"""Where the steps of the platform's runs execute: in the run's own process, or on Celery workers.
+"""Where the platform's runs and their steps execute: in one process, or on Celery workers.
 
-With `FACTORY_DAGSTER_EXECUTOR=celery` every job of the code location submits its steps to the
-Celery broker (Redis or RabbitMQ) through dagster-celery, and `factory celery-worker` processes on
-any machine that shares the Dagster instance (PostgreSQL), the MLflow server and the data dir run
-them. The broker URL is named by environment variable in the executor's config, so it is resolved
-in each process and never stored in a run's config.
+Two ways onto Celery workers (dagster-celery, a Redis or RabbitMQ broker), chosen in the settings:
+- `FACTORY_DAGSTER_EXECUTOR=celery`: every job of the code location submits its steps to the broker;
+  the run itself (its run worker) stays where the run launcher put it, a subprocess of the code
+  server by default. For jobs with many independent steps.
+- `FACTORY_DAGSTER_RUN_LAUNCHER=celery`: dagster.yaml's run launcher hands each run to the broker,
+  and a worker runs it, its steps in process. The platform's jobs are short chains of steps, so this
+  is the one that spreads their load over machines. Celery forbids a task that waits on other tasks,
+  so the two are not combined.
+`factory celery-worker` runs either kind of task on any machine that shares the Dagster instance
+(PostgreSQL), the MLflow server and the storage root. The broker URL is named by environment
+variable in the configs, so it is resolved in each process and never stored with a run.
 """
 
 from __future__ import annotations
@@ -28,6 +34,15 @@ def celery_executor_config(settings: FactorySettings) -> dict[str, object]:
     # Redis keeps results too; a RabbitMQ broker answers them over its own RPC backend.
     backend: object = {"env": BROKER_ENV} if broker.startswith(("redis://", "rediss://")) else "rpc://"
     return {"broker": {"env": BROKER_ENV}, "backend": backend}
+
+
+def celery_run_launcher_config(settings: FactorySettings) -> dict[str, object]:
+    """dagster.yaml's run launcher: each run (its run worker) becomes a Celery task on the same queue."""
+    return {
+        "module": "dagster_celery.launcher",
+        "class": "CeleryRunLauncher",
+        "config": {"default_queue": CELERY_QUEUE, **celery_executor_config(settings)},
+    }
 
 
 def run_executor(settings: FactorySettings) -> dg.ExecutorDefinition:

@@ -171,6 +171,11 @@ class FactorySettings(BaseSettings):
         description="Where the steps of the platform's runs execute: in the run's own process, or on Celery "
         "workers (dagster-celery; start them with `factory celery-worker`).",
     )
+    dagster_run_launcher: Literal["default", "celery"] = Field(
+        "default",
+        description="Where runs execute: subprocesses of the Dagster code server, or tasks on Celery workers "
+        "(dagster-celery's run launcher; their steps then execute inside the run, dagster_executor in_process).",
+    )
     celery_broker_url: str | None = Field(
         None,
         description="Broker of the Celery workers, redis://host:6379/0 or amqp://user@host:5672//; "
@@ -382,8 +387,15 @@ class FactorySettings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_derived(self) -> FactorySettings:
-        if self.dagster_executor == "celery" and self.celery_broker_url is None:
-            raise ValueError("celery_broker_url (FACTORY_CELERY_BROKER_URL) is required with dagster_executor celery")
+        on_celery = self.dagster_executor == "celery" or self.dagster_run_launcher == "celery"
+        if on_celery and self.celery_broker_url is None:
+            raise ValueError("celery_broker_url (FACTORY_CELERY_BROKER_URL) is required to run on Celery workers")
+        if self.dagster_executor == "celery" and self.dagster_run_launcher == "celery":
+            # A run that is itself a Celery task may not wait on step tasks (Celery refuses result.get() there).
+            raise ValueError(
+                "dagster_run_launcher celery runs each run, steps included, on a Celery worker: "
+                "leave dagster_executor in_process (steps on Celery are for runs launched by the code server)"
+            )
         # A calendar or key list that cannot be built stops start-up with its reason.
         self.shift_calendar  # noqa: B018
         self.api_key_roles  # noqa: B018
@@ -541,6 +553,7 @@ class FactorySettings(BaseSettings):
             "FACTORY_DATA_DIR": str(self.data_path),
             "FACTORY_SITE": self.site,
             "FACTORY_DAGSTER_EXECUTOR": self.dagster_executor,
+            "FACTORY_DAGSTER_RUN_LAUNCHER": self.dagster_run_launcher,
             "FACTORY_MQTT_URL": self.mqtt_url,
             "FACTORY_API_HOST": self.api_host,
             "FACTORY_API_PORT": str(self.api_port),

@@ -32,6 +32,35 @@ Why it is built this way (DESIGN.md, "Streams, windows, partitions"):
   on local disk as above, and a `WindowPublisher` thread then puts each into the store, where the
   platform sees it only once complete; a store that does not answer delays windows, never loses
   them (`sensors/window_publisher.py`).
+* Retiring a member of the shared subscription for good (`--shared --retire`, `Collector(retire=True)`):
+  Mosquitto never hands a member's share to the others, so a member that is simply stopped leaves
+  its persistent session holding its in-flight messages and collecting a share of every new one
+  until it expires (tests/test_collector_shared_failover.py). A retiring run takes the member's
+  place (same id, same data dir, recovered like any start), connects to the same session and
+  UNSUBSCRIBES from the group instead of subscribing, collects and acknowledges what the session
+  still holds, then seals and disconnects with Session Expiry Interval 0, ending the session.
+  Measured with raw paho clients on Mosquitto 2.0.11, two members, one killed (its session holding
+  10 in-flight and 100, or 10,000, queued messages), the other live:
+  - messages queued in the session are still delivered after the UNSUBSCRIBE: with a
+    ReceiveMaximum of 10, 10 arrived before the UNSUBACK and the other 100 after it (with 1000:
+    1000 before, 9011 after), the in-flight ones first, flagged DUP; nothing was missing;
+  - once the UNSUBACK is back no new message goes to the session: of 100 published after it the
+    live member got 100, the retiring client 0;
+  - the session's queue is first in, first out: a QoS 1 marker the retiring client publishes to a
+    topic of its own, subscribed after the UNSUBSCRIBE, arrived after the last queued message
+    (position 110 of 111, and 10,010 of 10,011), so it marks the session as drained;
+  - DISCONNECT with Session Expiry Interval 0 ends the session: a client reconnecting with the
+    same id and clean start off found no session (session present: False) and nothing arrived,
+    and all of 100 messages published afterwards went to the live member;
+  - ending the session before it is drained loses what it holds, it is not redistributed: with
+    10 in flight and 100 queued, a DISCONNECT with expiry 0 right after reconnecting gave the live
+    member none of them. Hence drain first, and end the session only then.
+  So a retiring run ends once its session is drained: UNSUBACK received, its marker received, no
+  message received for `retire_quiet_s`, nothing unacknowledged or unwritten, the open window
+  sealed. If the marker never comes (a broker ACL refusing its topic), a longer quiet period
+  (`_RETIRE_QUIET_WITHOUT_MARKER_S`) stands in for it. Stopped before that (SIGTERM), it stops like
+  any collector and keeps the session, now out of the group, for another `--retire` run. Nothing of
+  this touches the normal path but one check per loop turn (not per message).
 
 On-disk layout (all under `settings.windows_dir` / `settings.dead_letter_dir`):
 
@@ -61,6 +90,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -70,6 +100,8 @@ from typing import Any, NamedTuple
 
 import paho.mqtt.client as paho
 import polars as pl
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
@@ -127,6 +159,10 @@ _ACCOUNT_KEY_CHARS = 256  # topics are accounted by their first 256 characters
 _US_PER_MINUTE = 60_000_000
 _US_PER_HOUR = 3_600_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Retiring (--retire): the marker that follows the session's queue, and the quiet periods that end it.
+RETIRE_MARKER_TOPIC = "collectors/retire/{collector_id}"  # outside factory/# and cleanroom/#: no member takes it
+DEFAULT_RETIRE_QUIET_S = 1.0  # nothing received for this long after the marker: drained
+_RETIRE_QUIET_WITHOUT_MARKER_S = 10.0  # the marker never came (ACL?): drained after this long quiet
 _ONE_US = timedelta(microseconds=1)
 
 
@@ -192,6 +228,8 @@ class CollectorStats:
     windows_awaiting_store: int = 0  # sealed on local disk, not yet in the store
     store_unreachable: bool = False  # the last attempt to publish failed: windows wait on local disk, retried
     store_error: str | None = None  # the last failure to publish
+    session_present: bool | None = None  # the broker still held this id's session at the last connect
+    retired: bool = False  # --retire: the session was drained, everything sealed, and the session ended
 
 
 @dataclass
@@ -455,6 +493,27 @@ class _Batch:
 
 
 @dataclass
+class _Retirement:
+    """Where a retiring run (`Collector(retire=True)`) stands on the current connection."""
+
+    quiet_s: float
+    marker_topic: str
+    unsubscribed: bool = False  # UNSUBACK for the group's topics: nothing new is routed to the session
+    marker_subscribed: bool = False  # SUBACK for the marker topic
+    marker: bytes | None = None  # payload of the marker published on this connection
+    marker_seen: bool = False  # it came back: everything queued before it has been received
+    quiet_since: float = 0.0  # time.monotonic() of the last sign of activity
+    seen_received: int = -1  # stats.received + inbox at the last check
+    cannot: str | None = None  # why this broker cannot retire a session (MQTT 3.1.1)
+
+    def reset(self) -> None:
+        """A new connection: unsubscribe, subscribe and mark again."""
+        self.unsubscribed = self.marker_subscribed = self.marker_seen = False
+        self.marker = None
+        self.quiet_since = time.monotonic()
+
+
+@dataclass
 class _OpenWindow:
     """The window receiving rows now; its durable rows are the part files in `directory`."""
 
@@ -491,14 +550,19 @@ class Collector:
         settings: FactorySettings,
         *,
         shared: bool = False,
+        retire: bool = False,
+        retire_quiet_s: float = DEFAULT_RETIRE_QUIET_S,
         receive_maximum: int = DEFAULT_RECEIVE_MAXIMUM,
         session_expiry_s: int = mqtt.PERSISTENT_SESSION_EXPIRY_S,
         dedup_horizon_minutes: float = DEFAULT_DEDUP_HORIZON_MINUTES,
         dedup_max_entries: int = DEFAULT_DEDUP_MAX_ENTRIES,
     ) -> None:
         window_key(_EPOCH, settings.collector_id)  # fail early on a collector id unfit for window keys
+        if retire and not shared:
+            raise ValueError("retiring is for a member of the shared subscription: retire=True needs shared=True")
         self.settings = settings
         self.shared = shared
+        self.retire = retire
         self.receive_maximum = receive_maximum
         self.session_expiry_s = session_expiry_s
         # Flush at half the in-flight limit, so the broker keeps sending while we write.
@@ -535,6 +599,11 @@ class Collector:
         self._window_dead_letters = 0
         self._running = False
         self._publisher = WindowPublisher.for_settings(settings, keep_seconds=self.dedup_horizon_s)
+        self._retirement = (
+            _Retirement(retire_quiet_s, RETIRE_MARKER_TOPIC.format(collector_id=settings.collector_id))
+            if retire
+            else None
+        )
 
     # ---- public ----
 
@@ -575,16 +644,40 @@ class Collector:
                     try:
                         client = self._make_client()
                         self._client = client
-                        if self._connect(stop):
-                            self._collect(client, stop)
-                        self._shutdown(client)
+                        drained = self._connect(stop) and self._collect(client, stop)
+                        self._shutdown(client, end_session=drained)
                     finally:
                         if self._publisher is not None:
                             self._publisher.stop()
         finally:
             self._running = False
         log.info("collector %s stopped: %s", self.settings.collector_id, self.stats)
+        if self.retire:
+            self._report_retirement()
         return self.stats
+
+    def _report_retirement(self) -> None:
+        stats = self.stats
+        collector_id = self.settings.collector_id
+        if not stats.retired:
+            log.error(
+                "collector %s is NOT retired: %s. Its session (if any) is kept; run --retire again",
+                collector_id,
+                self._retirement.cannot
+                if self._retirement and self._retirement.cannot
+                else "stopped before it was drained",
+            )
+            return
+        log.info(
+            "retired collector %s: drained %d messages from its session (%d rows written, %d duplicates dropped, "
+            "%d dead letters), %d windows sealed; the broker session is ended",
+            collector_id,
+            stats.received,
+            stats.rows_written,
+            stats.duplicates_dropped,
+            stats.dead_letters,
+            stats.windows_sealed,
+        )
 
     # ---- recovery ----
 
@@ -756,6 +849,10 @@ class Collector:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        if self._retirement is not None:
+            client.on_subscribe = self._on_marker_subscribe
+            client.on_unsubscribe = self._on_unsubscribe
+            client.message_callback_add(self._retirement.marker_topic, self._on_marker)
         return client
 
     def _connect(self, stop: threading.Event) -> bool:
@@ -803,6 +900,10 @@ class Collector:
             "v5" if client.protocol == mqtt.MQTTv5 else "3.1.1",
             getattr(flags, "session_present", None),
         )
+        self._stats.session_present = getattr(flags, "session_present", None)
+        if self._retirement is not None:
+            self._start_retiring(client)
+            return
         if client.protocol == mqtt.MQTTv5:
             # Retained messages are stale copies, not new measurements: don't replay them on subscribe.
             options = SubscribeOptions(qos=1, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
@@ -821,6 +922,85 @@ class Collector:
             return
         log.info("subscribed to %s", ", ".join(self.subscriptions))
         self._subscribed.set()
+
+    # ---- retiring (--retire): drain the session, then end it ----
+
+    def _start_retiring(self, client: paho.Client) -> None:
+        """Leave the group (nothing new is routed to the session) and subscribe to the marker's topic."""
+        retirement = self._retirement
+        assert retirement is not None
+        retirement.reset()
+        if client.protocol != mqtt.MQTTv5:
+            retirement.cannot = "the broker speaks MQTT 3.1.1 only: no shared subscription, no session expiry to end"
+            return
+        log.info(
+            "retiring collector %s: unsubscribing from %s, collecting what its session still holds",
+            self.settings.collector_id,
+            ", ".join(self.subscriptions),
+        )
+        client.unsubscribe(self.subscriptions)
+        client.subscribe([(retirement.marker_topic, SubscribeOptions(qos=1))])
+
+    def _on_unsubscribe(
+        self, _client: paho.Client, _userdata: object, _mid: int, reasons: list[ReasonCode], _props: object
+    ) -> None:
+        # "No subscription existed" (0x11) is fine: a session that is gone, or an earlier --retire run.
+        log.info("unsubscribed from %s: %s", ", ".join(self.subscriptions), ", ".join(str(r) for r in reasons))
+        if self._retirement is not None:
+            self._retirement.unsubscribed = True
+            self._retirement.quiet_since = time.monotonic()
+
+    def _on_marker_subscribe(
+        self, _client: paho.Client, _userdata: object, _mid: int, reasons: list[ReasonCode], _props: object
+    ) -> None:
+        retirement = self._retirement
+        assert retirement is not None
+        if any(reason.is_failure for reason in reasons):
+            log.warning(
+                "broker refused the marker topic %s (%s): the session counts as drained after %.0f s without a message",
+                retirement.marker_topic,
+                ", ".join(str(r) for r in reasons),
+                _RETIRE_QUIET_WITHOUT_MARKER_S,
+            )
+            return
+        retirement.marker_subscribed = True
+
+    def _on_marker(self, client: paho.Client, _userdata: object, message: paho.MQTTMessage) -> None:
+        """The marker (or an old one from an interrupted run): acknowledged at once, it is no data."""
+        if message.qos > 0:
+            client.ack(message.mid, message.qos)
+        retirement = self._retirement
+        if retirement is not None and retirement.marker is not None and message.payload == retirement.marker:
+            retirement.marker_seen = True
+            log.info("marker received: everything the session held has come in")
+
+    def _retirement_done(self, client: paho.Client) -> bool:
+        """Once per loop turn while retiring: True once the session is drained and the open window sealed."""
+        retirement = self._retirement
+        assert retirement is not None
+        if retirement.cannot is not None:
+            return True
+        if not self._connected or not retirement.unsubscribed:
+            return False
+        now = time.monotonic()
+        if retirement.marker_subscribed and retirement.marker is None:
+            # After the UNSUBACK: the marker is queued behind everything the group routed to the session.
+            retirement.marker = f"{self.client_id} {uuid.uuid4().hex}".encode()
+            client.publish(retirement.marker_topic, retirement.marker, qos=1)
+        received = self._stats.received + len(self._inbox)
+        if received != retirement.seen_received:
+            retirement.seen_received = received
+            retirement.quiet_since = now
+        if self._stats.paused or self._inbox or self._batch.messages or self._unacked:
+            return False
+        quiet_for = (
+            retirement.quiet_s if retirement.marker_seen else max(retirement.quiet_s, _RETIRE_QUIET_WITHOUT_MARKER_S)
+        )
+        if now - retirement.quiet_since < quiet_for:
+            return False
+        if not retirement.marker_seen:
+            log.warning("no marker came back in %.0f s of quiet: counting the session as drained", quiet_for)
+        return self._durably(lambda: self._write_counter_lines(final=True)) and self._durably(self._seal_open)
 
     def _on_disconnect(
         self, _client: paho.Client, _userdata: object, _flags: object, reason: object, _p: object
@@ -846,8 +1026,10 @@ class Collector:
 
     # ---- the loop ----
 
-    def _collect(self, client: paho.Client, stop: threading.Event) -> None:
+    def _collect(self, client: paho.Client, stop: threading.Event) -> bool:
+        """The loop, until `stop` is set (False) or, when retiring, the session is drained (True)."""
         reconnect_delay = 0.5
+        retirement = self._retirement
         while not stop.is_set():
             rc = self._network_step(client, self._loop_timeout())
             self._drain_inbox()
@@ -868,6 +1050,9 @@ class Collector:
                 self._retry_writes_if_due()
             else:
                 self._durably(self._commit_if_due)
+            if retirement is not None and self._retirement_done(client):
+                return retirement.cannot is None
+        return False
 
     def _network_step(self, client: paho.Client, timeout: float) -> paho.MQTTErrorCode:
         """One select() on the socket, then every packet it has ready (up to a burst), writes and keepalive.
@@ -1261,11 +1446,12 @@ class Collector:
             stats.write_failures,
         )
 
-    def _shutdown(self, client: paho.Client) -> None:
+    def _shutdown(self, client: paho.Client, *, end_session: bool = False) -> None:
         """Clean stop: write and acknowledge what was received, seal the open window, say goodbye.
 
         While writes fail, whatever is not on disk stays unacknowledged: the broker keeps it for
-        the next start.
+        the next start. `end_session` (a retiring run, drained): the goodbye sets the Session
+        Expiry Interval to 0, so the broker forgets the session; only if nothing is left unwritten.
         """
         if self._stats.paused:
             self._retry_at = 0.0
@@ -1282,28 +1468,46 @@ class Collector:
             )
         if not self._connected:
             return
-        client.disconnect()
+        end_session = end_session and not (self._stats.paused or self._inbox or self._batch.messages or self._unacked)
+        if end_session:
+            goodbye = Properties(PacketTypes.DISCONNECT)
+            goodbye.SessionExpiryInterval = 0
+            self._stats.retired = client.disconnect(properties=goodbye) == paho.MQTT_ERR_SUCCESS
+        else:
+            client.disconnect()
         deadline = time.monotonic() + 2.0
         while self._connected and time.monotonic() < deadline:
             if client.loop(timeout=0.1) != paho.MQTT_ERR_SUCCESS:
                 break
         # Messages that arrived after the last flush were not acknowledged: the broker keeps them.
         self._inbox.clear()
+        if self._stats.retired and self._connected:  # the DISCONNECT never went out
+            self._stats.retired = False
 
 
 def run_collector(
-    settings: FactorySettings, *, shared: bool = False, stop: threading.Event | None = None
+    settings: FactorySettings, *, shared: bool = False, retire: bool = False, stop: threading.Event | None = None
 ) -> CollectorStats:
-    """Run a collector until `stop` is set (blocking); `factory collect` calls this."""
-    return Collector(settings, shared=shared).run(stop)
+    """Run a collector until `stop` is set (blocking); `factory collect` calls this.
+
+    `retire` (with `shared`): run until this id's session is drained, then end it (`stats.retired`).
+    """
+    return Collector(settings, shared=shared, retire=retire).run(stop)
 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m sensors.collector`: settings from FACTORY_* env; SIGTERM/SIGINT stop it cleanly."""
     parser = argparse.ArgumentParser(description="MQTT telemetry collector writing sealed window files.")
     parser.add_argument("--shared", action="store_true", help=f"join the $share/{SHARED_GROUP} group")
+    parser.add_argument(
+        "--retire",
+        action="store_true",
+        help="with --shared: drain this stopped member's session into windows, then end the session for good",
+    )
     parser.add_argument("--log-level", default=os.environ.get("FACTORY_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
+    if args.retire and not args.shared:
+        parser.error("--retire needs --shared: only a member of the shared subscription can be retired")
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -1316,8 +1520,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, _request_stop)
     signal.signal(signal.SIGINT, _request_stop)
-    run_collector(settings, shared=args.shared, stop=stop)
-    return 0
+    stats = run_collector(settings, shared=args.shared, retire=args.retire, stop=stop)
+    return 1 if args.retire and not stats.retired else 0
 
 
 if __name__ == "__main__":

@@ -182,18 +182,32 @@ def postgres_schema_url(postgres_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def postgres_database_url(postgres_url: str) -> Iterator[str]:
-    """A throwaway database on the suite's PostgreSQL, for tools that own their tables (Dagster, MLflow)."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
+def new_postgres_database(postgres_url: str) -> Iterator[Callable[[], str]]:
+    """`new_postgres_database()` makes a throwaway database on the suite's PostgreSQL and returns its
+    URL, for tools that own their tables (Dagster, MLflow); all are dropped after the test."""
     engine = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text(f"CREATE DATABASE {name}"))
+    names: list[str] = []
+
+    def _create() -> str:
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with engine.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+        names.append(name)
+        return make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+
     try:
-        yield make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+        yield _create
     finally:
         with engine.connect() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            for name in names:
+                conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         engine.dispose()
+
+
+@pytest.fixture
+def postgres_database_url(new_postgres_database: Callable[[], str]) -> str:
+    """One throwaway database on the suite's PostgreSQL."""
+    return new_postgres_database()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -27,9 +27,7 @@ from pydantic import ValidationError
 from upath import UPath
 
 from factory_pipelines.dagster_instance import ensure_energy_champion
-from factory_pipelines.definitions import build_definitions
 from factory_pipelines.durable_files import write_parquet_atomic
-from factory_pipelines.resources import build_resources
 from factory_pipelines.settings import load_settings
 from factory_pipelines.simulator import FleetConfig, machine_asset_id, run_simulator
 from factory_pipelines.storage import parquet_files, read_parquet, storage_root, write_parquet
@@ -40,6 +38,7 @@ from serving.ml import stored_history
 from tests.factory_processes import FactoryProcesses, factory_env, factory_processes  # noqa: F401 - fixture
 from tests.numbered_stream import MessageKey, NumberedStream, sealed_rows
 from tests.waiting import wait_until
+from tests.window_runs import WINDOW_PARTITIONS, hand_over_and_run
 
 SERVER_START_TIMEOUT_S = 30.0
 MACHINES = [machine_asset_id(n) for n in range(1, 4)]
@@ -283,16 +282,9 @@ def test_stream_path_on_s3_windows_sensor_predictions(
     assert len(keys) == stats.windows_sealed
     assert sealed_rows(settings.store_windows_dir, "asset_id").height == simulated.total == stats.rows_written
 
-    defs = build_definitions(settings)
     with dg.DagsterInstance.from_config(str(settings.dagster_home)) as instance:
-        sensor = defs.resolve_sensor_def("sealed_windows_sensor")
-        with dg.build_sensor_context(instance=instance, resources=build_resources(settings)) as context:
-            result = sensor.evaluate_tick(context)
-        for added in result.dynamic_partitions_requests:
-            instance.add_dynamic_partitions(added.partitions_def_name, list(added.partition_keys))
-        assert instance.get_dynamic_partitions("telemetry_windows") == keys
-        (request,) = result.run_requests
-        run = defs.resolve_job_def("window_predictions_job").execute_in_process(instance=instance, tags=request.tags)
+        added, run = hand_over_and_run(settings, instance)
+        assert added == keys and instance.get_dynamic_partitions(WINDOW_PARTITIONS) == keys
         assert run.success
 
     predictions_dir = settings.predictions_dir / "energy_iforest"

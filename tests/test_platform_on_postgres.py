@@ -32,40 +32,22 @@ pytestmark = pytest.mark.postgres
 MLFLOW_START_TIMEOUT_S = 120.0
 
 
-def _second_database(url: str, name: str) -> str:
-    engine = create_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.execute(text(f"CREATE DATABASE {name}"))
-    finally:
-        engine.dispose()
-    return make_url(url).set(database=name).render_as_string(hide_password=False)
-
-
 @pytest.fixture
 def pg_settings(
-    tmp_path: Path, postgres_database_url: str, mqtt_url: str, free_port: Callable[[], int]
-) -> Iterator[FactorySettings]:
+    tmp_path: Path, new_postgres_database: Callable[[], str], mqtt_url: str, free_port: Callable[[], int]
+) -> FactorySettings:
     """Settings with MLflow's and Dagster's stores on two throwaway PostgreSQL databases."""
-    mlflow_db = postgres_database_url  # psycopg 3, as MLflow's SQLAlchemy store takes it
-    dagster_db = _second_database(postgres_database_url, make_url(postgres_database_url).database + "_dagster")
+    mlflow_db = new_postgres_database()  # psycopg 3, as MLflow's SQLAlchemy store takes it
+    dagster_db = make_url(new_postgres_database()).set(drivername=DAGSTER_PG_SCHEME)
     settings = load_settings(
         data_dir=tmp_path / "data",
         mqtt_url=mqtt_url,
         mlflow_port=free_port(),
         mlflow_backend_store_uri=mlflow_db,
-        dagster_pg_url=make_url(dagster_db).set(drivername=DAGSTER_PG_SCHEME).render_as_string(hide_password=False),
+        dagster_pg_url=dagster_db.render_as_string(hide_password=False),
     )
     settings.ensure_dirs()
-    try:
-        yield settings
-    finally:
-        engine = create_engine(postgres_database_url, isolation_level="AUTOCOMMIT")
-        try:
-            with engine.connect() as conn:
-                conn.execute(text(f"DROP DATABASE IF EXISTS {make_url(dagster_db).database} WITH (FORCE)"))
-        finally:
-            engine.dispose()
+    return settings
 
 
 @pytest.fixture

@@ -14,13 +14,12 @@ import polars as pl
 from fastapi.testclient import TestClient
 
 from factory_pipelines.dagster_instance import ensure_energy_champion
-from factory_pipelines.definitions import build_definitions
-from factory_pipelines.resources import build_resources
 from factory_pipelines.settings import FactorySettings
 from factory_pipelines.simulator import FleetConfig, run_simulator
 from factory_pipelines.windows import iter_sealed_keys, read_window
 from sensors.collector import Collector
 from serving.app import create_app
+from tests.window_runs import WINDOW_PARTITIONS, hand_over_and_run
 
 MACHINES = [f"machine-{n:02d}" for n in range(1, 5)]
 
@@ -50,17 +49,9 @@ def test_simulated_telemetry_reaches_rest_as_predictions(factory_settings: Facto
     assert stored.height == published.total == collector.stats.rows_written
     assert set(MACHINES) <= set(stored["asset_id"])
 
-    defs = build_definitions(settings)
     with dg.DagsterInstance.from_config(str(settings.dagster_home)) as instance:
-        sensor = defs.resolve_sensor_def("sealed_windows_sensor")
-        with dg.build_sensor_context(instance=instance, resources=build_resources(settings)) as context:
-            result = sensor.evaluate_tick(context)
-        # The daemon applies a tick's partition requests; evaluate_tick only returns them.
-        for added in result.dynamic_partitions_requests:
-            instance.add_dynamic_partitions(added.partitions_def_name, list(added.partition_keys))
-        assert instance.get_dynamic_partitions("telemetry_windows") == keys
-        (request,) = result.run_requests
-        run = defs.resolve_job_def("window_predictions_job").execute_in_process(instance=instance, tags=request.tags)
+        added, run = hand_over_and_run(settings, instance)
+        assert added == keys and instance.get_dynamic_partitions(WINDOW_PARTITIONS) == keys
         assert run.success
 
     with TestClient(create_app(settings)) as api:
