@@ -38,7 +38,6 @@ from factory_pipelines import mqtt
 from factory_pipelines.broker import RunningBroker
 from factory_pipelines.cli import app
 from factory_pipelines.settings import FactorySettings, load_settings
-from factory_pipelines.windows import sealed_dir
 from sensors import collector as collector_module
 from sensors.collector import Collector, CollectorStats
 from tests.factory_processes import (  # noqa: F401 - factory_processes is a fixture
@@ -50,7 +49,9 @@ from tests.numbered_stream import NO_MATCHING_SUBSCRIBERS, NumberedStream, durab
 from tests.test_collector_shared_failover import (  # noqa: F401 - own_broker is a fixture
     RowsOnDisk,
     own_broker,
+    sealed_exactly_once,
     start_member,
+    wait_for_every_acknowledged_message_on_disk,
 )
 from tests.waiting import wait_until
 
@@ -209,25 +210,11 @@ def test_a_retired_member_s_session_is_drained_then_ended_and_nothing_is_lost_or
     finally:
         if stream.is_alive():
             stream.stop_and_settle()
-    assert not unacknowledged and not stream.refused, (unacknowledged, stream.refused)
-    assert not stream.unrouted, f"{len(stream.unrouted)} messages found no subscriber"
-    acknowledged = stream.acknowledged
-    wait_until(
-        lambda: set(disk.frame().select("asset_id", "seq").iter_rows()) >= acknowledged,
-        STEP_TIMEOUT_S,
-        "every acknowledged message on disk",
-    )
+    acknowledged = wait_for_every_acknowledged_message_on_disk(stream, unacknowledged, disk)
     assert kept.stop() == 0, kept.log_tail()
 
     # Exactly once, in sealed windows only, and each window key once.
-    assert list((windows_dir / "open").glob("*/part-*")) == []
-    keys = [path.stem for path in sealed_dir(windows_dir).glob("*/*.parquet")]
-    assert len(keys) == len(set(keys)), "a window key was sealed twice"
-    rows = RowsOnDisk(windows_dir).frame()
-    doubled = rows.group_by("asset_id", "seq").len().filter(pl.col("len") > 1)
-    assert doubled.height == 0, f"{doubled.height} messages in two windows, e.g. {doubled.head(5).rows()}"
-    assert set(rows.select("asset_id", "seq").iter_rows()) == acknowledged
-    assert rows.height == len(acknowledged)
+    rows = sealed_exactly_once(windows_dir, acknowledged)
 
     # What b's session held (published while b was dead) was drained by the retiring run into b's windows.
     while_dead = rows.filter(pl.col("ts") > dead_at, pl.col("ts") < retiring_at)

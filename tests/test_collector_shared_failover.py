@@ -117,6 +117,35 @@ def own_broker(tmp_path: Path, free_port: Callable[[], int]) -> Iterator[Running
         yield broker
 
 
+def wait_for_every_acknowledged_message_on_disk(
+    stream: NumberedStream, unacknowledged: object, disk: RowsOnDisk
+) -> set[tuple[str, int]]:
+    """After `stream.stop_and_settle()`: nothing refused, unacknowledged or unrouted, and all of it written."""
+    assert not unacknowledged and not stream.refused, (unacknowledged, stream.refused)
+    assert not stream.unrouted, f"{len(stream.unrouted)} messages found no subscriber"
+    acknowledged = stream.acknowledged
+    wait_until(
+        lambda: set(disk.frame().select("asset_id", "seq").iter_rows()) >= acknowledged,
+        STEP_TIMEOUT_S,
+        "every acknowledged message on disk",
+    )
+    return acknowledged
+
+
+def sealed_exactly_once(windows_dir: Path, acknowledged: set[tuple[str, int]]) -> pl.DataFrame:
+    """With every member stopped: each acknowledged message in one sealed window, each key once, no open part;
+    the sealed rows."""
+    assert list((windows_dir / "open").glob("*/part-*")) == []
+    keys = [path.stem for path in sealed_dir(windows_dir).glob("*/*.parquet")]
+    assert len(keys) == len(set(keys)), "a window key was sealed twice"
+    rows = RowsOnDisk(windows_dir).frame()
+    doubled = rows.group_by("asset_id", "seq").len().filter(pl.col("len") > 1)
+    assert doubled.height == 0, f"{doubled.height} messages in two windows, e.g. {doubled.head(5).rows()}"
+    assert set(rows.select("asset_id", "seq").iter_rows()) == acknowledged
+    assert rows.height == len(acknowledged)
+    return rows
+
+
 def start_member(processes: FactoryProcesses, env: dict[str, str], collector_id: str, name: str) -> FactoryProcess:
     """`factory collect --shared` as an operator or a supervisor would run it, with its own collector id."""
     return processes.start(name, ["collect", "--shared"], env | {"FACTORY_COLLECTOR_ID": collector_id})
@@ -178,27 +207,12 @@ def test_a_killed_member_s_share_is_recovered_by_its_replacement_and_nothing_is_
     finally:
         if stream.is_alive():
             stream.stop_and_settle()
-    assert not unacknowledged and not stream.refused, (unacknowledged, stream.refused)
-    assert not stream.unrouted, f"{len(stream.unrouted)} messages found no subscriber"
-    acknowledged = stream.acknowledged
-    wait_until(
-        lambda: set(disk.frame().select("asset_id", "seq").iter_rows()) >= acknowledged,
-        STEP_TIMEOUT_S,
-        "every acknowledged message on disk",
-    )
+    acknowledged = wait_for_every_acknowledged_message_on_disk(stream, unacknowledged, disk)
     for process in (*(members[member] for member in SURVIVORS), replacement):
         assert process.stop() == 0, process.log_tail()
 
     # Exactly once, in sealed windows only, and each window key once.
-    assert list((windows_dir / "open").glob("*/part-*")) == []
-    sealed_files = sorted(sealed_dir(windows_dir).glob("*/*.parquet"))
-    keys = [path.stem for path in sealed_files]
-    assert len(keys) == len(set(keys)), "a window key was sealed twice"
-    rows = RowsOnDisk(windows_dir).frame()
-    doubled = rows.group_by("asset_id", "seq").len().filter(pl.col("len") > 1)
-    assert doubled.height == 0, f"{doubled.height} messages in two windows, e.g. {doubled.head(5).rows()}"
-    assert set(rows.select("asset_id", "seq").iter_rows()) == acknowledged
-    assert rows.height == len(acknowledged)
+    rows = sealed_exactly_once(windows_dir, acknowledged)
     assert set(rows["collector"]) == set(MEMBERS)
 
     # The killed member's share: what the broker routed to shared-b while it was dead waited in its
