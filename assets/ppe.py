@@ -152,6 +152,8 @@ def ppe_vision_predictions(
     for key in context.partition_keys:
         path = window_files.rows_path("cameras", key)
         cameras = window_files.read(path) if path.exists() else pl.DataFrame()
+        # Frames that name a worker (older rows files have no such column): tally them per worker too.
+        named = "worker_id" in cameras.columns and cameras["worker_id"].null_count() < cameras.height
         verdicts: list[dict[str, Any]] = []
         for (camera,), frames in cameras.group_by("asset_id", maintain_order=True) if cameras.height else []:
             images = [base64.b64decode(text) for text in frames["image_jpeg_b64"]]
@@ -159,6 +161,7 @@ def ppe_vision_predictions(
             frames_scored += len(scored)
             worst = max(range(len(scored)), key=lambda i: scored[i].violation_probability)
             verdict = scored[worst]
+            flags = [v.violation for v in scored]
             verdicts.append(
                 {
                     "asset_id": str(camera),
@@ -166,10 +169,11 @@ def ppe_vision_predictions(
                     "label": "violation" if verdict.violation else "compliant",
                     "zone": frames["zone"][worst],
                     "frames": len(scored),
-                    "frames_in_violation": sum(v.violation for v in scored),
+                    "frames_in_violation": sum(flags),
                     "no_hardhat": verdict.no_hardhat,
                     "no_vest": verdict.no_vest,
                     "threshold": verdict.threshold,
+                    **({"workers": ppe_family.worker_tallies(frames["worker_id"].to_list(), flags)} if named else {}),
                 }
             )
         by_window[key] = run.stamped(key, pl.DataFrame(verdicts)) if verdicts else pl.DataFrame()

@@ -71,16 +71,49 @@ def _flatten_machine(row: MachineTelemetry) -> dict[str, Any]:
     return {name: getattr(row, name) for name in (*MACHINE_TEXT_FIELDS, *MACHINE_NUMERIC_FIELDS)}
 
 
+LEGACY_MACHINE_FIELDS: dict[PayloadKind, dict[str, str]] = {
+    PayloadKind.MAINTENANCE: {"vibration": "vibration_hz", "temperature": "temperature_c"},
+    PayloadKind.ENERGY_STATS: {"current_load": "power_consumption_kw"},
+    PayloadKind.NETWORK_STATS: {"latency": "network_latency_ms", "packet_loss": "packet_loss_pct"},
+}
+"""The earlier devices' partial readings (SEED-CLIENTS.md), as the export fields they carry.
+
+The earlier CSV publisher cut each export row into these messages: a machine's maintenance
+reading (`factory/machine/{id}/maintenance`), and the plant's energy (`factory/energy/stats`,
+asset `plant-energy`, kW) and network stats (`factory/network/stats`, asset `plant-network`, ms
+and %). As machine rows with the other fields null they reach the models that read those fields:
+energy_iforest scores `plant-energy` from its power, cyber_detector scores `plant-network` from
+latency and packet loss, and a machine's maintenance rows join its own export rows."""
+
+
+def _legacy_flattener(fields: dict[str, str]) -> Callable[[Any], dict[str, Any]]:
+    empty = dict.fromkeys((*MACHINE_TEXT_FIELDS, *MACHINE_NUMERIC_FIELDS))
+
+    def flatten(reading: Any) -> dict[str, Any]:
+        return empty | {machine_field: getattr(reading, name) for name, machine_field in fields.items()}
+
+    return flatten
+
+
 def type_machine_rows(window: pl.DataFrame, window_key: str) -> TypedWindow:
-    """The machine rows of a sealed window, validated against `MachineTelemetry` and typed."""
+    """The machine rows of a sealed window, validated against `MachineTelemetry` and typed.
+
+    The earlier devices' partial readings (LEGACY_MACHINE_FIELDS) come along as machine rows.
+    """
     rows_by_kind = {str(k): int(n) for k, n in window.group_by("kind").len().iter_rows()}
-    typed = type_rows(window, window_key, PayloadKind.MACHINE, MACHINE_FRAME_SCHEMA, _flatten_machine)
+    parts = [type_rows(window, window_key, PayloadKind.MACHINE, MACHINE_FRAME_SCHEMA, _flatten_machine)]
+    for kind, fields in LEGACY_MACHINE_FIELDS.items():
+        if rows_by_kind.get(kind.value):  # most windows hold none: no filter over the window for them
+            parts.append(type_rows(window, window_key, kind, MACHINE_FRAME_SCHEMA, _legacy_flattener(fields)))
+    machines = parts[0].frame
+    if len(parts) > 1:
+        machines = pl.concat([part.frame for part in parts]).sort("asset_id", "ts", "seq", nulls_last=True)
     return TypedWindow(
-        machines=typed.frame,
+        machines=machines,
         rows_by_kind=rows_by_kind,
-        invalid_rows=typed.invalid_rows,
-        duplicate_rows=typed.duplicate_rows,
-        invalid_reasons=typed.invalid_reasons,
+        invalid_rows=sum(part.invalid_rows for part in parts),
+        duplicate_rows=sum(part.duplicate_rows for part in parts),
+        invalid_reasons=[reason for part in parts for reason in part.invalid_reasons][:5],
     )
 
 

@@ -6,7 +6,8 @@ the dataset asset, the training asset and `factory evaluate` pass it around like
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import polars as pl
 
@@ -33,6 +34,21 @@ def from_stored(frame: pl.DataFrame, _attributes: Mapping[str, str]) -> Labelled
     """The LabelledFrames that `as_stored_frame` flattened."""
     boxes = frame.select("frame_id", "boxes").explode("boxes").drop_nulls("boxes").unnest("boxes")
     return LabelledFrames(frames=frame.drop("boxes"), boxes=boxes.select(list(BOX_SCHEMA)).cast(BOX_SCHEMA))
+
+
+def worker_tallies(worker_ids: Sequence[str | None], violations: Sequence[bool]) -> list[dict[str, Any]]:
+    """Per worker a camera's frames named (a frame's `worker_id`): frames, and frames in violation.
+
+    The earlier PPE agent answered compliance per worker; a ppe_vision prediction carries these as
+    `workers`, so `GET /api/ppe/worker/{id}/compliance` can add them up over any span.
+    """
+    counts: dict[str, list[int]] = {}
+    for worker, violation in zip(worker_ids, violations, strict=True):
+        if worker:
+            tally = counts.setdefault(worker, [0, 0])
+            tally[0] += 1
+            tally[1] += int(violation)
+    return [{"worker_id": w, "frames": n, "frames_in_violation": k} for w, (n, k) in sorted(counts.items())]
 
 
 FAMILY = ModelFamily(

@@ -530,6 +530,7 @@ class CameraModel(_SimulatedAsset):
     faults = CAMERA_FAULTS
     FRAME_INTERVAL_S = 5.0
     FRAME_WIDTH = 128
+    WORKERS_IN_VIEW = 3
 
     def __init__(self, asset_id: str, rng: np.random.Generator, fault: str | None, *, zone: str) -> None:
         super().__init__(asset_id, rng, fault)
@@ -552,6 +553,8 @@ class CameraModel(_SimulatedAsset):
         self.frames += 1
         return {
             "zone": self.zone,
+            # The badge the camera's tracker read: its zone's workers take turns in front of it.
+            "worker_id": f"{self.zone}-worker-{(self.frames - 1) % self.WORKERS_IN_VIEW + 1}",
             "image_jpeg_b64": base64.b64encode(frame.jpeg).decode("ascii"),
             "width": frame.width,
             "height": frame.height,

@@ -29,6 +29,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 
@@ -173,7 +174,14 @@ class VibrationFeatures(BaseModel):
     ftf: float | None = Field(None, ge=0, description="Band energy at the fundamental train (cage) frequency.")
 
 
+def _plain_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 class RobotTelemetry(_Envelope):
+    """A robot's reading. The earlier robots' names are read too (and kept as sent): `cycles` as the
+    cycle count, `current` as the motor current (A)."""
+
     kind: Literal["robot"] = "robot"
     vibration: VibrationFeatures | None = None
     temperature: float | None = Field(None, description="Bearing temperature (degC).")
@@ -185,13 +193,33 @@ class RobotTelemetry(_Envelope):
         None, description="Ground-truth remaining useful life; only the simulator knows it."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _earlier_names(cls, data: Any) -> Any:
+        """Fill the contract's fields from the earlier robots' names when the payload lacks them."""
+        if not isinstance(data, dict):
+            return data
+        filled: dict[str, Any] = {}
+        if data.get("cycle_count") is None and _plain_number(data.get("cycles")):
+            filled["cycle_count"] = data["cycles"]
+        if data.get("motor_current") is None and _plain_number(data.get("current")):
+            filled["motor_current"] = data["current"]
+        return {**data, **filled} if filled else data
+
 
 # ---- cleanroom ----
 
 PARTICLE_SIZES_UM = ("0.3", "0.5", "1.0", "5.0")
 
 
+LEGACY_PARTICLE_SIZE_UM = "0.5"
+"""The size the earlier cleanroom devices' single `particles` count is taken at: ISO 14644-1's reference size."""
+
+
 class CleanroomStatus(_Envelope):
+    """A cleanroom's reading. The earlier devices' names are read too (and kept as sent): `particles`, one
+    count per m3, as the count at >= 0.5 um; `pressure` as the differential pressure (Pa)."""
+
     kind: Literal["cleanroom"] = "cleanroom"
     particles_per_m3: dict[str, float] | None = Field(
         None, description="Particle counts per cubic metre at or above each size in micrometres."
@@ -200,6 +228,19 @@ class CleanroomStatus(_Envelope):
     temperature: float | None = None
     humidity: float | None = Field(None, ge=0, le=100, description="Relative humidity (%).")
     differential_pressure_pa: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _earlier_names(cls, data: Any) -> Any:
+        """Fill the contract's fields from the earlier devices' names when the payload lacks them."""
+        if not isinstance(data, dict):
+            return data
+        filled: dict[str, Any] = {}
+        if data.get("particles_per_m3") is None and _plain_number(data.get("particles")):
+            filled["particles_per_m3"] = {LEGACY_PARTICLE_SIZE_UM: data["particles"]}
+        if data.get("differential_pressure_pa") is None and _plain_number(data.get("pressure")):
+            filled["differential_pressure_pa"] = data["pressure"]
+        return {**data, **filled} if filled else data
 
 
 # ---- legacy device payloads (SEED-CLIENTS.md, "MQTT that existing devices use") ----
@@ -250,6 +291,11 @@ class CameraFrame(_Envelope):
     image_jpeg_b64: str = Field(min_length=4, max_length=MAX_FRAME_B64_CHARS, description="JPEG bytes, base64.")
     width: int | None = Field(None, gt=0, le=INT64_MAX)
     height: int | None = Field(None, gt=0, le=INT64_MAX)
+    worker_id: str | None = Field(
+        None,
+        max_length=128,
+        description="The worker the camera's tracker named in the frame (PPE compliance is also kept per worker).",
+    )
     true_violation: bool | None = Field(
         None, description="Ground truth: someone in the frame lacks a hard hat or vest; only the simulator knows it."
     )

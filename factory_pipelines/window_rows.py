@@ -122,6 +122,7 @@ CAMERA_ROWS_SCHEMA: dict[str, pl.DataType] = {
     "width": pl.Int64(),
     "height": pl.Int64(),
     "true_violation": pl.Boolean(),
+    "worker_id": pl.String(),
 }
 
 
@@ -132,6 +133,7 @@ def _flatten_camera(frame: CameraFrame) -> dict[str, Any]:
         "width": frame.width,
         "height": frame.height,
         "true_violation": frame.true_violation,
+        "worker_id": frame.worker_id,
     }
 
 

@@ -35,10 +35,11 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 from starlette.convertors import Convertor, register_url_convertor
 
@@ -47,10 +48,11 @@ from factory_pipelines.alert_model import SEVERITY_RANK, AlertRecord
 from factory_pipelines.alert_rules import RuleBook, load_rules
 from factory_pipelines.planner import template_for
 from factory_pipelines.store import ServingStore
-from factory_pipelines.telemetry import Prediction, Severity, utc_now
+from factory_pipelines.telemetry import PayloadKind, Prediction, Severity, utc_now
 from serving.alerts import AlertOut
 from serving.context import ServingContext, get_context
 from serving.datetimes import IsoDatetime
+from serving.live import LatestReading
 from serving.paging import MAX_PAGE_SIZE
 from serving.predictions import PredictionOut
 from serving.problems import problem_responses
@@ -147,12 +149,26 @@ class AgentMetrics(BaseModel):
     )
 
 
+class MaintenanceReadingOut(BaseModel):
+    """A machine's latest `factory/machine/{id}/maintenance` reading, as the earlier PM agent took it in."""
+
+    asset_id: str
+    vibration: float | None
+    temperature: float | None
+    ts: IsoDatetime = Field(description="The device's `timestamp`, else the time of receipt.")
+    received_at: IsoDatetime
+
+
 class PmState(BaseModel):
     agent: Literal["pm"] = "pm"
     robots_monitored: int
     robots_rul_low: list[str] = Field(description="Robots whose latest prediction is labelled rul_low.")
     lowest_rul: float | None = Field(description="Smallest latest RUL estimate (cycles), null with no robot.")
     lowest_rul_asset: str | None
+    maintenance: list[MaintenanceReadingOut] = Field(
+        default_factory=list,
+        description="Latest maintenance reading per machine seen on MQTT by this API (earlier devices send them).",
+    )
 
 
 class EnergyState(BaseModel):
@@ -318,13 +334,23 @@ def _number(value: Any, default: float) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
 
 
-def pm_state(latest: Sequence[Prediction]) -> PmState:
+def pm_state(latest: Sequence[Prediction], maintenance: Sequence[LatestReading] = ()) -> PmState:
     lowest = min(latest, key=lambda p: p.score, default=None)
     return PmState(
         robots_monitored=len(latest),
         robots_rul_low=_assets_labelled(latest, "rul_low"),
         lowest_rul=lowest.score if lowest else None,
         lowest_rul_asset=lowest.asset_id if lowest else None,
+        maintenance=[
+            MaintenanceReadingOut(
+                asset_id=r.asset_id,
+                vibration=getattr(r.model, "vibration", None),
+                temperature=getattr(r.model, "temperature", None),
+                ts=r.model.ts,
+                received_at=r.received_at,
+            )
+            for r in maintenance
+        ],
     )
 
 
@@ -373,9 +399,14 @@ def ppe_state(latest: Sequence[Prediction]) -> PpeState:
     )
 
 
-def custom_state(agent: AgentName, latest: Sequence[Prediction], recent: Sequence[Prediction]) -> CustomState:
+def custom_state(
+    agent: AgentName,
+    latest: Sequence[Prediction],
+    recent: Sequence[Prediction],
+    maintenance: Sequence[LatestReading] = (),
+) -> CustomState:
     if agent == AgentName.PM:
-        return pm_state(latest)
+        return pm_state(latest, maintenance)
     if agent == AgentName.ENERGY:
         return energy_state(latest)
     if agent == AgentName.CYBER:
@@ -412,6 +443,14 @@ def read_snapshot(store: ServingStore, spec: AgentSpec) -> AgentSnapshot:
         latest=store.latest_predictions(model_name=spec.model_name),
         open_alerts=open_alerts_of(AlertBook(store.engine), spec),
     )
+
+
+def maintenance_readings(context: ServingContext, agent: AgentName) -> list[LatestReading]:
+    """The machines' latest maintenance readings from the API's live feed (pm only; others need none)."""
+    if agent != AgentName.PM:
+        return []
+    context.live.start()
+    return context.live.latest(kind=PayloadKind.MAINTENANCE)
 
 
 def champion_version(context: ServingContext, model_name: str) -> str | None:
@@ -481,7 +520,7 @@ def agent_status(
             failed_predictions=0,
             average_latency_ms=average_latency_ms(snapshot.recent),
         ),
-        custom_state=custom_state(agent, snapshot.latest, snapshot.recent),
+        custom_state=custom_state(agent, snapshot.latest, snapshot.recent, maintenance_readings(context, agent)),
         timestamp=utc_now(),
         latest=[PredictionOut.of(p) for p in snapshot.latest],
         model_version=newest.model_version if newest else None,
@@ -523,3 +562,101 @@ def agent_history(
 def agent_health(agent: AgentName, context: Annotated[ServingContext, Depends(get_context)]) -> AgentHealth:
     """Healthy while the API answers; `mqtt_connected` is the broker probe (cached a few seconds)."""
     return AgentHealth(agent_id=AGENTS[agent].agent_id, mqtt_connected=context.broker.get().reachable)
+
+
+# ---- the earlier PPE agent's per-worker compliance ------------------------------------------------
+
+PPE_MODEL = AGENTS[AgentName.PPE].model_name
+WORKER_LOOKBACK_HOURS = 24  # default span of `GET /api/ppe/worker/{id}/compliance`
+WORKER_PAGE = 5000  # predictions read per store query while tallying a worker
+
+
+class WorkerCompliance(BaseModel):
+    """The earlier PPE agent's per-worker answer (`violations`, `last_violation`, `compliance_rate`), plus its basis."""
+
+    worker_id: str
+    violations: int = Field(description="Frames showing the worker without hard hat or vest.")
+    last_violation: IsoDatetime | None = Field(description="End of the newest window with such a frame; null if none.")
+    compliance_rate: float = Field(
+        description="1 - violations / frames (0 to 1); 1.0 when the worker was not seen (`frames` 0)."
+    )
+    frames: int = Field(description="Frames that named the worker in the span.")
+    windows: int = Field(description="ppe_vision windows that saw the worker.")
+    cameras: list[str] = Field(description="Cameras that saw the worker.")
+    since: IsoDatetime = Field(description="Start of the span read.")
+    last_seen: IsoDatetime | None = Field(description="End of the newest window that saw the worker.")
+
+
+def worker_counts(prediction: Prediction, worker_id: str) -> tuple[int, int] | None:
+    """(frames, frames in violation) of `worker_id` in one ppe_vision prediction; None when it names no such worker.
+
+    The prediction's `workers` extra lists the workers its camera's frames named (a frame's
+    `worker_id`) as `{"worker_id", "frames", "frames_in_violation"}` (`ppe_family.worker_tallies`).
+    """
+    workers = _extra(prediction, "workers")
+    entries = workers if isinstance(workers, list) else []
+    entry = next((e for e in entries if isinstance(e, dict) and e.get("worker_id") == worker_id), None)
+    if entry is None:
+        return None
+    frames = int(_number(entry.get("frames"), 0.0))
+    bad = int(_number(entry.get("frames_in_violation"), 0.0))
+    return (frames, min(bad, frames)) if frames > 0 else None
+
+
+def worker_compliance(predictions: Iterable[Prediction], worker_id: str, since: datetime) -> WorkerCompliance:
+    frames = bad = windows = 0
+    cameras: set[str] = set()
+    last_seen: datetime | None = None
+    last_violation: datetime | None = None
+    for prediction in predictions:
+        counts = worker_counts(prediction, worker_id)
+        if counts is None:
+            continue
+        seen, violating = counts
+        frames, bad, windows = frames + seen, bad + violating, windows + 1
+        cameras.add(prediction.asset_id)
+        at = prediction.window_end or prediction.produced_at
+        last_seen = max(last_seen or at, at)
+        if violating:
+            last_violation = max(last_violation or at, at)
+    return WorkerCompliance(
+        worker_id=worker_id,
+        violations=bad,
+        last_violation=last_violation,
+        compliance_rate=round(1.0 - bad / frames, 4) if frames else 1.0,
+        frames=frames,
+        windows=windows,
+        cameras=sorted(cameras),
+        since=since,
+        last_seen=last_seen,
+    )
+
+
+def ppe_predictions_since(store: ServingStore, since: datetime) -> list[Prediction]:
+    found: list[Prediction] = []
+    while True:
+        page = store.prediction_history(model_name=PPE_MODEL, start=since, limit=WORKER_PAGE, offset=len(found))
+        found.extend(page.items)
+        if len(found) >= page.total or not page.items:
+            return found
+
+
+@router.get(
+    "/api/ppe/worker/{worker_id}/compliance",
+    summary="One worker's PPE compliance, as the earlier PPE agent answered it",
+    response_model=WorkerCompliance,
+    responses=problem_responses(401, 422, 503),
+)
+def ppe_worker_compliance(
+    worker_id: Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[^/#+]+$", description="The worker.")],
+    context: Annotated[ServingContext, Depends(get_context)],
+    hours: Annotated[
+        int, Query(ge=1, le=24 * 31, description="Span read, back from now (hours).")
+    ] = WORKER_LOOKBACK_HOURS,
+) -> WorkerCompliance:
+    """Tallied from the ppe_vision predictions of the span whose cameras' frames named the worker
+    (`worker_id` in a camera frame; the prediction's `workers` extra). A worker not seen in the span
+    answers 0 violations and a rate of 1.0 with `frames` 0: the shape stays, `frames` tells."""
+    since = utc_now() - timedelta(hours=hours)
+    predictions = context.store.use(lambda store: ppe_predictions_since(store, since))
+    return worker_compliance(predictions, worker_id, since)

@@ -91,6 +91,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # The live feed follows MQTT from the start, so a reading sent before anyone asked is served too.
+        context.live.start()
         yield
         events.close_hub(_app)  # closes open WebSockets with 1001 and stops the hub's thread
         context.close()

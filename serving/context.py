@@ -181,7 +181,7 @@ class ServingContext:
         self.answers = AnswerCache(ttl_s=ANSWER_TTL_S)
         self.alert_desks = AlertDesks(self.settings)
         self.managed_keys = ManagedKeyCache()
-        # The live MQTT feed connects on first use (a route or the WebSocket hub), not when the app is built.
+        # The live MQTT feed connects when the app starts (its lifespan), not when the app is built.
         self.live = LiveTelemetry(self.settings.mqtt_connection, site=self.settings.site, store=self.store)
 
     def close(self) -> None:

@@ -39,17 +39,17 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from fastapi import FastAPI, WebSocket
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from factory_pipelines.alert_rules import RuleBook, load_rules
 from factory_pipelines.api_keys import Principal
 from factory_pipelines.backlog_evidence import EvidenceLimits
-from factory_pipelines.telemetry import Alert, PayloadKind, Prediction, utc_now
+from factory_pipelines.telemetry import Alert, PayloadKind, Prediction, RobotTelemetry, utc_now
 from serving.agents import AGENTS, agent_prediction
 from serving.context import ServingContext
 from serving.datetimes import IsoDatetime, iso_utc
-from serving.fleet import cleanroom_reading, live_of, robot_detail, telemetry_item
+from serving.fleet import CleanroomReading, TelemetryItem, cleanroom_reading, live_of, robot_detail, telemetry_item
 from serving.live import LatestReading, LiveEvent, OutputChannel, PlatformOutput
 from serving.predictions import PredictionOut
 from serving.problems import ProblemError
@@ -86,9 +86,67 @@ OUTPUT_CHANNELS: dict[OutputChannel, Channel] = {
 
 
 class AlertEvent(Alert):
-    """An alert as published on `alerts/{severity}`, its time written with an explicit offset like the REST API's."""
+    """An alert as published on `alerts/{severity}`, its time written with an explicit offset like the REST API's.
+
+    It also echoes the earlier orchestrator's alert, `{level, type, source, details}` (as
+    `GET /api/orchestrator/system-state` does): `level` as it was raised (its severity when a rule
+    raised it), `details` the message.
+    """
 
     ts: IsoDatetime
+    level: str = Field(description="NORMAL .. EMERGENCY as raised; the severity for alerts of the platform's rules.")
+    details: str = Field(description="The message (the earlier alerts' field).")
+
+    @classmethod
+    def of(cls, alert: Alert) -> AlertEvent:
+        data = alert.model_dump()
+        return cls.model_validate(
+            {**data, "level": data.get("level") or alert.severity.value, "details": alert.message}
+        )
+
+
+# The robot contract's own fields (wire names), copied to the top of a robot's telemetry event; a
+# device's extra fields stay under `reading` only, so a large extra is not sent twice.
+ROBOT_FIELDS: tuple[str, ...] = tuple(
+    field.alias or name for name, field in RobotTelemetry.model_fields.items() if name not in {"asset_id", "kind"}
+)
+
+
+class RobotTelemetryEvent(TelemetryItem):
+    """A robot's `telemetry` event: the `GET /api/telemetry/latest` item, plus `robot_id` and the
+    robot's measured fields at the top level too, as the earlier robot backend sent them
+    (`payload.robot_id`, `payload.temperature`, `payload.vibration`, `payload.health_score`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    robot_id: str
+
+    @classmethod
+    def of(cls, item: TelemetryItem) -> RobotTelemetryEvent:
+        measured = {name: item.reading[name] for name in ROBOT_FIELDS if name in item.reading}
+        return cls.model_validate({**measured, **item.model_dump(), "robot_id": item.asset_id})
+
+
+EARLIER_PARTICLE_SIZE_UM = "0.5"  # the earlier cleanroom's single count: ISO 14644-1's reference size
+
+
+class LiveCleanroom(CleanroomReading):
+    """A cleanroom as `GET /api/cleanroom/status` lists it, plus the earlier cleanroom's names:
+    `particles` (count per m3 at >= 0.5 um) and `pressure` (differential, Pa)."""
+
+    particles: float | None = Field(description="particles_per_m3 at 0.5 um (the earlier single count).")
+    pressure: float | None = Field(description="differential_pressure_pa (the earlier name).")
+
+    @classmethod
+    def of(cls, room: CleanroomReading) -> LiveCleanroom:
+        counts = room.particles_per_m3 or {}
+        return cls.model_validate(
+            {
+                **room.model_dump(),
+                "particles": counts.get(EARLIER_PARTICLE_SIZE_UM),
+                "pressure": room.differential_pressure_pa,
+            }
+        )
 
 
 def message_text(type_: str, payload_json: str) -> str:
@@ -351,9 +409,9 @@ class LiveHub:
 
     def _encode_reading(self, reading: LatestReading) -> list[Outgoing]:
         asset_id = reading.asset_id
-        messages = [
-            Outgoing(LIVE_STREAM, Channel.TELEMETRY, asset_id, model_message("telemetry", telemetry_item(reading)))
-        ]
+        item = telemetry_item(reading)
+        event = RobotTelemetryEvent.of(item) if reading.kind == PayloadKind.ROBOT else item
+        messages = [Outgoing(LIVE_STREAM, Channel.TELEMETRY, asset_id, model_message("telemetry", event))]
         if reading.kind == PayloadKind.ROBOT:
             try:
                 robot = robot_detail(self.app, self.live, asset_id)
@@ -364,7 +422,7 @@ class LiveHub:
                     Outgoing(LIVE_STREAM, Channel.ROBOT_UPDATE, asset_id, model_message("robot_update", robot))
                 )
         elif reading.kind == PayloadKind.CLEANROOM:
-            room = cleanroom_reading(reading, self._limits)
+            room = LiveCleanroom.of(cleanroom_reading(reading, self._limits))
             messages.append(Outgoing(LIVE_STREAM, Channel.CLEANROOM, asset_id, model_message("cleanroom", room)))
         return messages
 
@@ -380,7 +438,7 @@ class LiveHub:
                 messages.append(Outgoing(model.model_name, None, model.asset_id, agent_message))
             return messages
         if isinstance(model, Alert):
-            event = AlertEvent.model_validate(model.model_dump())
+            event = AlertEvent.of(model)
             return [Outgoing(LIVE_STREAM, channel, model.asset_id, model_message("alert", event))]
         return [Outgoing(LIVE_STREAM, channel, None, model_message("backlog", model))]
 

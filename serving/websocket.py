@@ -7,11 +7,14 @@ Protocol (shared with the dashboard; see `serving.events` for the fan-out behind
   anonymous reads. A wrong key, or none where one is needed, is accepted and at once closed with
   4401 and a reason; while the store cannot check a managed key, 1013 (try again later).
 - Server -> client, always `{"type", "payload", "ts"}`. First `init` with the current state:
-  robots (as `GET /api/robots` items), cleanroom (as `GET /api/cleanroom/status` items), open
-  alerts (as `GET /alerts` items), the latest prediction per (model, asset) (as
-  `GET /predictions/latest` items), the current shift's backlog (or null), plus the live feed's
-  status and `warnings` naming what could not be read. Then `telemetry`, `robot_update`,
-  `cleanroom`, `prediction`, `alert` and `backlog` events.
+  robots (as `GET /api/robots` items), cleanroom (as `GET /api/cleanroom/status` items, plus the
+  earlier names `particles` and `pressure`), open alerts (as `GET /alerts` items), the latest
+  prediction per (model, asset) (as `GET /predictions/latest` items), the current shift's backlog
+  (or null), plus the live feed's status and `warnings` naming what could not be read. Then
+  `telemetry` (as `GET /api/telemetry/latest` items; a robot's also with `robot_id` and its
+  measured fields at the top level, as the earlier robot backend sent them), `robot_update`,
+  `cleanroom` (as in `init`), `prediction`, `alert` (also echoing the earlier `{level, type,
+  source, details}`) and `backlog` events.
 - Client -> server: `subscribe` (`"channel": "all"`, or `"channels": [...]` with optional
   `"assets": [...]`) -> `subscribed`; `ping` -> `pong`; `command` (operator role) ->
   `command_sent`, or `error` with the status the REST route would answer (401 without a key, 403
@@ -49,12 +52,12 @@ from serving.events import (
     TRY_AGAIN_LATER,
     Channel,
     Connection,
+    LiveCleanroom,
     Subscription,
     hub_of,
     model_message,
 )
 from serving.fleet import (
-    CleanroomReading,
     CommandNotDelivered,
     CommandRequest,
     LiveFeed,
@@ -81,7 +84,9 @@ class InitPayload(BaseModel):
     """The current state, sent first on every `/ws` connection."""
 
     robots: list[RobotOut] = Field(description="As GET /api/robots lists them.")
-    cleanroom: list[CleanroomReading] = Field(description="As GET /api/cleanroom/status lists them.")
+    cleanroom: list[LiveCleanroom] = Field(
+        description="As GET /api/cleanroom/status lists them, plus the earlier names `particles` and `pressure`."
+    )
     alerts: list[AlertOut] = Field(description="Open alerts, newest first, as GET /alerts lists them.")
     predictions: list[PredictionOut] = Field(description="The newest prediction per (model, asset).")
     backlog: Backlog | None = Field(description="The current shift's backlog; null until it is written.")
@@ -191,7 +196,7 @@ def init_payload(app: FastAPI) -> InitPayload:
     robots, snapshot = fleet_robots(app, live)
     warnings = [snapshot.error] if snapshot.error else []
     limits = EvidenceLimits()
-    rooms = [cleanroom_reading(r, limits) for r in live.latest(kind=PayloadKind.CLEANROOM)]
+    rooms = [LiveCleanroom.of(cleanroom_reading(r, limits)) for r in live.latest(kind=PayloadKind.CLEANROOM)]
     shift_key = current_shift(context, utc_now()).key
 
     def read(store: ServingStore) -> tuple[list[AlertOut], list[PredictionOut], Backlog | None]:

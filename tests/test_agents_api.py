@@ -20,6 +20,8 @@ from factory_pipelines.store import ServingStore
 from factory_pipelines.telemetry import Prediction, Severity, utc_now
 from serving import create_app
 from serving.paging import MAX_PAGE_SIZE
+from tests.device_publisher import Publisher
+from tests.waiting import wait_until
 
 VIEWER_KEY = "viewer-key-1234"
 API_KEYS = f"operator-key-123:operator,{VIEWER_KEY}:viewer"
@@ -226,6 +228,7 @@ def test_pm_status_shows_latest_per_robot_model_version_alerts_and_state(plant: 
         "robots_rul_low": ["R2"],
         "lowest_rul": 150.0,
         "lowest_rul_asset": "R2",
+        "maintenance": [],  # no machine sent a maintenance reading
     }
     later = ok(plant.api.get("/api/pm/status"))
     assert later["uptime"] >= status["uptime"] >= 0
@@ -406,6 +409,29 @@ def test_agent_health_reports_the_broker(plant: Plant, tmp_path: Path, free_port
         assert ok(api.get("/api/ppe/health")) == {"status": "healthy", "agent_id": "ppe_agent", "mqtt_connected": False}
 
 
+def test_pm_status_shows_each_machines_latest_maintenance_reading(plant: Plant, mqtt_url: str) -> None:
+    """The earlier devices' `factory/machine/{id}/maintenance` reaches the pm agent's custom state."""
+    sent_at = datetime(2026, 11, 26, 9, 30, tzinfo=UTC)
+    device = Publisher(mqtt_url)
+    try:
+
+        def shown() -> list[dict[str, Any]]:
+            # The device repeats its reading, as it does every few seconds: the API subscribes on first use.
+            device.publish(
+                "factory/machine/M-9/maintenance",
+                {"timestamp": sent_at.timestamp(), "vibration": 4.2, "temperature": 61.5},
+            )
+            state = ok(plant.api.get("/api/pm/status"))["custom_state"]
+            return [m for m in state["maintenance"] if m["asset_id"] == "M-9"]
+
+        (reading,) = wait_until(shown, timeout=15, what="M-9's maintenance reading in the pm status")
+    finally:
+        device.close()
+    assert (reading["vibration"], reading["temperature"]) == (4.2, 61.5)
+    assert datetime.fromisoformat(reading["ts"]) == sent_at
+    assert ok(plant.api.get("/api/energy/status"))["custom_state"].get("maintenance") is None
+
+
 def test_orchestrator_status_is_nominal_until_a_critical_alert_is_open(plant: Plant) -> None:
     first = ok(plant.api.get("/api/orchestrator/status"))
     assert (first["state"], first["agent"], first["open_alerts"]) == ("nominal", "Orchestrator", 0)
@@ -452,3 +478,53 @@ def test_a_store_outage_is_503_but_agent_health_still_answers(tmp_path: Path, mq
 
         blocker.unlink()  # the store comes back, without a restart
         assert ok(api.get("/api/pm/status"))["status"] == "initializing"
+
+
+def test_ppe_worker_compliance_tallies_the_frames_that_named_the_worker(plant: Plant) -> None:
+    now = utc_now().replace(microsecond=0)
+
+    def seen(camera: str, minutes_ago: int, workers: dict[str, tuple[int, int]]) -> Prediction:
+        start = now - timedelta(minutes=minutes_ago)
+        return Prediction(
+            model_name="ppe_vision",
+            model_version="3",
+            asset_id=camera,
+            window_key=f"collector-1-{start:%Y%m%dT%H%M%S}",
+            score=0.5,
+            label="violation" if any(bad for _, bad in workers.values()) else "compliant",
+            produced_at=start + WINDOW + LATENCY,
+            window_start=start,
+            window_end=start + WINDOW,
+            workers=[
+                {"worker_id": worker, "frames": n, "frames_in_violation": bad} for worker, (n, bad) in workers.items()
+            ],
+        )
+
+    plant.store.upsert_predictions(
+        [
+            seen("cam-1", 30, {"W-7": (10, 2), "W-8": (5, 0)}),
+            seen("cam-2", 20, {"W-7": (6, 0)}),
+            seen("cam-1", 10, {"W-7": (4, 1), "W-8": (5, 0)}),
+            seen("cam-2", 5, {"W-8": (3, 0)}),
+            seen("cam-1", 60 * 30, {"W-7": (50, 50)}),  # 30 h ago: outside the default 24 h
+        ]
+    )
+    w7 = ok(plant.api.get("/api/ppe/worker/W-7/compliance"))
+    assert (w7["violations"], w7["frames"], w7["windows"], w7["cameras"]) == (3, 20, 3, ["cam-1", "cam-2"])
+    assert w7["compliance_rate"] == 0.85
+    assert datetime.fromisoformat(w7["last_violation"]) == now - timedelta(minutes=10) + WINDOW
+    assert datetime.fromisoformat(w7["last_seen"]) == now - timedelta(minutes=10) + WINDOW
+
+    longer = ok(plant.api.get("/api/ppe/worker/W-7/compliance", params={"hours": 48}))
+    assert (longer["violations"], longer["frames"]) == (53, 70)
+
+    w8 = ok(plant.api.get("/api/ppe/worker/W-8/compliance"))
+    assert (w8["violations"], w8["last_violation"], w8["compliance_rate"], w8["frames"]) == (0, None, 1.0, 13)
+    nobody = ok(plant.api.get("/api/ppe/worker/W-99/compliance"))
+    assert (nobody["violations"], nobody["last_violation"], nobody["compliance_rate"], nobody["frames"]) == (
+        0,
+        None,
+        1.0,
+        0,
+    )
+    assert_problem(plant.api.get("/api/ppe/worker/W-7/compliance", params={"hours": 0}), 422)

@@ -83,6 +83,29 @@ def test_window_features_of_one_live_window_match_the_history_rows(plant_model: 
     assert set(scored["attack_type"].to_list()) <= {cm.NORMAL, *cm.PLANT_ATTACK_TYPES}
 
 
+def test_the_plants_network_stats_are_scored_as_one_asset(plant_model: cm.CyberModel) -> None:
+    """`factory/network/stats` from the earlier publisher: latency and packet loss, no error rate."""
+    simulated = cm.simulate_plant_network(
+        cm.PlantHistoryParams(n_machines=4, n_windows=2, readings_per_window=10, seed=9)
+    )
+    key = simulated.machines["window_key"].unique().sort()[1]
+    window = simulated.machines.filter(pl.col("window_key") == key)
+    stats = window.filter(pl.col("asset_id") == "machine-02").with_columns(
+        pl.lit("plant-network").alias("asset_id"),
+        *(
+            pl.lit(None, dtype).alias(name)
+            for name, dtype in MACHINE_FRAME_SCHEMA.items()
+            if name not in {"window_key", "asset_id", "ts", "network_latency_ms", "packet_loss_pct"}
+        ),
+    )
+    features = cm.window_features(pl.concat([window, stats]))
+    network = features.filter(pl.col("asset_id") == "plant-network").row(0, named=True)
+    twin = features.filter(pl.col("asset_id") == "machine-02").row(0, named=True)
+    assert network["latency_mean"] == twin["latency_mean"] and network["error_mean"] is None
+    scored = plant_model.score(features)
+    assert "plant-network" in scored["asset_id"].to_list()
+
+
 # ---- TON_IoT -------------------------------------------------------------------------------
 
 

@@ -156,6 +156,62 @@ def test_machines_without_power_are_not_scored(history: pl.DataFrame) -> None:
     assert verdicts.height == MACHINES
 
 
+def test_the_earlier_devices_partial_readings_become_machine_rows_and_plant_energy_is_scored(
+    history: pl.DataFrame,
+) -> None:
+    rows = machine_rows(np.random.default_rng(5), START, rows=4)
+    ts = START + timedelta(seconds=2)
+    envelope = {"site": "main", "ts": ts, "received_at": ts, "seq": None}
+    rows += [
+        {
+            **envelope,
+            "asset_id": "machine-1",
+            "kind": "maintenance",
+            "topic": "factory/machine/machine-1/maintenance",
+            "payload": json.dumps({"vibration": 44.0, "temperature": 81.5}),
+        },
+        {
+            **envelope,
+            "asset_id": "plant-energy",
+            "kind": "energy_stats",
+            "topic": "factory/energy/stats",
+            "payload": json.dumps({"current_load": 40.0}),
+        },
+        {
+            **envelope,
+            "asset_id": "plant-network",
+            "kind": "network_stats",
+            "topic": "factory/network/stats",
+            "payload": json.dumps({"latency": 25.0, "packet_loss": 1.5}),
+        },
+        {
+            **envelope,
+            "asset_id": "plant-energy",
+            "kind": "energy_stats",
+            "topic": "factory/energy/stats",
+            "payload": json.dumps({"current_load": "lots"}),
+        },
+    ]
+    typed = em.type_machine_rows(window_frame(rows), "k")
+
+    assert typed.invalid_rows == 1 and "plant-energy" in typed.invalid_reasons[0]
+    assert em.machine_frame_problems(typed.machines) == []
+    by_asset = {asset: frame for (asset,), frame in typed.machines.group_by("asset_id")}
+    maintenance = by_asset["machine-1"].filter(pl.col("power_consumption_kw").is_null())
+    assert maintenance.select("vibration_hz", "temperature_c").row(0) == (44.0, 81.5)
+    assert by_asset["machine-1"].height == 5  # its four export rows and the maintenance reading
+    assert by_asset["plant-energy"].select("power_consumption_kw").to_series().to_list() == [40.0]
+    assert by_asset["plant-network"].select("network_latency_ms", "packet_loss_pct").row(0) == (25.0, 1.5)
+    assert by_asset["plant-network"]["power_consumption_kw"].null_count() == 1
+
+    # The plant's load draws far more than any machine's power at its speed: scored, and it stands out.
+    verdicts = em.score_features(
+        em.fit_iforest(history, em.IForestParams(n_estimators=50)), em.machine_features(typed.machines)
+    )
+    assert set(verdicts["asset_id"]) == {*(f"machine-{m}" for m in range(MACHINES)), "plant-energy"}
+    assert verdicts.sort("score")["asset_id"][-1] == "plant-energy"
+
+
 def plant_export(n: int, step_s: int, rng: np.random.Generator) -> pl.DataFrame:
     stamps = [(datetime(2026, 1, 1) + timedelta(seconds=i * step_s)).isoformat(sep=" ") for i in range(n)]
     return pl.DataFrame(

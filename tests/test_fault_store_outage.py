@@ -132,7 +132,12 @@ def seed_store(db_url: str, *, shift_at: Callable[[datetime], Shift]) -> Seeded:
     finally:
         store.dispose()
     return Seeded(
-        path_values={"command_id": SEEDED_COMMAND, "shift_key": shift.key, "robot_id": SEEDED_ROBOT},
+        path_values={
+            "command_id": SEEDED_COMMAND,
+            "shift_key": shift.key,
+            "robot_id": SEEDED_ROBOT,
+            "worker_id": "W-1",  # any worker: the route answers for workers it never saw
+        },
         markers=frozenset({SEEDED_MACHINE, SEEDED_ROBOT, SEEDED_COMMAND, shift.key}),
     )
 

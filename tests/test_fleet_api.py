@@ -203,6 +203,29 @@ def test_robots_combine_live_telemetry_with_rul_and_priority(fleet: Fleet) -> No
     assert failures == ["R-1"]  # the failing follower was dropped after its first failure
 
 
+def test_the_live_feed_follows_mqtt_from_the_apis_start(tmp_path: Path, mqtt_url: str, site: str) -> None:
+    """A device that publishes before anyone asks a live route is still served (the feed starts with the app)."""
+    settings = fleet_settings(tmp_path, mqtt_url, site)
+    settings.ensure_dirs()
+    app = create_app(settings)
+    publisher = make_client(f"test-device-{uuid.uuid4().hex[:8]}")
+    connect_and_wait(publisher, mqtt_url)
+    try:
+        with TestClient(app) as api:
+            assert app.state.serving.live.wait_ready(15), "the live feed did not subscribe at start-up"
+            payload = json.dumps(robot_payload("R-early", 1, health=77))
+            info = publisher.publish(telemetry_topic(site, "R-early"), payload)
+            info.wait_for_publish(10)
+            robot = wait_until(
+                lambda: (answer := api.get("/api/robots/R-early", headers=VIEWER)).status_code == 200 and answer.json(),
+                what="the robot that published first",
+            )
+            assert robot["health_score"] == 77
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()
+
+
 def test_reads_need_a_key_when_anonymous_reading_is_off(fleet: Fleet) -> None:
     assert fleet.api.get("/api/robots").status_code == 401
     assert fleet.api.get("/api/cleanroom/status").status_code == 401

@@ -161,3 +161,7 @@ def test_rul_and_ppe_train_in_dagster_and_score_robots_and_camera_frames(
     assert ppe_rows["asset_id"].to_list() == ["camera-01"]
     assert ppe_rows["frames"][0] == 2  # a frame every 5 s in a 10 s window
     assert ppe_rows["label"][0] in {"violation", "compliant"} and 0.0 <= ppe_rows["score"][0] <= 1.0
+    # Each frame named the worker in front of the camera: the tallies add up to the camera's frames.
+    (tallies,) = ppe_rows["workers"].to_list()
+    assert sum(t["frames"] for t in tallies) == ppe_rows["frames"][0] == len(tallies)
+    assert sum(t["frames_in_violation"] for t in tallies) == ppe_rows["frames_in_violation"][0]

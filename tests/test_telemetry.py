@@ -110,6 +110,40 @@ def test_other_legacy_topics(topic: str, payload: dict, kind: type, asset: str) 
     assert got.asset_id == asset
 
 
+def test_earlier_cleanroom_names_fill_the_contract_fields_and_are_kept() -> None:
+    """The earlier edge agent sent one `particles` count per m3; pressure came as `pressure`."""
+    raw = b'{"particles": 180.5, "airflow": 0.5, "humidity": 44, "temperature": 21.4, "pressure": 12.5}'
+    got = parse_telemetry("cleanroom/main/status", raw, received_at=RECEIVED)
+    assert isinstance(got, CleanroomStatus)
+    assert got.particles_per_m3 == {"0.5": 180.5} and got.differential_pressure_pa == 12.5
+    assert (got.humidity, got.temperature, got.ts) == (44.0, 21.4, RECEIVED)
+    wire = json.loads(dump_payload(got))
+    assert (wire["particles"], wire["pressure"], wire["airflow"]) == (180.5, 12.5, 0.5)  # nothing sent is dropped
+    assert parse_telemetry("cleanroom/main/status", dump_payload(got)) == got  # the stored form reads back the same
+
+    # The contract's own names win; what is no number is kept as sent and fills nothing.
+    both = b'{"particles": 1, "particles_per_m3": {"0.3": 9}, "pressure": 2, "differential_pressure_pa": 8}'
+    kept = parse_telemetry("cleanroom/main/status", both, received_at=RECEIVED)
+    assert isinstance(kept, CleanroomStatus)
+    assert (kept.particles_per_m3, kept.differential_pressure_pa) == ({"0.3": 9.0}, 8.0)
+    odd = parse_telemetry("cleanroom/main/status", b'{"particles": true, "pressure": "high"}', received_at=RECEIVED)
+    assert isinstance(odd, CleanroomStatus)
+    assert (odd.particles_per_m3, odd.differential_pressure_pa) == (None, None)
+
+
+def test_earlier_robot_names_fill_the_cycle_count_and_motor_current() -> None:
+    """The earlier robots sent `cycles` and `current`: the RUL model reads them as its own fields."""
+    raw = b'{"temperature": 45.2, "vibration": {"rms": 0.35}, "cycles": 1200, "current": 3.5, "status": "ok"}'
+    got = parse_telemetry("factory/main/R-3/telemetry", raw, received_at=RECEIVED)
+    assert isinstance(got, RobotTelemetry)
+    assert (got.asset_id, got.cycle_count, got.motor_current) == ("R-3", 1200, 3.5)
+    wire = json.loads(dump_payload(got))
+    assert (wire["cycles"], wire["current"], wire["status"]) == (1200, 3.5, "ok")  # nothing sent is dropped
+    assert parse_telemetry("factory/main/R-3/telemetry", dump_payload(got)) == got
+    own = parse_telemetry("factory/main/R-3/telemetry", b'{"cycles": 5, "cycle_count": 7}', received_at=RECEIVED)
+    assert isinstance(own, RobotTelemetry) and own.cycle_count == 7  # the contract's own name wins
+
+
 def test_command_ack_is_recognised_on_the_telemetry_topic() -> None:
     raw = b'{"command_id": "c1", "command": "stop", "status": "done"}'
     assert isinstance(parse_telemetry("factory/main/robot-01/telemetry", raw), CommandAck)
