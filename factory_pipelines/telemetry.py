@@ -15,6 +15,7 @@ import json
 import math
 import reprlib
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -174,8 +175,22 @@ class VibrationFeatures(BaseModel):
     ftf: float | None = Field(None, ge=0, description="Band energy at the fundamental train (cage) frequency.")
 
 
-def _plain_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def fill_from_earlier_names(
+    data: Any, earlier: Mapping[str, str], convert: Mapping[str, Callable[[Any], Any]] | None = None
+) -> Any:
+    """A payload with each contract field it lacks taken from the earlier devices' name for it.
+
+    `earlier` maps a contract field to the earlier name; only a plain number is taken (converted
+    by `convert[field]` when given), and the earlier names stay in the payload as sent.
+    """
+    if not isinstance(data, dict):
+        return data
+    filled = {
+        field: (convert or {}).get(field, lambda value: value)(data[name])
+        for field, name in earlier.items()
+        if data.get(field) is None and isinstance(data.get(name), int | float) and not isinstance(data[name], bool)
+    }
+    return {**data, **filled} if filled else data
 
 
 class RobotTelemetry(_Envelope):
@@ -196,15 +211,7 @@ class RobotTelemetry(_Envelope):
     @model_validator(mode="before")
     @classmethod
     def _earlier_names(cls, data: Any) -> Any:
-        """Fill the contract's fields from the earlier robots' names when the payload lacks them."""
-        if not isinstance(data, dict):
-            return data
-        filled: dict[str, Any] = {}
-        if data.get("cycle_count") is None and _plain_number(data.get("cycles")):
-            filled["cycle_count"] = data["cycles"]
-        if data.get("motor_current") is None and _plain_number(data.get("current")):
-            filled["motor_current"] = data["current"]
-        return {**data, **filled} if filled else data
+        return fill_from_earlier_names(data, {"cycle_count": "cycles", "motor_current": "current"})
 
 
 # ---- cleanroom ----
@@ -232,15 +239,11 @@ class CleanroomStatus(_Envelope):
     @model_validator(mode="before")
     @classmethod
     def _earlier_names(cls, data: Any) -> Any:
-        """Fill the contract's fields from the earlier devices' names when the payload lacks them."""
-        if not isinstance(data, dict):
-            return data
-        filled: dict[str, Any] = {}
-        if data.get("particles_per_m3") is None and _plain_number(data.get("particles")):
-            filled["particles_per_m3"] = {LEGACY_PARTICLE_SIZE_UM: data["particles"]}
-        if data.get("differential_pressure_pa") is None and _plain_number(data.get("pressure")):
-            filled["differential_pressure_pa"] = data["pressure"]
-        return {**data, **filled} if filled else data
+        return fill_from_earlier_names(
+            data,
+            {"particles_per_m3": "particles", "differential_pressure_pa": "pressure"},
+            convert={"particles_per_m3": lambda count: {LEGACY_PARTICLE_SIZE_UM: count}},
+        )
 
 
 # ---- legacy device payloads (SEED-CLIENTS.md, "MQTT that existing devices use") ----

@@ -6,14 +6,13 @@ texts through the Twilio stand-in. Nothing but an address and an API key differs
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from factory_pipelines.sms import SEVERITY_MARKER
-from tests.compat.running_platform import ON_CALL, OPERATOR_KEY, SMS_TAG, RunningPlatform
+from tests.compat.running_platform import ON_CALL, SMS_TAG, RunningPlatform
 from tests.twilio_standin import StoredMessage
 from tests.waiting import wait_until
 
@@ -30,18 +29,6 @@ ALERT_PATHS = ("/alert", "/api/orchestrator/alert")
 
 def earlier_alert(level: str, type_: str, source: str, details: str) -> dict[str, str]:
     return {"level": level, "type": type_, "source": source, "details": details}
-
-
-@pytest.fixture(scope="module")
-def viewer(platform: RunningPlatform) -> Iterator[httpx.Client]:
-    with platform.http() as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def operator(platform: RunningPlatform) -> Iterator[httpx.Client]:
-    with platform.http(OPERATOR_KEY) as client:
-        yield client
 
 
 def handled(answer: httpx.Response) -> dict[str, Any]:

@@ -308,22 +308,26 @@ def test_energy_and_network_stats_show_as_the_plant_assets(published: Published,
         assert rows["kind"].to_list() == [kind] and rows["ts"][0] == at(published.epoch)
 
 
-def test_the_plants_current_load_is_scored_by_energy_iforest(
-    platform: RunningPlatform, published: Published, api: httpx.Client
+@pytest.mark.parametrize(
+    ("agent", "asset_id", "model", "labels"),
+    [
+        ("energy", PLANT_ENERGY, "energy_iforest", {"normal", "anomaly"}),  # current_load as the asset's power
+        ("cyber", PLANT_NETWORK, "cyber_detector", {"normal", "attack"}),  # latency and packet loss
+    ],
+)
+def test_the_plants_stats_are_scored_within_one_window(
+    platform: RunningPlatform,
+    published: Published,
+    api: httpx.Client,
+    agent: str,
+    asset_id: str,
+    model: str,
+    labels: set[str],
 ) -> None:
-    prediction = prediction_of(api, "energy", PLANT_ENERGY)
-    assert prediction is not None, "no energy_iforest prediction for plant-energy at /api/energy/status"
-    assert prediction["model_version"] == champion_version(platform, "energy_iforest")
-    assert prediction["window_key"] in published.keys and prediction["label"] in ("normal", "anomaly")
-
-
-def test_the_plants_network_stats_are_scored_by_cyber_detector(
-    platform: RunningPlatform, published: Published, api: httpx.Client
-) -> None:
-    prediction = prediction_of(api, "cyber", PLANT_NETWORK)
-    assert prediction is not None, "no cyber_detector prediction for plant-network at /api/cyber/status"
-    assert prediction["model_version"] == champion_version(platform, "cyber_detector")
-    assert prediction["window_key"] in published.keys and prediction["label"] in ("normal", "attack")
+    prediction = prediction_of(api, agent, asset_id)
+    assert prediction is not None, f"no {model} prediction for {asset_id} at /api/{agent}/status"
+    assert prediction["model_version"] == champion_version(platform, model)
+    assert prediction["window_key"] in published.keys and prediction["label"] in labels
 
 
 # ---- malformed payloads ---------------------------------------------------------------------

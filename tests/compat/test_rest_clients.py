@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,7 +23,7 @@ from factory_pipelines.mqtt import connect_and_wait, make_client
 from factory_pipelines.simulator import Fleet, FleetConfig
 from factory_pipelines.telemetry import MachineTelemetry, dump_payload, telemetry_topic, utc_now
 from factory_pipelines.windows import aligned_window_start
-from tests.compat.running_platform import OPERATOR_KEY, RunningPlatform
+from tests.compat.running_platform import RunningPlatform
 from tests.waiting import wait_until
 
 PREFIX = "rest-"  # every asset of this file, so the shared platform's other clients never meet them
@@ -138,18 +137,6 @@ def aware(text: str) -> datetime:
     moment = datetime.fromisoformat(text)
     assert moment.tzinfo is not None, f"{text} has no UTC offset"
     return moment
-
-
-@pytest.fixture(scope="module")
-def viewer(platform: RunningPlatform) -> Iterator[httpx.Client]:
-    with platform.http() as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def operator(platform: RunningPlatform) -> Iterator[httpx.Client]:
-    with platform.http(OPERATOR_KEY) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")
