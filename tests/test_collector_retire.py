@@ -42,16 +42,17 @@ from sensors import collector as collector_module
 from sensors.collector import Collector, CollectorStats
 from tests.factory_processes import (  # noqa: F401 - factory_processes is a fixture
     FactoryProcesses,
-    factory_env,
     factory_processes,
 )
 from tests.numbered_stream import NO_MATCHING_SUBSCRIBERS, NumberedStream, durable_keys
 from tests.test_collector_shared_failover import (  # noqa: F401 - own_broker is a fixture
     RowsOnDisk,
+    members_env,
     own_broker,
     sealed_exactly_once,
-    start_member,
+    start_subscribed_members,
     wait_for_every_acknowledged_message_on_disk,
+    wait_for_first_shares,
 )
 from tests.waiting import wait_until
 
@@ -159,30 +160,15 @@ def test_a_retired_member_s_session_is_drained_then_ended_and_nothing_is_lost_or
 ) -> None:
     data_dir = tmp_path / "data"
     windows_dir = data_dir / "windows"
-    env = factory_env(
-        FACTORY_DATA_DIR=str(data_dir),
-        FACTORY_MQTT_URL=own_broker.url,
-        FACTORY_WINDOW_SECONDS="2",
-        FACTORY_COLLECTOR_FLUSH_MS="20",
-        FACTORY_LOG_LEVEL="INFO",
-    )
-    kept = start_member(factory_processes, env, KEPT, KEPT)
-    doomed = start_member(factory_processes, env, RETIRED, RETIRED)
-    for process in (kept, doomed):
-        process.wait_for_log("subscribed to $share/collectors/", timeout=START_TIMEOUT_S)
+    env = members_env(data_dir, own_broker)
+    kept, doomed = start_subscribed_members(factory_processes, env, (KEPT, RETIRED)).values()
     disk = RowsOnDisk(windows_dir)
     stream = NumberedStream(
         own_broker.url, site="main", assets=STREAM_ASSETS, rate_per_s=STREAM_RATE_PER_S, client_id="retire-stream"
     )
     stream.start()
     try:
-        began = datetime.now(UTC)
-        for member in (KEPT, RETIRED):
-            wait_until(
-                lambda m=member: disk.of(m, published_after=began).height > 0,
-                STEP_TIMEOUT_S,
-                f"{member} to write its first share",
-            )
+        wait_for_first_shares(disk, (KEPT, RETIRED), since=datetime.now(UTC))
 
         doomed.kill()  # SIGKILL mid-stream: in-flight messages and an open window stay behind
         dead_at = datetime.now(UTC)

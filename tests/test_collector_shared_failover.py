@@ -40,7 +40,7 @@ rows, then
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -151,6 +151,37 @@ def start_member(processes: FactoryProcesses, env: dict[str, str], collector_id:
     return processes.start(name, ["collect", "--shared"], env | {"FACTORY_COLLECTOR_ID": collector_id})
 
 
+def members_env(data_dir: Path, broker: RunningBroker) -> dict[str, str]:
+    """What every member of these tests runs with: one data dir, 2 s windows, quick flushes, INFO logs."""
+    return factory_env(
+        FACTORY_DATA_DIR=str(data_dir),
+        FACTORY_MQTT_URL=broker.url,
+        FACTORY_WINDOW_SECONDS="2",
+        FACTORY_COLLECTOR_FLUSH_MS="20",
+        FACTORY_LOG_LEVEL="INFO",
+    )
+
+
+def start_subscribed_members(
+    processes: FactoryProcesses, env: dict[str, str], members: Iterable[str]
+) -> dict[str, FactoryProcess]:
+    """A member per collector id (named after it), each waited for until it joined the shared subscription."""
+    started = {member: start_member(processes, env, member, member) for member in members}
+    for process in started.values():
+        process.wait_for_log("subscribed to $share/collectors/", timeout=START_TIMEOUT_S)
+    return started
+
+
+def wait_for_first_shares(disk: RowsOnDisk, members: Iterable[str], since: datetime) -> None:
+    """Each member has written messages published after `since`: the broker is splitting the stream."""
+    for member in members:
+        wait_until(
+            lambda m=member: disk.of(m, published_after=since).height > 0,
+            STEP_TIMEOUT_S,
+            f"{member} to write its first share",
+        )
+
+
 @pytest.mark.timeout(180)
 def test_a_killed_member_s_share_is_recovered_by_its_replacement_and_nothing_is_lost_or_doubled(
     tmp_path: Path,
@@ -159,29 +190,15 @@ def test_a_killed_member_s_share_is_recovered_by_its_replacement_and_nothing_is_
 ) -> None:
     data_dir = tmp_path / "data"
     windows_dir = data_dir / "windows"
-    env = factory_env(
-        FACTORY_DATA_DIR=str(data_dir),
-        FACTORY_MQTT_URL=own_broker.url,
-        FACTORY_WINDOW_SECONDS="2",
-        FACTORY_COLLECTOR_FLUSH_MS="20",
-        FACTORY_LOG_LEVEL="INFO",
-    )
-    members = {member: start_member(factory_processes, env, member, member) for member in MEMBERS}
-    for process in members.values():
-        process.wait_for_log("subscribed to $share/collectors/", timeout=START_TIMEOUT_S)
+    env = members_env(data_dir, own_broker)
+    members = start_subscribed_members(factory_processes, env, MEMBERS)
     disk = RowsOnDisk(windows_dir)
     stream = NumberedStream(
         own_broker.url, site="main", assets=STREAM_ASSETS, rate_per_s=STREAM_RATE_PER_S, client_id="failover-stream"
     )
     stream.start()
     try:
-        began = datetime.now(UTC)
-        for member in MEMBERS:
-            wait_until(
-                lambda m=member: disk.of(m, published_after=began).height > 0,
-                STEP_TIMEOUT_S,
-                f"{member} to write its first share",
-            )
+        wait_for_first_shares(disk, MEMBERS, since=datetime.now(UTC))
 
         members[KILLED].kill()  # SIGKILL, then waits until the process is gone
         dead_at = datetime.now(UTC)
