@@ -45,7 +45,14 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from factory_pipelines.alert_rules import RuleBook, load_rules
 from factory_pipelines.api_keys import Principal
 from factory_pipelines.backlog_evidence import EvidenceLimits
-from factory_pipelines.telemetry import Alert, PayloadKind, Prediction, RobotTelemetry, utc_now
+from factory_pipelines.telemetry import (
+    LEGACY_PARTICLE_SIZE_UM,
+    Alert,
+    PayloadKind,
+    Prediction,
+    RobotTelemetry,
+    utc_now,
+)
 from serving.agents import AGENTS, agent_prediction
 from serving.context import ServingContext
 from serving.datetimes import IsoDatetime, iso_utc
@@ -127,9 +134,6 @@ class RobotTelemetryEvent(TelemetryItem):
         return cls.model_validate({**measured, **item.model_dump(), "robot_id": item.asset_id})
 
 
-EARLIER_PARTICLE_SIZE_UM = "0.5"  # the earlier cleanroom's single count: ISO 14644-1's reference size
-
-
 class LiveCleanroom(CleanroomReading):
     """A cleanroom as `GET /api/cleanroom/status` lists it, plus the earlier cleanroom's names:
     `particles` (count per m3 at >= 0.5 um) and `pressure` (differential, Pa)."""
@@ -143,7 +147,7 @@ class LiveCleanroom(CleanroomReading):
         return cls.model_validate(
             {
                 **room.model_dump(),
-                "particles": counts.get(EARLIER_PARTICLE_SIZE_UM),
+                "particles": counts.get(LEGACY_PARTICLE_SIZE_UM),
                 "pressure": room.differential_pressure_pa,
             }
         )
