@@ -330,6 +330,7 @@ def benchmark_rul(
             "mean_interval_width": metrics["mean_interval_width"],
             "confidence": metrics.get("confidence"),
             "n_engines": int(metrics["n_engines"]),
+            "history_weight": model.history.weight if model.history is not None else 0.0,
             "train_seconds": meta.get("train_seconds"),
             "dagster_run_id": meta["dagster_run_id"],
         },

@@ -20,6 +20,10 @@ kept in the model, so a caller may ask for another confidence at prediction time
 one and scored out of fold by that one (see `fit`). The default score is scaled by the
 prediction, since errors grow with the RUL: intervals are narrow near failure, where they matter.
 
+For sources whose `cycle` is the unit's age (C-MAPSS), gradient-boosted trees over summaries of each
+unit's whole history (`rul_history`) join the network; the blend's weight is chosen on the
+calibration cuts, before the interval is calibrated on the blend.
+
 TensorFlow is imported only where a network is built, trained or loaded: importing this module
 (the Dagster code location does) stays cheap.
 """
@@ -51,6 +55,7 @@ from factory_pipelines.cmapss import (
     write_rul_file,
 )
 from factory_pipelines.model_registry import pinned_requirements
+from factory_pipelines.rul_history import TREE_FOLDS, HistoryMember, choose_weight, fit_trees, history_features
 
 if TYPE_CHECKING:
     import keras
@@ -248,6 +253,10 @@ class RulParams:
     smoothing: float = 0.0  # exponential smoothing inside each window: weight of the past (0 = off)
     age_scale: float = 0.0  # > 0: the unit's age (its `cycle` value) divided by this is one more input; 0 = none.
     # Only for datasets whose `cycle` is the unit's age (CYCLE_IS_AGE: C-MAPSS); ignored for the robots.
+    history_weight: float = -1.0  # history trees' share of the prediction: -1 = chosen on calibration; 0 = none
+    # The trees (`rul_history`) blend with the network: -1 keeps the weight in 0, 0.1, ..., 1 with the lowest RMSE
+    # on the calibration cuts; 0 trains no trees. Trees only for sources whose `cycle` is the unit's age (C-MAPSS),
+    # like age_scale.
     monitor_fraction: float = 0.0  # share of a member's fitting units kept aside for early stopping; 0 = none,
     # every fitting unit trains for max_epochs on a cosine learning-rate schedule (better on C-MAPSS)
     calibration_fraction: float = 0.2  # > 0: split conformal, this share of the training units never fitted
@@ -284,6 +293,10 @@ def check_params(params: RulParams) -> None:
         problems.append(f"interval_score must be one of {INTERVAL_SCORES}, got {params.interval_score!r}")
     if params.age_scale < 0:
         problems.append(f"age_scale must be >= 0, got {params.age_scale}")
+    if params.history_weight != -1.0 and not 0.0 <= params.history_weight <= 1.0:
+        problems.append(
+            f"history_weight must be -1 (chosen on the calibration cuts) or in [0, 1], got {params.history_weight}"
+        )
     if params.rul_cap < 0 or params.rul_cap_scale <= 0 or params.interval_floor <= 0:
         problems.append("rul_cap must be >= 0, rul_cap_scale > 0 and interval_floor > 0")
     if problems:
@@ -412,6 +425,9 @@ def with_age(values: np.ndarray, cycles: np.ndarray, age_scale: float) -> np.nda
     return np.hstack([values, age[:, None].astype(np.float32)])
 
 
+HISTORY_FILE = "history.skops"  # the history trees, saved beside rul_model.json
+
+
 # ---- the model --------------------------------------------------------------------------------
 
 
@@ -442,6 +458,7 @@ class RulModel:
     attributes: dict[str, str] = field(default_factory=dict)
     summary: dict[str, float] = field(default_factory=dict)
     age_scale: float = 0.0  # RulParams.age_scale: > 0 adds the unit's age as an input
+    history: HistoryMember | None = None  # the trees over each unit's whole history, blended with the network
     # confidence -> half_width_factor; not copied by `replace`, which may change the scores
     _half_widths: dict[float, float] = field(default_factory=dict, init=False, compare=False, repr=False)
 
@@ -494,24 +511,53 @@ class RulModel:
         ]
         return np.maximum(np.concatenate(out).astype(np.float64) * self.rul_cap, 0.0)
 
-    def last_windows(self, frame: pl.DataFrame) -> tuple[list[str], np.ndarray]:
-        """Units (in order) and the window ending at each unit's last row."""
+    def network_and_trees(self, ordered: pl.DataFrame, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The network's and the history trees' RUL (cycles; None without trees) at rows `ends` of a frame
+        sorted by unit and cycle, each from its unit's rows up to that row."""
+        values = self.inputs(ordered)
+        starts, _ = _row_layout(ordered)
+        network = self.predict_windows(window_tensor(values, starts[ends], ends, self.window, self.smoothing))
+        if self.history is None:
+            return network, None
+        cycles = ordered[CYCLE].cast(pl.Float64).fill_null(0.0).to_numpy()
+        normalised = values[:, : len(self.feature_columns)]  # without the age channel, if any
+        return network, np.maximum(self.history.predict(normalised, starts, cycles, ends) * self.rul_cap, 0.0)
+
+    def predict_rows(self, ordered: pl.DataFrame, ends: np.ndarray) -> np.ndarray:
+        """RUL (cycles) at rows `ends` of a frame sorted by unit and cycle: the network, blended with the trees."""
+        network, trees = self.network_and_trees(ordered, ends)
+        return network if trees is None or self.history is None else self.history.blend(network, trees)
+
+    def _recent(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """The rows a prediction reads, sorted by unit and cycle: each unit's last `window` rows, or its
+        whole history when the history trees need it."""
         missing = [c for c in self.input_columns if c not in frame.columns]
         if missing:
             raise ValueError(f"the frame lacks columns {missing}; rul_lstm reads {list(self.input_columns)}")
         recent = frame.with_columns(pl.col(UNIT).cast(pl.String)).sort(UNIT, CYCLE)
-        recent = recent.group_by(UNIT, maintain_order=True).tail(self.window)
+        return recent if self.history is not None else recent.group_by(UNIT, maintain_order=True).tail(self.window)
+
+    def last_windows(self, frame: pl.DataFrame) -> tuple[list[str], np.ndarray]:
+        """Units (in order) and the network's window ending at each unit's last row."""
+        recent = self._recent(frame)
         values = self.inputs(recent)
         starts, ends = _row_layout(recent)
         units = recent[UNIT].gather(ends).to_list() if ends.size else []
         return units, window_tensor(values, starts[ends], ends, self.window, self.smoothing)
 
+    def predict_last(self, frame: pl.DataFrame) -> tuple[list[str], np.ndarray]:
+        """Units (in order) and the RUL at each unit's last row."""
+        recent = self._recent(frame)
+        _, ends = _row_layout(recent)
+        units = recent[UNIT].gather(ends).to_list() if ends.size else []
+        return units, self.predict_rows(recent, ends)
+
     def predict(self, frame: pl.DataFrame, confidence: float | None = None) -> pl.DataFrame:
-        """One row per unit (unit, rul, lower, upper) from each unit's last `window` rows."""
+        """One row per unit (unit, rul, lower, upper) from each unit's last `window` rows (its whole
+        history with the history trees)."""
         if frame.is_empty():
             return pl.DataFrame(schema=PREDICTION_SCHEMA)
-        units, windows = self.last_windows(frame)
-        predicted = self.predict_windows(windows)
+        units, predicted = self.predict_last(frame)
         lower, upper = self.interval(predicted, confidence)
         return pl.DataFrame({UNIT: units, "rul": predicted, "lower": lower, "upper": upper}, schema=PREDICTION_SCHEMA)
 
@@ -530,23 +576,34 @@ class RulModel:
             "calibration_scores": [float(s) for s in self.calibration_scores],
             "confidence": self.confidence,
             "age_scale": self.age_scale,
+            "history_weight": None if self.history is None else self.history.weight,
             "attributes": self.attributes,
             "summary": self.summary,
         }
 
     def save(self, directory: Path) -> tuple[Path, Path]:
+        """network.keras and rul_model.json, and history.skops (the trees) beside them when there are any."""
         directory.mkdir(parents=True, exist_ok=True)
         network_path, state_path = directory / "network.keras", directory / "rul_model.json"
         self.network.save(network_path)
         state_path.write_text(json.dumps(self.state(), indent=1))
+        if self.history is not None:
+            self.history.save(directory / HISTORY_FILE)
         return network_path, state_path
 
     @classmethod
-    def load(cls, network_path: Path, state_path: Path) -> RulModel:
+    def load(cls, network_path: Path, state_path: Path, history_path: Path | None = None) -> RulModel:
+        """The model `save` wrote; its trees, when it has any, from `history_path` (default: beside the state)."""
         import keras
 
         state = json.loads(Path(state_path).read_text())
         network = keras.models.load_model(network_path, compile=False)
+        weight = state.get("history_weight")  # None: no trees (and versions logged before they existed)
+        history = (
+            None
+            if weight is None
+            else HistoryMember.load(history_path or Path(state_path).parent / HISTORY_FILE, float(weight))
+        )
         return cls(
             network=network,
             feature_columns=tuple(state["feature_columns"]),
@@ -562,6 +619,7 @@ class RulModel:
             attributes=dict(state["attributes"]),
             summary={k: float(v) for k, v in state["summary"].items()},
             age_scale=float(state.get("age_scale", 0.0)),  # versions logged before it existed had none
+            history=history,
         )
 
 
@@ -748,6 +806,30 @@ def fit(train: RulDataset, params: RulParams, progress: Callable[[str], None] | 
         )
         members.append(network)
         epochs.append(len(history.history["loss"]))
+    with_trees = params.history_weight != 0 and train.attributes.get(CYCLE_IS_AGE) == "true"
+    # Units -> fold for the calibration predictions: cross-conformal, the members' folds; otherwise, with trees,
+    # TREE_FOLDS folds of every unit (the trees learn from the calibration units too, and each calibration unit
+    # is predicted by the fold trees that never saw it); otherwise one fold.
+    if cross:
+        calibration_folds, n_folds = folds, params.ensemble_size
+    elif with_trees:
+        units = train.frame[UNIT].cast(pl.String).unique().to_list()
+        calibration_folds, n_folds = fold_of_units(units, TREE_FOLDS, params.seed), TREE_FOLDS
+    else:
+        calibration_folds, n_folds = {}, 1
+    trees_on_all, fold_trees = None, []
+    if with_trees:
+        tree_rows = _tree_rows(train.frame, features, scaling, cap)
+        tree_folds = np.array([calibration_folds[u] for u in tree_rows.units])
+        trees_on_all = fit_trees(tree_rows.features, tree_rows.targets, params.seed)
+        fold_trees = [
+            fit_trees(tree_rows.features[tree_folds != k], tree_rows.targets[tree_folds != k], params.seed)
+            for k in range(n_folds)
+        ]
+        say(
+            f"history trees fitted on {tree_rows.targets.size} rows of {train.n_units} units, and once per "
+            f"fold for calibration ({time.perf_counter() - started:.0f} s so far)"
+        )
     model = RulModel(
         network=_ensemble(members, params.window, n_inputs),
         feature_columns=features,
@@ -763,27 +845,56 @@ def fit(train: RulDataset, params: RulParams, progress: Callable[[str], None] | 
         attributes=dict(train.attributes),
         age_scale=age_scale,
     )
-    if cross:  # each fold predicted by the one member that never saw it
-        pieces = [
-            every_cut_truth_and_prediction(
-                replace(model, network=members[k]),
-                calibration.frame.filter(pl.col(UNIT).cast(pl.String).is_in([u for u, f in folds.items() if f == k])),
-                train.rul_cap,
+    fold_frames = (
+        [
+            calibration.frame.filter(
+                pl.col(UNIT).cast(pl.String).is_in([u for u, f in calibration_folds.items() if f == k])
             )
-            for k in range(params.ensemble_size)
+            for k in range(n_folds)
         ]
-        truth = np.concatenate([t for t, _ in pieces])
-        predicted = np.concatenate([p for _, p in pieces])
-    else:
-        truth, predicted = every_cut_truth_and_prediction(model, calibration.frame, train.rul_cap)
+        if calibration_folds
+        else [calibration.frame]
+    )
+    pieces = [  # each fold predicted by the member (cross-conformal) and the trees that never saw it
+        _calibration_predictions(
+            replace(
+                model,
+                network=members[k] if cross else model.network,
+                history=HistoryMember(fold_trees[k], 0.0) if fold_trees else None,
+            ),
+            frame,
+            train.rul_cap,
+        )
+        for k, frame in enumerate(fold_frames)
+        if not frame.is_empty()
+    ]
+    truth = np.concatenate([t for t, _, _ in pieces])
+    network_predicted = np.concatenate([n for _, n, _ in pieces])
+    tree_pieces = [t for _, _, t in pieces if t is not None]
+    trees_predicted = np.concatenate(tree_pieces) if tree_pieces else None
+    predicted = network_predicted
+    if trees_on_all is not None and trees_predicted is not None:
+        weight = params.history_weight
+        if weight == -1.0:
+            weight = choose_weight(truth, network_predicted, trees_predicted) if truth.size else 0.5
+        model.history = HistoryMember(trees_on_all, weight)
+        predicted = model.history.blend(network_predicted, trees_predicted)
+        model.summary["history_weight"] = weight
+        model.summary["tree_units"] = float(train.n_units)
+        model.summary["network_calibration_rmse"] = _rmse(truth, network_predicted)
+        model.summary["trees_calibration_rmse"] = _rmse(truth, trees_predicted)
+        say(
+            f"blend: trees {weight:.1f}, network {1 - weight:.1f} (calibration RMSE: network "
+            f"{model.summary['network_calibration_rmse']:.2f}, trees {model.summary['trees_calibration_rmse']:.2f})"
+        )
     model.calibrate(model.scores(truth, predicted))
-    model.summary = {
+    model.summary |= {
         "train_seconds": time.perf_counter() - started,
         "fit_units": float(fitting.n_units),
         "calibration_units": float(calibration.n_units),
         "calibration_folds": float(params.ensemble_size if cross else 0),
         "calibration_samples": float(truth.size),
-        "calibration_rmse": float(np.sqrt(np.mean((truth - predicted) ** 2))) if truth.size else math.nan,
+        "calibration_rmse": _rmse(truth, predicted),
         "epochs_mean": float(np.mean(epochs)),
         "training_windows": float(prepared.windows.shape[0]),
     }
@@ -794,6 +905,37 @@ def fit(train: RulDataset, params: RulParams, progress: Callable[[str], None] | 
     return model
 
 
+@dataclass(frozen=True, slots=True)
+class _TreeRows:
+    """The history trees' training rows: every row of the fitting units."""
+
+    units: np.ndarray  # unit of each row (String)
+    features: np.ndarray  # `history_features`
+    targets: np.ndarray  # capped RUL / cap
+
+
+def _tree_rows(frame: pl.DataFrame, features: Sequence[str], scaling: FeatureScaling, cap: float) -> _TreeRows:
+    ordered = frame.with_columns(pl.col(UNIT).cast(pl.String)).sort(UNIT, CYCLE)
+    starts, _ = _row_layout(ordered)
+    cycles = ordered[CYCLE].cast(pl.Float64).fill_null(0.0).to_numpy()
+    values = history_features(scaling.transform(ordered, features), starts, cycles)
+    targets = np.minimum(ordered[RUL].to_numpy().astype(np.float64), cap) / cap
+    return _TreeRows(ordered[UNIT].to_numpy(), values, targets)
+
+
+def _calibration_predictions(
+    model: RulModel, frame: pl.DataFrame, rul_cap: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Truth, the network's and the trees' predictions (None without trees) at every test-like cut of these units."""
+    ordered, ends = every_cut(frame, rul_cap)
+    network, trees = model.network_and_trees(ordered, ends)
+    return ordered[RUL].to_numpy().astype(np.float64)[ends], network, trees
+
+
+def _rmse(truth: np.ndarray, predicted: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((truth - predicted) ** 2))) if truth.size else math.nan
+
+
 def every_cut_truth_and_prediction(
     model: RulModel, frame: pl.DataFrame, rul_cap: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -802,22 +944,26 @@ def every_cut_truth_and_prediction(
     What calibration uses: every cut the test split could make of these units, instead of a few
     random ones, so the scores carry no sampling noise of the cuts themselves.
     """
+    ordered, ends = every_cut(frame, rul_cap)
+    return ordered[RUL].to_numpy().astype(np.float64)[ends], model.predict_rows(ordered, ends)
+
+
+def every_cut(frame: pl.DataFrame, rul_cap: float) -> tuple[pl.DataFrame, np.ndarray]:
+    """The frame sorted by unit and cycle, and its rows where a test-like cut may fall (`eligible_cut_rows`)."""
     ordered = frame.with_columns(pl.col(UNIT).cast(pl.String)).sort(UNIT, CYCLE)
-    values = model.inputs(ordered)
-    starts, lasts = _row_layout(ordered)
+    _, lasts = _row_layout(ordered)
     rul = ordered[RUL].to_numpy().astype(np.float64)
     firsts = np.concatenate([[0], lasts[:-1] + 1]) if lasts.size else lasts
     ends = np.concatenate(
         [first + eligible_cut_rows(rul[first : last + 1], rul_cap) for first, last in zip(firsts, lasts, strict=True)]
         or [np.zeros(0, dtype=np.int64)]
     ).astype(np.int64)
-    windows = window_tensor(values, starts[ends], ends, model.window, model.smoothing)
-    return rul[ends], model.predict_windows(windows)
+    return ordered, ends
 
 
 def last_cycle_truth_and_prediction(model: RulModel, frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """True RUL at each unit's last row, and the model's prediction there (same unit order)."""
-    units, windows = model.last_windows(frame)
+    units, predicted = model.predict_last(frame)
     truth_by_unit = dict(
         frame.with_columns(pl.col(UNIT).cast(pl.String))
         .sort(UNIT, CYCLE)
@@ -826,7 +972,7 @@ def last_cycle_truth_and_prediction(model: RulModel, frame: pl.DataFrame) -> tup
         .iter_rows()
     )
     truth = np.array([truth_by_unit[u] for u in units], dtype=np.float64)
-    return truth, model.predict_windows(windows)
+    return truth, predicted
 
 
 def phm08_score(truth: np.ndarray, predicted: np.ndarray) -> float:
@@ -874,7 +1020,10 @@ class RulPyfunc(mlflow.pyfunc.PythonModel):
         self.rul_model: RulModel | None = None
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        self.rul_model = RulModel.load(Path(context.artifacts["network"]), Path(context.artifacts["state"]))
+        history = context.artifacts.get("history")
+        self.rul_model = RulModel.load(
+            Path(context.artifacts["network"]), Path(context.artifacts["state"]), Path(history) if history else None
+        )
 
     def predict(
         self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
@@ -932,13 +1081,18 @@ def log_model(model: RulModel, *, registered_name: str, example: pl.DataFrame | 
     signature = infer_signature(rows.to_pandas(), output.to_pandas(), params={"confidence": model.confidence})
     with tempfile.TemporaryDirectory(prefix="rul-model-") as tmp:
         network_path, state_path = model.save(Path(tmp))
+        artifacts = {"network": str(network_path), "state": str(state_path)}
+        if model.history is not None:
+            artifacts["history"] = str(Path(tmp) / HISTORY_FILE)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=RulPyfunc(),
-            artifacts={"network": str(network_path), "state": str(state_path)},
+            artifacts=artifacts,
             signature=signature,
             input_example=rows.to_pandas(),
-            pip_requirements=pinned_requirements("tensorflow-cpu", "keras", "polars", "numpy", "pandas", "mlflow"),
+            pip_requirements=pinned_requirements(
+                "tensorflow-cpu", "keras", "polars", "numpy", "pandas", "mlflow", "scikit-learn", "skops"
+            ),
             registered_model_name=registered_name,
         )
     if info.registered_model_version is None:
@@ -1026,6 +1180,7 @@ def benchmark_cmapss(
         "fit_units": model.summary["fit_units"],
         "calibration_units": model.summary["calibration_units"],
         "rul_cap": model.rul_cap,
+        "history_weight": model.history.weight if model.history is not None else 0.0,
     }
 
 

@@ -13,6 +13,7 @@ import pytest
 from factory_pipelines import cmapss
 from factory_pipelines import rul_model as rm
 from factory_pipelines.model_registry import ensure_experiment, use_tracking_uri
+from factory_pipelines.rul_history import HistoryMember, history_features
 
 CMAPSS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cmapss"
 TINY = rm.RulParams(
@@ -167,6 +168,57 @@ def test_age_input_is_one_more_channel_and_survives_save_and_load(
     assert np.allclose(again.predict(validation.frame)["rul"], model.predict(validation.frame)["rul"], atol=1e-4)
 
 
+def test_history_features_are_causal_and_measure_change_since_the_units_start() -> None:
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(150, 3))
+    starts = np.repeat([0, 90], [90, 60])  # two units: rows 0-89 and 90-149
+    cycles = np.concatenate([np.arange(1, 91), np.arange(1, 61)]).astype(float)
+    full = history_features(values, starts, cycles)
+    n = values.shape[1]  # layout: age, mean of 5, mean of 20, change since the first 20, slopes over 30 and 60
+    assert full.shape == (150, 1 + 5 * n)
+    for row in (0, 10, 45, 89, 90, 100, 149):  # a row's features read only the rows up to it
+        np.testing.assert_allclose(
+            history_features(values[: row + 1], starts[: row + 1], cycles[: row + 1])[row], full[row]
+        )
+    assert full[45, 0] == 46
+    np.testing.assert_allclose(full[45, 1 + n : 1 + 2 * n], values[26:46].mean(axis=0))
+    np.testing.assert_allclose(full[45, 1 + 2 * n : 1 + 3 * n], values[26:46].mean(axis=0) - values[:20].mean(axis=0))
+    assert full[45, 1 + 3 * n] == pytest.approx(np.polyfit(np.arange(30), values[16:46, 0], 1)[0])
+    # the second unit's first row never reads the first unit: its means are itself, no slope yet
+    np.testing.assert_allclose(full[90, 1 : 1 + n], values[90])
+    assert (full[90, 1 + 2 * n :] == 0).all()
+
+
+def test_history_trees_join_the_network_with_the_weight_that_fits_the_calibration_cuts(
+    fd001_model: rm.RulModel, fd001_slice: tuple[rm.RulDataset, rm.RulDataset], tmp_path: Path
+) -> None:
+    train, validation = fd001_slice
+    assert fd001_model.history is not None
+    summary = fd001_model.summary
+    assert 0.0 <= summary["history_weight"] <= 1.0
+    # the trees learn from every training unit, the 6 that calibrate too (predicted there out of fold)
+    assert summary["tree_units"] == 24 and summary["fit_units"] == 18
+    # the weight is the best of a grid that holds 0 (network alone) and 1 (trees alone)
+    assert summary["calibration_rmse"] <= min(summary["network_calibration_rmse"], summary["trees_calibration_rmse"])
+    # a prediction reads each unit's whole history: the trees' age and baseline come from its first cycles
+    trees_only = replace(fd001_model, history=HistoryMember(fd001_model.history.trees, 1.0))
+    latest = validation.frame.group_by(rm.UNIT).tail(fd001_model.window)
+    assert not np.allclose(trees_only.predict(latest)["rul"], trees_only.predict(validation.frame)["rul"])
+
+    again = rm.RulModel.load(*fd001_model.save(tmp_path / "model"))
+    assert again.history is not None and again.history.weight == fd001_model.history.weight
+    np.testing.assert_allclose(
+        again.predict(validation.frame)["rul"], fd001_model.predict(validation.frame)["rul"], atol=1e-3
+    )
+
+    with pytest.raises(ValueError, match="history_weight"):
+        rm.check_params(replace(TINY, history_weight=1.5))
+    network_only = rm.fit(train, replace(TINY, history_weight=0.0, max_epochs=1, ensemble_size=1))
+    assert network_only.history is None and "history_weight" not in network_only.summary
+    network_only.save(tmp_path / "network_only")
+    assert not (tmp_path / "network_only" / rm.HISTORY_FILE).exists()
+
+
 def test_split_conformal_quantile_gives_nominal_coverage_on_exchangeable_scores() -> None:
     rng = np.random.default_rng(11)
     calibration = np.abs(rng.standard_t(4, 400))
@@ -253,6 +305,7 @@ def test_robot_model_beats_the_mean_predictor_and_predicts_live_rows(robot_histo
     model = rm.fit(train, params)
     metrics = rm.evaluate(model, validation)
     assert model.age_scale == 0.0 and model.last_windows(validation.frame)[1].shape[2] == len(model.feature_columns)
+    assert model.history is None  # the history trees need each bearing's history from new, like the age
 
     assert model.rul_cap == pytest.approx(rm.ROBOT_RUL_CAP * params.rul_cap_scale)
     assert model.attributes["cycles_per_step"] == "40"
