@@ -16,6 +16,7 @@ from datetime import datetime
 
 import paho.mqtt.client as mqtt
 from fastapi import Request
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, stop_when_event_set, wait_exponential
 
 from factory_pipelines.alert_book import AlertBook
 from factory_pipelines.api_keys import Principal, key_digest
@@ -43,6 +44,7 @@ ANSWER_TTL_S = 1.0  # hot read routes answer from memory for this long (see Answ
 MANAGED_KEY_TTL_S = 5.0  # a revoked key is refused within this long
 MANAGED_KEY_CACHE_SIZE = 1024
 BROKER_PROBE_TIMEOUT_S = 1.0
+ALERT_FEED_ATTEMPTS = 4  # a slow or restarting broker gets about 7 s of backoff before a live alert is dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +78,10 @@ class AlertFeed:
     """The live feed of alerts raised over REST: MQTT QoS 1, best-effort, never in the request's way.
 
     One client, connected on first use (and again after the broker went away); each publish runs on
-    a background thread, so an absent broker costs the request nothing.
+    a background thread, so an absent broker costs the request nothing. A connection that fails or a
+    publish the broker does not acknowledge in time is retried on a fresh connection with backoff
+    (ALERT_FEED_ATTEMPTS); a retry after a lost acknowledgement may deliver the alert twice, which
+    its `alert_id` tells apart. The alert itself is already in the store either way.
     """
 
     def __init__(self, url: BrokerTarget, *, connect_timeout_s: float = 2.0) -> None:
@@ -84,6 +89,7 @@ class AlertFeed:
         self.connect_timeout_s = connect_timeout_s
         self._client: mqtt.Client | None = None
         self._lock = threading.Lock()
+        self._closing = threading.Event()  # ends a publish's retries, so closing never waits out the backoff
 
     def publish(self, messages: list[tuple[str, bytes]]) -> None:
         threading.Thread(target=self._send, args=(messages,), name="alert-feed", daemon=True).start()
@@ -91,12 +97,29 @@ class AlertFeed:
     def _send(self, messages: list[tuple[str, bytes]]) -> None:
         with self._lock:
             try:
-                client = self._connected()
-                sent = [client.publish(topic, payload, qos=1) for topic, payload in messages]
-                for info in sent:
-                    info.wait_for_publish(self.connect_timeout_s)
+                for attempt in Retrying(
+                    stop=stop_after_attempt(ALERT_FEED_ATTEMPTS) | stop_when_event_set(self._closing),
+                    wait=wait_exponential(multiplier=0.5, max=4.0),
+                    sleep=self._closing.wait,
+                    retry=retry_if_exception_type((ConnectionError, OSError, RuntimeError)),
+                    reraise=True,
+                ):
+                    with attempt:
+                        self._send_once(messages)
             except (ConnectionError, OSError, RuntimeError) as exc:
-                log.info("alert feed: %d message(s) not published (%s)", len(messages), exc)
+                log.warning("alert feed: %d message(s) not published (%s)", len(messages), exc)
+
+    def _send_once(self, messages: list[tuple[str, bytes]]) -> None:
+        try:
+            client = self._connected()
+            sent = [client.publish(topic, payload, qos=1) for topic, payload in messages]
+            for info in sent:
+                info.wait_for_publish(self.connect_timeout_s)
+                if not info.is_published():
+                    raise RuntimeError(f"no acknowledgement within {self.connect_timeout_s} s")
+        except (ConnectionError, OSError, RuntimeError):
+            self.close_client()  # the next attempt starts on a fresh connection
+            raise
 
     def _connected(self) -> mqtt.Client:
         if self._client is not None and self._client.is_connected():
@@ -108,7 +131,8 @@ class AlertFeed:
         return client
 
     def close(self) -> None:
-        with self._lock:  # lets a publish in progress finish
+        self._closing.set()
+        with self._lock:  # lets a publish attempt in progress finish
             self.close_client()
 
     def close_client(self) -> None:
