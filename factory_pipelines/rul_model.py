@@ -936,20 +936,12 @@ def _rmse(truth: np.ndarray, predicted: np.ndarray) -> float:
     return float(np.sqrt(np.mean((truth - predicted) ** 2))) if truth.size else math.nan
 
 
-def every_cut_truth_and_prediction(
-    model: RulModel, frame: pl.DataFrame, rul_cap: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """True RUL and prediction at every row where a test-like cut may fall (`eligible_cut_rows`).
+def every_cut(frame: pl.DataFrame, rul_cap: float) -> tuple[pl.DataFrame, np.ndarray]:
+    """The frame sorted by unit and cycle, and its rows where a test-like cut may fall (`eligible_cut_rows`).
 
     What calibration uses: every cut the test split could make of these units, instead of a few
     random ones, so the scores carry no sampling noise of the cuts themselves.
     """
-    ordered, ends = every_cut(frame, rul_cap)
-    return ordered[RUL].to_numpy().astype(np.float64)[ends], model.predict_rows(ordered, ends)
-
-
-def every_cut(frame: pl.DataFrame, rul_cap: float) -> tuple[pl.DataFrame, np.ndarray]:
-    """The frame sorted by unit and cycle, and its rows where a test-like cut may fall (`eligible_cut_rows`)."""
     ordered = frame.with_columns(pl.col(UNIT).cast(pl.String)).sort(UNIT, CYCLE)
     _, lasts = _row_layout(ordered)
     rul = ordered[RUL].to_numpy().astype(np.float64)
