@@ -367,6 +367,10 @@ def benchmark_ppe(
             "recall": metrics["recall"],
             "f1": metrics["f1"],
             "crop_accuracy": metrics.get("crop_accuracy"),
+            # diagnostics: how well the frame score ranks the frames, and the F1 of the best cut on them
+            "violation_auc": metrics["violation_auc"],
+            "best_f1": metrics["best_f1"],
+            "threshold": metrics["threshold"],
             "n_frames": int(metrics["n_frames"]),
             "train_seconds": meta.get("train_seconds"),
             "dagster_run_id": meta["dagster_run_id"],

@@ -81,3 +81,21 @@ def test_dry_run_without_missing_and_a_malformed_skab_file_are_refused_clearly(d
     bad = runner.invoke(app, ["benchmark", "anomaly", "--skab-dir", str(skab_dir), "--json"])
     assert bad.exit_code == 2 and "1.csv" in bad.output and "';'-separated" in bad.output
     assert bad.exception is None or isinstance(bad.exception, SystemExit)  # a usage error, not a traceback
+
+
+def test_benchmark_ppe_trains_through_dagster_and_scores_the_test_folder(data_dir: Path) -> None:
+    from factory_pipelines.ppe_images import write_synthetic_folder
+
+    train_dir = write_synthetic_folder(data_dir.parent / "ppe_train", 40, seed=1, size=64)
+    test_dir = write_synthetic_folder(data_dir.parent / "ppe_test", 12, seed=2, size=64)
+    tiny = ["-p", "epochs=1", "-p", "image_size=64", "-p", "crop_size=64", "-p", "calibration_fraction=0.25"]
+
+    figures = _json(["benchmark", "ppe", "--train-dir", str(train_dir), "--test-dir", str(test_dir), *tiny, "--json"])
+
+    assert figures["model"] == "ppe_vision_folders" and figures["version"] == "1"
+    assert figures["n_frames"] == 12
+    for key in ("precision", "recall", "f1", "crop_accuracy", "violation_auc", "best_f1", "threshold"):
+        assert 0.0 <= float(figures[key]) <= 1.0, (key, figures)  # type: ignore[arg-type]
+    with dg.DagsterInstance.from_config(str(load_settings().dagster_home)) as instance:
+        (run,) = instance.get_runs()
+    assert run.run_id == figures["dagster_run_id"] and run.job_name == "ppe_vision_training_job"
