@@ -190,13 +190,14 @@ def load_pretrained(network: keras.Model, tensors: dict[str, np.ndarray] | None 
 
 
 def freeze(network: keras.Model, *, tuned_blocks: int) -> None:
-    """Keeps the backbone as shipped except its last `tuned_blocks` blocks. Batch norms always keep
-    ImageNet's statistics: batches of a few crops would only add noise to them."""
+    """Keeps the backbone as shipped except its last `tuned_blocks` blocks (the stem and the 1280-wide
+    head conv always stay). Batch norms always keep ImageNet's statistics: batches of a few crops
+    would only add noise to them."""
     first_tuned = BLOCKS - tuned_blocks
     for layer in network.layers:
         if not layer.name.startswith("lite0."):
             continue
         parts = layer.name.split(".")
-        block = int(parts[2]) if parts[1] == "_blocks" else -1  # the stem counts as before block 0
+        block = int(parts[2]) if parts[1] == "_blocks" else -1  # stem and head conv: never tuned
         if type(layer).__name__ == "BatchNormalization" or block < first_tuned:
             layer.trainable = False
