@@ -49,6 +49,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(1, 3, 1, 6, 320),
 )
 STEM_FILTERS = 32
+LAYER_PREFIX = "lite0."  # backbone layers are this plus the checkpoint's tensor name: how they are found
 BLOCKS = sum(stage.repeats for stage in STAGES)
 # Block whose output is the deepest feature map at each stride (blocks are numbered across stages).
 FEATURE_BLOCKS: dict[int, int] = {8: 4, 16: 10}
@@ -126,7 +127,7 @@ def read_legacy_state_dict(source: Path | BinaryIO) -> dict[str, np.ndarray]:
 
 
 def _layer_name(torch_name: str) -> str:
-    return f"lite0.{torch_name}"
+    return LAYER_PREFIX + torch_name
 
 
 def build_features(pixels: Any) -> dict[int, Any]:
@@ -173,9 +174,9 @@ def load_pretrained(network: keras.Model, tensors: dict[str, np.ndarray] | None 
     tensors = tensors if tensors is not None else read_legacy_state_dict(weights_path())
     loaded = 0
     for layer in network.layers:
-        if not layer.name.startswith("lite0."):
+        if not layer.name.startswith(LAYER_PREFIX):
             continue
-        torch_name = layer.name.removeprefix("lite0.")
+        torch_name = layer.name.removeprefix(LAYER_PREFIX)
         kind = type(layer).__name__
         if kind == "BatchNormalization":
             layer.set_weights(
@@ -195,9 +196,9 @@ def freeze(network: keras.Model, *, tuned_blocks: int) -> None:
     would only add noise to them."""
     first_tuned = BLOCKS - tuned_blocks
     for layer in network.layers:
-        if not layer.name.startswith("lite0."):
+        if not layer.name.startswith(LAYER_PREFIX):
             continue
-        parts = layer.name.split(".")
-        block = int(parts[2]) if parts[1] == "_blocks" else -1  # stem and head conv: never tuned
+        parts = layer.name.removeprefix(LAYER_PREFIX).split(".")
+        block = int(parts[1]) if parts[0] == "_blocks" else -1  # stem and head conv: never tuned
         if type(layer).__name__ == "BatchNormalization" or block < first_tuned:
             layer.trainable = False

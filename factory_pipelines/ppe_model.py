@@ -93,7 +93,7 @@ PRESENCE_LEVEL = 0.2  # a crop holds a class when its pooled target reaches this
 WORN, MISSING, UNKNOWN = "worn", "missing", "unknown"
 CONFIG_FILE = "ppe_config.json"
 NETWORK_FILE = "ppe_network.keras"
-PRETRAINED_BACKBONE = "efficientnet_lite0"
+PRETRAINED_BACKBONE, SCRATCH_BACKBONE = "efficientnet_lite0", "scratch"
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ class PpeParams:
     crop_size: int = 256  # side (px) of the random training crops (cost grows with its square)
     zoom_min: float = 0.8  # training crops see the frame at zoom_min..zoom_max x the inference scale
     zoom_max: float = 1.4
-    backbone: str = "efficientnet_lite0"  # "efficientnet_lite0" (ImageNet-pretrained, shipped) or "scratch"
+    backbone: str = PRETRAINED_BACKBONE  # "efficientnet_lite0" (ImageNet-pretrained, shipped) or "scratch"
     tuned_blocks: int = 0  # the pretrained backbone's last N of 16 blocks fine-tune too; 0: it stays as shipped
     base_filters: int = 32  # width unit of the feature pyramid (and of the scratch backbone's stages)
     epochs: int = 45  # passes over the training frames
@@ -197,7 +197,7 @@ def build_network(params: PpeParams) -> keras.Model:
     if params.backbone == PRETRAINED_BACKBONE:
         features = efficientnet_lite.build_features(frames)
         eighth, sixteenth, thirty_second = features[8], features[16], features[32]
-    elif params.backbone == "scratch":
+    elif params.backbone == SCRATCH_BACKBONE:
         x = layers.Rescaling(1.0 / 255)(frames)
         x = conv(x, width, 2)
         x = conv(x, 2 * width, 2)
@@ -210,7 +210,7 @@ def build_network(params: PpeParams) -> keras.Model:
         x = conv(x, 8 * width)
         thirty_second = conv(x, 8 * width)
     else:
-        raise ValueError(f"backbone must be {PRETRAINED_BACKBONE!r} or 'scratch', not {params.backbone!r}")
+        raise ValueError(f"backbone must be {PRETRAINED_BACKBONE!r} or {SCRATCH_BACKBONE!r}, not {params.backbone!r}")
     x = up_and_merge(thirty_second, sixteenth, 8 * width)
     x = up_and_merge(x, eighth, 4 * width)
     maps = layers.Conv2D(len(MAP_CLASSES), 1, activation="sigmoid", name="maps")(x)
