@@ -442,7 +442,7 @@ def robot_detail(app: FastAPI, live: LiveTelemetry, robot_id: str) -> RobotDetai
     response_model=RobotList,
     responses=problem_responses(401, 422),
 )
-def list_robots(
+async def list_robots(
     request: Request,
     live: Annotated[LiveTelemetry, Depends(live_for)],
     priority: Annotated[Priority | None, Query(description="Only robots with this maintenance priority.")] = None,
@@ -475,7 +475,7 @@ def list_robots(
         )
 
     context: ServingContext = request.app.state.serving
-    body = context.answers.get(("api/robots", priority, limit, offset), answer)
+    body = await context.answers.answer(("api/robots", priority, limit, offset), answer)
     return Response(body, media_type="application/json")
 
 

@@ -61,7 +61,7 @@ class PredictionHistory(BaseModel):
     response_model=LatestPredictions,
     responses=problem_responses(422, 503),
 )
-def latest_predictions(
+async def latest_predictions(
     context: Annotated[ServingContext, Depends(get_context)],
     model: ModelFilter = None,
     asset_id: AssetFilter = None,
@@ -75,7 +75,8 @@ def latest_predictions(
         rows = context.store.use(lambda store: store.latest_predictions(model_name=model, asset_id=asset_id))
         return LatestPredictions(items=[PredictionOut.of(p) for p in rows]).model_dump_json().encode()
 
-    return Response(context.answers.get(("predictions/latest", model, asset_id), answer), media_type="application/json")
+    body = await context.answers.answer(("predictions/latest", model, asset_id), answer)
+    return Response(body, media_type="application/json")
 
 
 @router.get(

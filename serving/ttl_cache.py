@@ -5,6 +5,7 @@ The clock is injectable so tests can expire entries without sleeping.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -12,6 +13,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+from starlette.concurrency import run_in_threadpool
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -97,22 +100,52 @@ class AnswerCache:
         self._clock = clock
         self._entries: OrderedDict[Hashable, tuple[bytes, float]] = OrderedDict()
         self._refreshing: set[Hashable] = set()
+        self._computing: dict[Hashable, asyncio.Future[bytes]] = {}  # only touched on the event loop
         self._lock = threading.Lock()
 
-    def get(self, key: Hashable, compute: Callable[[], bytes]) -> bytes:
+    async def answer(self, key: Hashable, compute: Callable[[], bytes]) -> bytes:
+        """The held answer to `key`, else `compute`'s, computed once in a worker thread for every caller.
+
+        Async so that a held answer, nearly every request, costs no worker thread: a sync route pays
+        a hop to the thread pool on every request. Callers that find no answer while one is being
+        computed wait for that one: under 500 requests/s, each computing its own piled up a second
+        of work on the GIL.
+        """
         now = self._clock()
+        held = self._held(key, compute, now)
+        if held is not None:
+            return held
+        computing = self._computing.get(key)
+        if computing is None:
+            computing = asyncio.ensure_future(self._compute(key, compute, now))
+            self._computing[key] = computing
+            computing.add_done_callback(lambda done: self._computed(key, done))
+        return await asyncio.shield(computing)  # a caller that goes away does not cancel the others' answer
+
+    async def _compute(self, key: Hashable, compute: Callable[[], bytes], now: float) -> bytes:
+        return self._store(key, await run_in_threadpool(compute), now)
+
+    def _computed(self, key: Hashable, done: asyncio.Future[bytes]) -> None:
+        if self._computing.get(key) is done:
+            del self._computing[key]
+        if not done.cancelled():
+            done.exception()  # marks a failure as seen: its callers got it, even if all of them went away
+
+    def _held(self, key: Hashable, compute: Callable[[], bytes], now: float) -> bytes | None:
+        """The answer to serve now, if one is held and not too stale; a stale one starts a refresh."""
         with self._lock:
             held = self._entries.get(key)
-            if held is not None:
-                age = now - held[1]
-                if age < self.ttl_s:
-                    return held[0]
-                if age < self.max_stale_s:
-                    if key not in self._refreshing:
-                        self._refreshing.add(key)
-                        threading.Thread(target=self._refresh, args=(key, compute), daemon=True).start()
-                    return held[0]
-        return self._store(key, compute(), now)
+            if held is None:
+                return None
+            age = now - held[1]
+            if age < self.ttl_s:
+                return held[0]
+            if age < self.max_stale_s:
+                if key not in self._refreshing:
+                    self._refreshing.add(key)
+                    threading.Thread(target=self._refresh, args=(key, compute), daemon=True).start()
+                return held[0]
+        return None
 
     def _refresh(self, key: Hashable, compute: Callable[[], bytes]) -> None:
         try:
