@@ -87,8 +87,8 @@ class AnswerCache:
     answer costs a reader nothing, while answering from memory is what lets one worker serve
     hundreds of requests per second. An answer past its TTL is still served while one background
     thread computes the next (so no request waits on the store), unless it is older than
-    `max_stale_s`; then, as for a query never asked, the request computes it itself, and an error
-    (the store is down) reaches the caller instead of being cached.
+    `max_stale_s`; then, as for a query never asked, the requests wait for one computation of it,
+    and an error (the store is down) reaches them instead of being cached.
     """
 
     def __init__(
