@@ -47,7 +47,9 @@ class PpeDatasetConfig(dg.Config):
     train_dir: str = Field("", description="source folders: a YOLO folder (images/, labels/) or its split folders.")
     generated_frames: int = Field(600, ge=20, description="source generated: frames to draw.")
     seed: int = Field(42, description="Seed of the generated frames and of the split.")
-    validation_fraction: float = Field(0.2, gt=0, lt=1, description="Share of frames held out (stratified).")
+    validation_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share of frames held out (stratified, each clip kept on one side)."
+    )
 
 
 @dg.asset(group_name=PPE_GROUP, kinds={"polars", "parquet"})

@@ -16,61 +16,16 @@ the dataset's files (nothing is copied):
 from __future__ import annotations
 
 import argparse
-import random
-import re
 from pathlib import Path
 
-from factory_pipelines.ppe_images import IMAGE_SUFFIXES, PpeClass
+from factory_pipelines.ppe_images import held_out_frame_ids, read_yolo_folder
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ppe"
-VIOLATING = {int(PpeClass.NO_HARDHAT), int(PpeClass.NO_SAFETY_VEST)}
-YOUTUBE_FRAME = re.compile(r"youtube-(\d+)")
-YOUTUBE_BLOCK = 100  # neighbouring video frames are near-duplicates: held out or kept together
-VIDEO_FRAME = re.compile(r"(?P<video>.+_(?:mp4|mov))-\d+_", re.IGNORECASE)  # e.g. IMG_3103_mp4-15_jpg...
-
-
-def label_path(image: Path) -> Path:
-    return image.parent.parent / "labels" / f"{image.stem}.txt"
-
-
-def is_violating(image: Path) -> bool:
-    labels = label_path(image)
-    if not labels.exists():
-        return False
-    return any(int(line.split()[0]) in VIOLATING for line in labels.read_text().splitlines() if line.strip())
-
-
-def source_group(image: Path) -> str:
-    """Frames that must stay on one side: a block of the YouTube frames, a clip, else the source image."""
-    youtube = YOUTUBE_FRAME.match(image.name)
-    if youtube:
-        return f"youtube-block-{int(youtube.group(1)) // YOUTUBE_BLOCK}"
-    clip = VIDEO_FRAME.match(image.name)
-    return clip.group("video") if clip else image.name.split(".rf.")[0]
-
-
-def held_out_frames(images: list[Path], frames: int, seed: int) -> set[Path]:
-    """Whole groups, in a seeded order, while each verdict still has room for `frames` / 2."""
-    groups: dict[str, list[Path]] = {}
-    for image in images:
-        groups.setdefault(source_group(image), []).append(image)
-    order = sorted(groups)
-    random.Random(seed).shuffle(order)
-    room = {True: frames // 2, False: frames - frames // 2}
-    held: set[Path] = set()
-    for name in order:
-        members = groups[name]
-        needed = {verdict: sum(is_violating(m) == verdict for m in members) for verdict in room}
-        if all(needed[verdict] <= room[verdict] for verdict in room):
-            held.update(members)
-            room = {verdict: room[verdict] - needed[verdict] for verdict in room}
-        if not any(room.values()):
-            break
-    return held
 
 
 def link_frame(image: Path, folder: Path) -> None:
-    for source, kind in ((image, "images"), (label_path(image), "labels")):
+    """Link the image and, when it has one, its label file into `folder`'s YOLO layout."""
+    for source, kind in ((image, "images"), (image.parent.parent / "labels" / f"{image.stem}.txt", "labels")):
         if source.exists():
             target = folder / kind / source.name
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -86,12 +41,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.out.exists() and any(args.out.iterdir()):
         parser.error(f"{args.out} is not empty")
-    images = sorted(p for p in (args.data_dir / "train_subset" / "images").iterdir() if p.suffix in IMAGE_SUFFIXES)
-    held = held_out_frames(images, args.frames, args.seed)
-    for image in images:
-        link_frame(image, args.out / ("test" if image in held else "train/train_subset"))
+    frames = read_yolo_folder(args.data_dir / "train_subset").frames
+    held = held_out_frame_ids(frames, {True: args.frames // 2, False: args.frames - args.frames // 2}, args.seed)
+    for frame_id, image_path in frames.select("frame_id", "image_path").iter_rows():
+        link_frame(Path(image_path), args.out / ("test" if frame_id in held else "train/train_subset"))
     (args.out / "train" / "valid").symlink_to((args.data_dir / "valid").resolve())
-    violating = sum(is_violating(image) for image in held)
+    violating = frames.filter(frames["frame_id"].is_in(held))["violation"].sum()
     print(f"held out {len(held)} frames ({violating} violating) in {args.out / 'test'}")
     print(f"train on {args.out / 'train'}")
 

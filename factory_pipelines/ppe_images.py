@@ -12,6 +12,8 @@ REST layer handle JPEGs without paying for a TensorFlow import.
 from __future__ import annotations
 
 import io
+import random
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -166,6 +168,49 @@ def read_yolo_folders(folders: Sequence[Path]) -> LabelledFrames:
     boxes = boxes.join(frames.select("frame_id", "_part"), on=["frame_id", "_part"], how="semi")
     frames = frames.drop("_part")
     return LabelledFrames(frames=frames, boxes=boxes.select(list(BOX_SCHEMA)))
+
+
+# ---- frames that stay together -------------------------------------------------------------
+
+YOUTUBE_FRAME = re.compile(r"youtube-(\d+)")
+YOUTUBE_BLOCK = 100  # neighbouring video frames are near-duplicates: held out or kept together
+VIDEO_FRAME = re.compile(r"(?P<video>.+_(?:mp4|mov))-\d+_", re.IGNORECASE)  # e.g. IMG_3103_mp4-15_jpg...
+
+
+def source_group(frame_id: str) -> str:
+    """The group a frame must stay in: a block of the YouTube frames, a video clip, else its source image.
+
+    A frame held out while its neighbour in the same clip is trained on scores as if seen: a
+    threshold chosen on such frames sits too low for frames from scenes never seen.
+    """
+    youtube = YOUTUBE_FRAME.match(frame_id)
+    if youtube:
+        return f"youtube-block-{int(youtube.group(1)) // YOUTUBE_BLOCK}"
+    clip = VIDEO_FRAME.match(frame_id)
+    return clip.group("video") if clip else frame_id.split(".rf.")[0]
+
+
+def held_out_frame_ids(frames: pl.DataFrame, room: dict[bool, int], seed: int) -> set[str]:
+    """Frame ids of whole source groups, taken in a seeded order while each verdict has room left.
+
+    `room` is how many violating (True) and compliant (False) frames to hold out at most.
+    """
+    groups: dict[str, list[tuple[str, bool]]] = {}
+    for frame_id, violation in frames.select("frame_id", "violation").iter_rows():
+        groups.setdefault(source_group(frame_id), []).append((frame_id, bool(violation)))
+    order = sorted(groups)
+    random.Random(seed).shuffle(order)
+    room = dict(room)
+    held: set[str] = set()
+    for name in order:
+        members = groups[name]
+        needed = {verdict: sum(member_violates == verdict for _, member_violates in members) for verdict in room}
+        if all(needed[verdict] <= room[verdict] for verdict in room):
+            held.update(frame_id for frame_id, _ in members)
+            room = {verdict: room[verdict] - needed[verdict] for verdict in room}
+        if not any(room.values()):
+            break
+    return held
 
 
 # ---- decoding and resizing ----------------------------------------------------------------

@@ -47,6 +47,7 @@ from factory_pipelines.ppe_images import (
     PpeClass,
     dataset_folders,
     decode_image,
+    held_out_frame_ids,
     load_square_images,
     read_yolo_folders,
     resize_square,
@@ -115,7 +116,7 @@ class PpeParams:
     dropout: float = 0.3  # dropout before the frame head's output layer
     frame_score: str = "head"  # frame verdict from the frame "head", or from the "maps" (their top cell)
     smoothing_cells: int = 2  # frame score = max of the map averaged over this many cells square
-    calibration_fraction: float = 0.2  # share of training frames held out to choose the threshold (0: none)
+    calibration_fraction: float = 0.2  # share of training frames (clips whole) held out for the threshold (0: none)
     threshold: float = 0.5  # verdict threshold used when calibration_fraction is 0
     violation_prior: float = 0.5  # share of violating frames the threshold is tuned for (0: as in the training data)
     mirror_at_inference: bool = True  # average each frame's outputs with those of its mirror image
@@ -134,14 +135,11 @@ def load_frames(data_dir: Path) -> LabelledFrames:
 def split_frames(
     data: LabelledFrames, validation_fraction: float = 0.2, seed: int = 42
 ) -> tuple[LabelledFrames, LabelledFrames]:
-    """A seeded train/validation split, stratified on the frame verdict so both keep its share."""
-    rng = np.random.default_rng(seed)
-    held_out: list[str] = []
-    for verdict in (False, True):
-        ids = sorted(data.frames.filter(pl.col("violation") == verdict)["frame_id"].to_list())
-        count = int(round(len(ids) * validation_fraction))
-        held_out += [ids[i] for i in rng.permutation(len(ids))[:count]]
-    held = set(held_out)
+    """A seeded train/validation split, stratified on the frame verdict so both keep its share, that
+    keeps each clip on one side (`ppe_images.source_group`)."""
+    counts = {verdict: int(data.frames["violation"].eq(verdict).sum()) for verdict in (False, True)}
+    room = {verdict: int(round(count * validation_fraction)) for verdict, count in counts.items()}
+    held = held_out_frame_ids(data.frames, room, seed)
     kept = [frame_id for frame_id in data.frames["frame_id"] if frame_id not in held]
     validation = [frame_id for frame_id in data.frames["frame_id"] if frame_id in held]
     return data.select(kept), data.select(validation)

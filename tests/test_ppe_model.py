@@ -83,6 +83,23 @@ def test_split_is_seeded_disjoint_and_stratified() -> None:
     assert float(validation.frames["violation"].mean()) == pytest.approx(share, abs=0.05)  # type: ignore[arg-type]
 
 
+def test_split_keeps_each_clip_on_one_side() -> None:
+    data = pi.read_yolo_folder(ppe_folder("valid"))
+    groups = data.frames["frame_id"].map_elements(pi.source_group, return_dtype=pl.String)
+    assert groups.n_unique() < data.n_frames  # the folder holds clips of several frames
+
+    train, validation = pm.split_frames(data, 0.3, seed=3)
+    train_groups = {pi.source_group(frame_id) for frame_id in train.frames["frame_id"]}
+    validation_groups = {pi.source_group(frame_id) for frame_id in validation.frames["frame_id"]}
+    assert validation_groups and train_groups.isdisjoint(validation_groups)
+    assert (
+        pi.source_group("youtube-236_jpg.rf.a1")
+        == pi.source_group("youtube-271_jpg.rf.b2")
+        != pi.source_group("youtube-301_jpg.rf.c3")
+    )
+    assert pi.source_group("IMG_3103_mp4-15_jpg.rf.x") == pi.source_group("IMG_3103_mp4-2_jpg.rf.y")
+
+
 def test_target_maps_paint_boxes_and_keep_tiny_ones() -> None:
     boxes = np.array(
         [
