@@ -4,6 +4,7 @@ and survive a round trip through a real MLflow registry."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -212,6 +213,26 @@ def test_predict_frames_takes_arrays_and_jpegs_and_gives_regions(tiny_model: pm.
     # frames with people get person regions more often than empty ones
     with_people = [v for v, f in zip(from_jpeg, camera, strict=True) if any(b.class_id == 5 for b in f.boxes)]
     assert with_people and any(v.regions for v in with_people)
+
+
+def test_frame_score_is_the_mean_of_head_and_maps(
+    tiny_model: pm.PpeModel, synthetic_sets: tuple[pi.LabelledFrames, pi.LabelledFrames]
+) -> None:
+    output = tiny_model.predict_data(pm.split_frames(synthetic_sets[1], 0.2, seed=0)[1])
+
+    def scored(frame_score: str) -> pm.FrameScores:
+        params = dataclasses.replace(tiny_model.params, frame_score=frame_score)
+        return dataclasses.replace(tiny_model, params=params).scores(output)
+
+    assert tiny_model.params.frame_score == "mean"
+    head, maps, mean = scored("head"), scored("maps"), scored("mean")
+    assert not np.allclose(head.violation, maps.violation)  # two different views of the frame
+    for name in ("violation", "no_hardhat", "no_vest"):
+        np.testing.assert_allclose(getattr(mean, name), (getattr(head, name) + getattr(maps, name)) / 2)
+    with pytest.raises(ValueError, match="frame_score must be one of"):
+        scored("average")
+    with pytest.raises(ValueError, match="frame_score must be one of"):
+        pm.fit(synthetic_sets[0], dataclasses.replace(TINY_PARAMS, frame_score="average"))
 
 
 @pytest.fixture
