@@ -435,8 +435,9 @@ def machine() -> dict[str, str]:
     }
 
 
-def render(outcomes: list[Outcome], command: str, quick: bool, started: datetime, load: str) -> str:
-    host = machine()
+def render(
+    outcomes: list[Outcome], command: str, quick: bool, started: datetime, load: str, host: dict[str, str]
+) -> str:
     rows: list[Row] = []
     for outcome in outcomes:
         if outcome.figures is not None:
@@ -498,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     command = shlex.join([".venv/bin/python", "benchmarks/run_all.py", *(argv if argv is not None else sys.argv[1:])])
     started = datetime.now(UTC)
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    host = machine()  # the commit measured, taken before the run writes its results (or anyone commits)
     work = Path(tempfile.mkdtemp(prefix="run-all-"))
     print(f"running {len(chosen)} benchmarks{' (quick)' if args.quick else ''}; logs in {work}", flush=True)
     outcomes: list[Outcome] = []
@@ -507,8 +509,10 @@ def main(argv: list[str] | None = None) -> int:
         outcomes.append(outcome)
         state = "FAILED" if outcome.error else "done"
         print(f"[{number}/{len(chosen)}] {bench.name}: {state} in {outcome.seconds:.0f} s", flush=True)
-        args.out.write_text(render(outcomes, command, args.quick, started, load))  # partial results survive a crash
-    text = render(outcomes, command, args.quick, started, load)
+        args.out.write_text(
+            render(outcomes, command, args.quick, started, load, host)
+        )  # partial results survive a crash
+    text = render(outcomes, command, args.quick, started, load, host)
     args.out.write_text(text)
     print(text)
     print(f"wrote {args.out}")
