@@ -509,9 +509,8 @@ def main(argv: list[str] | None = None) -> int:
         outcomes.append(outcome)
         state = "FAILED" if outcome.error else "done"
         print(f"[{number}/{len(chosen)}] {bench.name}: {state} in {outcome.seconds:.0f} s", flush=True)
-        args.out.write_text(
-            render(outcomes, command, args.quick, started, load, host)
-        )  # partial results survive a crash
+        # partial results survive a crash
+        args.out.write_text(render(outcomes, command, args.quick, started, load, host))
     text = render(outcomes, command, args.quick, started, load, host)
     args.out.write_text(text)
     print(text)

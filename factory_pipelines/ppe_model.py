@@ -125,6 +125,10 @@ class PpeParams:
     region_threshold: float = 0.4  # person-map level that outlines a person region
     seed: int = 42  # seeds the split, the crops and the initial weights
 
+    def __post_init__(self) -> None:
+        if self.frame_score not in FRAME_SCORES:
+            raise ValueError(f"frame_score must be one of {FRAME_SCORES}, got {self.frame_score!r}")
+
 
 # ---- data -----------------------------------------------------------------------------------
 
@@ -430,8 +434,6 @@ class PpeModel:
         it but also fires on a lone ambiguous patch. Their mean ranks frames better than either on
         all three development splits (benchmarks/results/models_ppe.md).
         """
-        if self.params.frame_score not in FRAME_SCORES:
-            raise ValueError(f"frame_score must be one of {FRAME_SCORES}, got {self.params.frame_score!r}")
         column = {name: index for index, name in enumerate(FRAME_OUTPUTS)}
         head = FrameScores(
             violation=output.frame[:, column["violation"]],
@@ -666,8 +668,6 @@ def fit(train: LabelledFrames, params: PpeParams, progress: Callable[[str], None
     say = progress or (lambda _message: None)
     if params.image_size % 32 or params.crop_size % 32:
         raise ValueError("image_size and crop_size must be multiples of 32")
-    if params.frame_score not in FRAME_SCORES:
-        raise ValueError(f"frame_score must be one of {FRAME_SCORES}, got {params.frame_score!r}")
     calibration: dict[str, float] = {}
     threshold = params.threshold
     fitting = train
