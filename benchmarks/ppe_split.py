@@ -18,14 +18,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from factory_pipelines.ppe_images import held_out_frame_ids, read_yolo_folder
+from factory_pipelines.ppe_images import held_out_frame_ids, label_file, read_yolo_folder
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ppe"
 
 
 def link_frame(image: Path, folder: Path) -> None:
     """Link the image and, when it has one, its label file into `folder`'s YOLO layout."""
-    for source, kind in ((image, "images"), (image.parent.parent / "labels" / f"{image.stem}.txt", "labels")):
+    for source, kind in ((image, "images"), (label_file(image), "labels")):
         if source.exists():
             target = folder / kind / source.name
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -125,15 +125,20 @@ def _read_label_file(path: Path, frame_id: str) -> list[tuple[str, int, float, f
     return rows
 
 
+def label_file(image_path: Path) -> Path:
+    """The YOLO label file of an image: `labels/<stem>.txt` beside its `images/` folder."""
+    return image_path.parent.parent / "labels" / f"{image_path.stem}.txt"
+
+
 def read_yolo_folder(folder: Path) -> LabelledFrames:
     """Every image of `folder/images` with the boxes of its `folder/labels/<stem>.txt`."""
-    images_dir, labels_dir = Path(folder) / "images", Path(folder) / "labels"
+    images_dir = Path(folder) / "images"
     if not images_dir.is_dir():
         raise FileNotFoundError(f"{images_dir} does not exist: expected a YOLO folder with images/ and labels/")
     image_paths = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     box_rows: list[tuple[str, int, float, float, float, float]] = []
     for path in image_paths:
-        box_rows += _read_label_file(labels_dir / f"{path.stem}.txt", path.stem)
+        box_rows += _read_label_file(label_file(path), path.stem)
     boxes = pl.DataFrame(box_rows, schema=BOX_SCHEMA, orient="row")
     frames = pl.DataFrame(
         {"frame_id": [p.stem for p in image_paths], "image_path": [str(p) for p in image_paths]},
