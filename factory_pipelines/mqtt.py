@@ -31,12 +31,14 @@ import ssl
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.client import PUBACK, PUBCOMP
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -143,6 +145,7 @@ class BrokerConnection:
 
 
 BrokerTarget = str | BrokerConnection
+ClientT = TypeVar("ClientT", bound=mqtt.Client)
 
 
 def as_connection(target: BrokerTarget) -> BrokerConnection:
@@ -155,13 +158,82 @@ def broker_address(target: BrokerTarget) -> tuple[str, int]:
     return connection.host, connection.port
 
 
-def make_client(client_id: str, *, manual_ack: bool = False) -> mqtt.Client:
+class GulpReadingClient(mqtt.Client):
+    """A paho client that reads its socket in gulps of up to 64 KiB and hands paho the bytes it asks for.
+
+    paho reads every packet with three or four `recv()` calls (the command byte, each byte of the
+    remaining length, then the rest): a third of a backlog drain's time went there (py-spy on
+    benchmarks/ingest.py). Reading ahead leaves bytes here that `select()` on the socket cannot
+    see, so only a loop that asks `buffered_bytes()` before it waits may drive this client (the
+    collector's `_network_step`); paho's own `loop()` still works, but may wait out its timeout
+    with packets in hand. The gulp belongs to one socket: after a reconnect it is dropped.
+    """
+
+    GULP_BYTES = 65536
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gulp = b""
+        self._gulp_at = 0
+        self._gulp_socket: object = None
+
+    def buffered_bytes(self) -> int:
+        """Bytes read from the socket (or decrypted by TLS) that paho has not yet taken."""
+        sock = self._sock
+        if sock is None:
+            return 0
+        held = len(self._gulp) - self._gulp_at if sock is self._gulp_socket else 0
+        pending = getattr(sock, "pending", None)  # TLS decrypts whole records: select() cannot see the rest
+        return held + (pending() if pending is not None else 0)
+
+    def ack_all(self, acks: Iterable[tuple[int, int]]) -> None:
+        """Acknowledge (mid, qos) pairs as `ack` does, with one `send()` for all of them rather than one each.
+
+        paho writes every acknowledgement as soon as it is queued; here they are queued with writing
+        held back (paho's documented external-loop hook), then the PUBACK and PUBCOMP packets this
+        queued are joined into one, which paho writes as any other (a partial write resumes later).
+        """
+        queued = self._out_packet
+        before = len(queued)
+        self.on_socket_register_write = _hold_write
+        try:
+            for mid, qos in acks:
+                self.ack(mid, qos)
+        finally:
+            self.on_socket_register_write = None
+        ours = [queued.pop() for _ in range(len(queued) - before)][::-1]
+        if len(ours) > 1 and all(packet["pos"] == 0 and packet["command"] in (PUBACK, PUBCOMP) for packet in ours):
+            joined = b"".join(packet["packet"] for packet in ours)
+            queued.append({**ours[-1], "packet": joined, "to_process": len(joined)})
+        else:
+            queued.extend(ours)
+        self.loop_write()
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if self._sock is not self._gulp_socket:
+            self._gulp, self._gulp_at, self._gulp_socket = b"", 0, self._sock
+        if self._gulp_at >= len(self._gulp):
+            gulp = super()._sock_recv(max(bufsize, self.GULP_BYTES))  # raises as paho expects: no data, errors
+            if not gulp:
+                return gulp  # the peer closed the connection
+            self._gulp, self._gulp_at = gulp, 0
+        start = self._gulp_at
+        self._gulp_at = min(start + bufsize, len(self._gulp))
+        return self._gulp[start : self._gulp_at]
+
+
+def _hold_write(*_args: object) -> None:
+    """Set as `on_socket_register_write`, it keeps paho from writing each packet as it is queued."""
+
+
+def make_client(client_id: str, *, manual_ack: bool = False, client_class: type[ClientT] = mqtt.Client) -> ClientT:
     """An MQTT v5 client with paho's 2.x callback API; reconnects with backoff by itself.
 
     `connect` downgrades it to 3.1.1 when the broker does not speak v5 (see the module docstring),
-    and applies the connection's credentials and TLS.
+    and applies the connection's credentials and TLS. A caller that drives the network loop
+    itself may ask for a `GulpReadingClient`.
     """
-    client = mqtt.Client(
+    client = client_class(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=client_id,
         protocol=mqtt.MQTTv5,

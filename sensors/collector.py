@@ -605,7 +605,7 @@ class Collector:
         self._paused_since = 0.0
         self._last_pause_report = 0.0
         self._site_by_topic: dict[str, str] = {}
-        self._client: paho.Client | None = None
+        self._client: mqtt.GulpReadingClient | None = None
         self._generation = 0  # bumps on every CONNACK; an ack is only valid on its own connection
         self._connected = False
         self._subscribed = threading.Event()
@@ -857,8 +857,8 @@ class Collector:
 
     # ---- MQTT ----
 
-    def _make_client(self) -> paho.Client:
-        client = mqtt.make_client(self.client_id, manual_ack=True)
+    def _make_client(self) -> mqtt.GulpReadingClient:
+        client = mqtt.make_client(self.client_id, manual_ack=True, client_class=mqtt.GulpReadingClient)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
@@ -1040,7 +1040,7 @@ class Collector:
 
     # ---- the loop ----
 
-    def _collect(self, client: paho.Client, stop: threading.Event) -> bool:
+    def _collect(self, client: mqtt.GulpReadingClient, stop: threading.Event) -> bool:
         """The loop, until `stop` is set (False) or, when retiring, the session is drained (True)."""
         reconnect_delay = 0.5
         retirement = self._retirement
@@ -1068,7 +1068,7 @@ class Collector:
                 return retirement.cannot is None
         return False
 
-    def _network_step(self, client: paho.Client, timeout: float) -> paho.MQTTErrorCode:
+    def _network_step(self, client: mqtt.GulpReadingClient, timeout: float) -> paho.MQTTErrorCode:
         """One select() on the socket, then every packet it has ready (up to a burst), writes and keepalive.
 
         This is `client.loop(timeout)` taken apart (paho's documented external-loop API, same single
@@ -1085,13 +1085,14 @@ class Collector:
         if sock is None:
             return paho.MQTT_ERR_NO_CONN
         reading = self._unacked < self.receive_maximum
+        in_hand = reading and client.buffered_bytes() > 0  # read ahead: select() cannot see these bytes
         try:
             readable, _, _ = select.select(
-                [sock] if reading else [], [sock] if client.want_write() else [], [], timeout
+                [sock] if reading else [], [sock] if client.want_write() else [], [], 0.0 if in_hand else timeout
             )
         except (OSError, ValueError):
             return paho.MQTT_ERR_CONN_LOST
-        if readable:
+        if readable or in_hand:
             for _ in range(_READ_BURST):
                 before = len(self._inbox)
                 rc = client.loop_read()
@@ -1331,11 +1332,10 @@ class Collector:
         client = self._client
         if client is None or not self._connected:
             return
-        for generation, mid, qos in acks:
-            if generation == self._generation:
-                client.ack(mid, qos)
-                self._stats.acked += 1
-                self._unacked -= 1
+        current = [(mid, qos) for generation, mid, qos in acks if generation == self._generation]
+        client.ack_all(current)
+        self._stats.acked += len(current)
+        self._unacked -= len(current)
 
     def _maybe_seal_by_time(self) -> None:
         window = self._open
