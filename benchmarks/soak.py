@@ -182,6 +182,7 @@ class MemoryTrend:
     second_half_slope_mb_per_h: float
     warm_up_s: float
     verdict: str
+    by_minute_mb: list[float]  # mean RSS of each minute: a sawtooth and a trend look alike in one slope
 
     @classmethod
     def of(cls, samples: list[tuple[float, int]], warm_up_s: float) -> MemoryTrend:
@@ -198,6 +199,8 @@ class MemoryTrend:
             verdict = f"flat (slope {slope:+.1f} MB/h <= {FLAT_MB_PER_HOUR:g} MB/h)"
         else:
             verdict = f"GROWING (slope {slope:+.1f} MB/h > {FLAT_MB_PER_HOUR:g} MB/h)"
+        minute = ((times - times[0]) // 60).astype(int)
+        by_minute = [round(float(mb[minute == m].mean()), 1) for m in np.unique(minute)]
         return cls(
             round(float(statistics.fmean(first)), 1),
             round(float(statistics.fmean(last)), 1),
@@ -205,6 +208,7 @@ class MemoryTrend:
             round(slope, 2),
             warm_up_s,
             verdict,
+            by_minute,
         )
 
 
@@ -340,6 +344,9 @@ def render(result: dict[str, Any], command: str, load: str) -> str:
         f"or {DEFAULT_DEDUP_HORIZON_MINUTES:g} minutes' worth, and its RSS grows until then). No loss means every "
         "message the broker",
         "acknowledged to the publisher is in exactly one sealed window once the collector has stopped.",
+        "",
+        "Collector RSS by minute (MB, the mean of each minute's samples): "
+        + ", ".join(f"{value:g}" for value in memory["by_minute_mb"]),
         "",
     ]
     return "\n".join(lines)
