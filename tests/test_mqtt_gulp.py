@@ -77,15 +77,18 @@ def _session_client(
     return client
 
 
-def test_a_backlog_arrives_whole_in_order_and_only_what_ack_all_was_given_is_acknowledged(mqtt_url: str) -> None:
-    payloads = _payloads(200)
-    received: list[paho.MQTTMessage] = []
-    client = _session_client(mqtt_url, "gulp-test-subscriber", received)
+def _queue_backlog(url: str, client_id: str, payloads: list[bytes]) -> None:
+    """A persistent session subscribed to TOPIC, its client away while `payloads` are published into it."""
+    client = _session_client(url, client_id, [])
     client.disconnect()
     _drive(client, lambda: client.socket() is None)
+    _publish_all(url, payloads)
 
-    _publish_all(mqtt_url, payloads)  # queued in the persistent session while the subscriber is away
 
+def test_a_backlog_arrives_whole_in_order_and_only_what_ack_all_was_given_is_acknowledged(mqtt_url: str) -> None:
+    payloads = _payloads(200)
+    _queue_backlog(mqtt_url, "gulp-test-subscriber", payloads)
+    received: list[paho.MQTTMessage] = []
     client = _session_client(mqtt_url, "gulp-test-subscriber", received)
     _drive(client, lambda: len(received) >= len(payloads))
     assert [message.payload for message in received] == payloads
@@ -110,12 +113,8 @@ def test_a_backlog_arrives_whole_in_order_and_only_what_ack_all_was_given_is_ack
 
 def test_bytes_read_ahead_before_a_reconnect_are_dropped_with_their_connection(mqtt_url: str) -> None:
     payloads = _payloads(200)
+    _queue_backlog(mqtt_url, "gulp-test-reconnect", payloads)
     received: list[paho.MQTTMessage] = []
-    client = _session_client(mqtt_url, "gulp-test-reconnect", received)
-    client.disconnect()
-    _drive(client, lambda: client.socket() is None)
-    _publish_all(mqtt_url, payloads)
-
     client = _session_client(mqtt_url, "gulp-test-reconnect", received, subscribe=False)
     _drive(client, lambda: client.buffered_bytes() > 0 or len(received) == len(payloads))  # one packet per read
     assert client.buffered_bytes() > 0 and len(received) < len(payloads), "the test needs bytes read ahead"
