@@ -5,18 +5,23 @@ horizon each) so forgetting old ones is cheap. The value kept per pair is the pa
 microseconds (None when the device sent none): a redelivery is byte-identical, so the same seq with
 a different ts is a publisher that restarted its counter, and is kept rather than silently dropped.
 
-Only the newest bucket is a dict. When a newer one opens, the old one is frozen into sorted numpy
-arrays per asset: 16 bytes a pair instead of about 250 as dict entries of tuples and ints. At
-2,000 messages/s the dicts held about 200 MB of the collector's 332 (benchmarks/soak.py); the
-arrays hold the same horizon in under 20 MB. A publisher's seq only grows,
-so a new message is above everything frozen for its asset (`_ceiling`) and never searches them.
+The newest bucket (`_OpenBucket`) keeps, per asset, the seqs it was given in ascending order in
+`array('q')`s, with a small dict for the rare seq that arrives below its asset's last one (a
+restarted counter). When a newer bucket opens, the old one is frozen into sorted numpy arrays per
+asset. Either way a pair takes about 16 bytes instead of about 250 as dict entries of tuples and
+ints: at 2,000 messages/s dicts held about 200 MB of the collector's 332 (benchmarks/soak.py), and
+an open bucket of dicts alone was 25 MB of Python objects built and dropped every 75 s. A
+publisher's seq only grows, so a new message is above everything kept for its asset and searches
+nothing.
 """
 
 from __future__ import annotations
 
 import logging
+from array import array
+from bisect import bisect_left
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -33,6 +38,67 @@ class _FrozenBucket:
     size: int
 
 
+@dataclass
+class _OpenBucket:
+    """The bucket pairs are added to: per asset, ascending seqs and their ts (NO_TS for none) in arrays."""
+
+    seqs: dict[str, array] = field(default_factory=dict)
+    stamps: dict[str, array] = field(default_factory=dict)
+    below: dict[tuple[str, int], int | None] = field(default_factory=dict)  # seqs under their asset's last one
+    size: int = 0
+
+    def get(self, asset_id: str, seq: int) -> object:
+        """The ts stored for this pair (None: sent without one), or _ABSENT."""
+        seqs = self.seqs.get(asset_id)
+        if seqs is not None and seq <= seqs[-1]:
+            at = bisect_left(seqs, seq)
+            if seqs[at] == seq:
+                stamp = self.stamps[asset_id][at]
+                return None if stamp == NO_TS else stamp
+        if self.below:
+            return self.below.get((asset_id, seq), _ABSENT)
+        return _ABSENT
+
+    def put(self, asset_id: str, seq: int, ts_us: int | None) -> None:
+        """Store the pair's ts, replacing what this bucket held for it."""
+        stamp = NO_TS if ts_us is None else ts_us
+        seqs = self.seqs.get(asset_id)
+        if seqs is None:
+            self.seqs[asset_id], self.stamps[asset_id] = array("q", [seq]), array("q", [stamp])
+        elif seq > seqs[-1]:
+            seqs.append(seq)
+            self.stamps[asset_id].append(stamp)
+        else:
+            at = bisect_left(seqs, seq)
+            if seqs[at] == seq:
+                self.stamps[asset_id][at] = stamp
+                return
+            self.size += (asset_id, seq) not in self.below
+            self.below[(asset_id, seq)] = ts_us
+            return
+        self.size += 1
+
+    def frozen(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per asset: all its seqs sorted, and their ts (NO_TS for none)."""
+        by_asset = {
+            asset_id: (np.frombuffer(seqs, dtype=np.int64), np.frombuffer(self.stamps[asset_id], dtype=np.int64))
+            for asset_id, seqs in self.seqs.items()
+        }
+        extra: dict[str, tuple[list[int], list[int]]] = {}
+        for (asset_id, seq), ts_us in self.below.items():
+            seqs, stamps = extra.setdefault(asset_id, ([], []))
+            seqs.append(seq)
+            stamps.append(NO_TS if ts_us is None else ts_us)
+        for asset_id, (seqs, stamps) in extra.items():
+            held = by_asset.get(asset_id)
+            all_seqs, all_stamps = np.array(seqs, dtype=np.int64), np.array(stamps, dtype=np.int64)
+            if held is not None:
+                all_seqs, all_stamps = np.concatenate([held[0], all_seqs]), np.concatenate([held[1], all_stamps])
+            order = np.argsort(all_seqs, kind="stable")
+            by_asset[asset_id] = (all_seqs[order], all_stamps[order])
+        return {asset_id: (seqs.copy(), stamps.copy()) for asset_id, (seqs, stamps) in by_asset.items()}
+
+
 class DedupIndex:
     """Recently written (asset_id, seq) pairs: `seen` before writing a message, `add` once it is written."""
 
@@ -41,7 +107,7 @@ class DedupIndex:
         self._keep_buckets = buckets
         self._max_entries = max_entries
         self._open_id: int | None = None
-        self._open: dict[tuple[str, int], int | None] = {}
+        self._open = _OpenBucket()
         self._frozen: deque[_FrozenBucket] = deque()  # oldest first
         self._ceiling: dict[str, int] = {}  # asset -> the highest seq any frozen bucket holds for it
         self._size = 0
@@ -51,7 +117,7 @@ class DedupIndex:
         return self._size
 
     def seen(self, asset_id: str, seq: int, ts_us: int | None) -> bool:
-        stored = self._open.get((asset_id, seq), _ABSENT)
+        stored = self._open.get(asset_id, seq)
         if stored is not _ABSENT and (stored is None or ts_us is None or stored == ts_us):
             return True
         ceiling = self._ceiling.get(asset_id)
@@ -77,31 +143,21 @@ class DedupIndex:
             self._freeze_open()
             self._open_id = bucket_id
         # older receipts (read back on start) join the open bucket
-        key = (asset_id, seq)
-        if key not in self._open:
-            self._size += 1
-        self._open[key] = ts_us
+        before = self._open.size
+        self._open.put(asset_id, seq, ts_us)
+        self._size += self._open.size - before
         if self._frozen:
             self._forget_old()
 
     def _freeze_open(self) -> None:
-        if not self._open:
+        if not self._open.size:
             return
-        grouped: dict[str, tuple[list[int], list[int]]] = {}
-        for (asset_id, seq), ts_us in self._open.items():
-            seqs, stamps = grouped.setdefault(asset_id, ([], []))
-            seqs.append(seq)
-            stamps.append(NO_TS if ts_us is None else ts_us)
-        by_asset: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for asset_id, (seqs, stamps) in grouped.items():
-            seq_array = np.array(seqs, dtype=np.int64)
-            order = np.argsort(seq_array, kind="stable")
-            by_asset[asset_id] = (seq_array[order], np.array(stamps, dtype=np.int64)[order])
-            top = int(seq_array[order[-1]])
-            if top > self._ceiling.get(asset_id, -1):
-                self._ceiling[asset_id] = top
-        self._frozen.append(_FrozenBucket(self._open_id or 0, by_asset, len(self._open)))
-        self._open = {}
+        by_asset = self._open.frozen()
+        for asset_id, (seqs, _) in by_asset.items():
+            if int(seqs[-1]) > self._ceiling.get(asset_id, -1):
+                self._ceiling[asset_id] = int(seqs[-1])
+        self._frozen.append(_FrozenBucket(self._open_id or 0, by_asset, self._open.size))
+        self._open = _OpenBucket()
 
     def _forget_old(self) -> None:
         newest = self._open_id or 0
