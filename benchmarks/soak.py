@@ -192,7 +192,7 @@ class MemoryTrend:
         first = mb[times <= times[0] + span / 10] if span > 0 else mb
         last = mb[times >= times[-1] - span / 10] if span > 0 else mb
         half = times >= times[0] + span / 2
-        slope = float(np.polyfit(times[half], mb[half], 1)[0] * 3600) if half.sum() >= 3 else float("nan")
+        slope = round(float(np.polyfit(times[half], mb[half], 1)[0] * 3600), 2) if half.sum() >= 3 else float("nan")
         if times[0] + span / 2 < warm_up_s:
             verdict = f"too short to judge: the second half starts before the dedup index is full (~{warm_up_s:.0f} s)"
         elif slope <= FLAT_MB_PER_HOUR:
@@ -205,7 +205,7 @@ class MemoryTrend:
             round(float(statistics.fmean(first)), 1),
             round(float(statistics.fmean(last)), 1),
             round(float(mb.max()), 1),
-            round(slope, 2),
+            slope,  # rounded once, so the table and the verdict print the same figure
             warm_up_s,
             verdict,
             by_minute,
