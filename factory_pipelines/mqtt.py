@@ -162,11 +162,11 @@ class GulpReadingClient(mqtt.Client):
     """A paho client that reads its socket in gulps of up to 64 KiB and hands paho the bytes it asks for.
 
     paho reads every packet with three or four `recv()` calls (the command byte, each byte of the
-    remaining length, then the rest): a third of a backlog drain's time went there (py-spy on
-    benchmarks/ingest.py). Reading ahead leaves bytes here that `select()` on the socket cannot
-    see, so only a loop that asks `buffered_bytes()` before it waits may drive this client (the
-    collector's `_network_step`); paho's own `loop()` still works, but may wait out its timeout
-    with packets in hand. The gulp belongs to one socket: after a reconnect it is dropped.
+    remaining length, then the rest): a fifth of the collector's time in a backlog drain went there
+    (py-spy on benchmarks/ingest.py). Reading ahead leaves bytes here that `select()` on the socket
+    cannot see, so only a loop that asks `buffered_bytes()` before it waits may drive this client
+    (the collector's `_network_step`); paho's own `loop()` still works, but may wait out its
+    timeout with packets in hand. The gulp belongs to one socket: after a reconnect it is dropped.
     """
 
     GULP_BYTES = 65536
