@@ -8,7 +8,7 @@ holds one table (each figure, its baseline from the same run, the ratio, the tar
 is met), the absolute numbers, the machine, the commit, the date and the exact command; a benchmark
 that failed is listed with its error.
 
-    .venv/bin/python benchmarks/run_all.py                    # about 85 min (a 30 min soak)
+    .venv/bin/python benchmarks/run_all.py                    # about 115 min (a 60 min soak)
     .venv/bin/python benchmarks/run_all.py --quick            # smoke check, 8-11 min
     .venv/bin/python benchmarks/run_all.py --only ingest,scoring
     .venv/bin/python -m benchmarks                            # the same as run_all.py
@@ -484,11 +484,11 @@ def render(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, a few minutes: a smoke check")
-    parser.add_argument("--soak-minutes", type=float, help="soak length (default 30, with --quick 1)")
+    parser.add_argument("--soak-minutes", type=float, help="soak length (default 60, with --quick 1)")
     parser.add_argument("--only", help="comma-separated benchmark names (default: all)")
     parser.add_argument("--out", type=Path, default=SUMMARY, help="where to write the summary")
     args = parser.parse_args(argv)
-    soak_minutes = args.soak_minutes if args.soak_minutes is not None else (1.0 if args.quick else 30.0)
+    soak_minutes = args.soak_minutes if args.soak_minutes is not None else (1.0 if args.quick else 60.0)
     chosen = benchmarks(soak_minutes)
     if args.only:
         names = {name.strip() for name in args.only.split(",")}

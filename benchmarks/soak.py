@@ -13,7 +13,7 @@ line through the second half (MB/hour). The collector's dedup index fills for it
 min(horizon, max entries / rate) seconds (10 minutes at 2,000 messages/s); the verdict is
 "flat" when the second half starts after that and its slope is at most FLAT_MB_PER_HOUR.
 
-    .venv/bin/python benchmarks/soak.py                       # 30 minutes at 2,000 messages/s
+    .venv/bin/python benchmarks/soak.py                       # 60 minutes at 2,000 messages/s, judged on the last 30
     .venv/bin/python benchmarks/soak.py --minutes 2 --no-write
 """
 
@@ -354,7 +354,7 @@ def render(result: dict[str, Any], command: str, load: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--minutes", type=float, default=60.0)
     parser.add_argument("--rate", type=float, default=2000.0, help="messages per second")
     parser.add_argument("--assets", type=int, default=100)
     parser.add_argument("--sample-seconds", type=float, default=5.0, help="seconds between RSS samples")
