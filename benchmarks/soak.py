@@ -312,12 +312,12 @@ def soak(minutes: float, rate: float, assets: int, sample_s: float, keep: bool) 
     }
 
 
-def render(result: dict[str, Any], command: str, load: str) -> str:
+def render(result: dict[str, Any], command: str, load: str, started: datetime) -> str:
     pub, check, memory = result["publisher"], result["check"], result["memory"]
     lines = [
         "# Soak: the collector under a steady QoS 1 stream",
         "",
-        f"`{command}` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, {result['broker']} on "
+        f"`{command}` started {started:%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, {result['broker']} on "
         f"loopback, load average {load} before the run: {result['minutes']:g} min at {result['target_rate']:,.0f} "
         f"messages/s over {result['assets']} assets (QoS 1, about 300 bytes each), the collector with default "
         f"settings (windows of {result['window_seconds']:g} s, sealed early at {result['window_max_rows']:,} rows).",
@@ -370,9 +370,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command = shlex.join([".venv/bin/python", "benchmarks/soak.py", *(argv if argv is not None else sys.argv[1:])])
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    started = datetime.now(UTC)
     print(f"soak: {args.minutes:g} min at {args.rate:,.0f} messages/s", flush=True)
     result = soak(args.minutes, args.rate, args.assets, args.sample_seconds, args.keep)
-    text = render(result, command, load)
+    text = render(result, command, load, started)
     print(text)
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
