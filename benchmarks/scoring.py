@@ -12,8 +12,11 @@ the feature assets do. Then, per window, as the prediction assets do it:
   the robot steps of the lookback windows, as `robot_steps` writes them per window), stamped into
   the window's predictions frame by `ScoringRun.stamped`, the frame written as the window's Parquet
   file (assets/prediction_output.py);
-* bare: the estimator's own call (`score_samples`, `predict_proba`, `predict_on_batch`, whichever the
-  platform makes) on the already-featurised matrix of the same rows, built before the clock starts.
+* bare: the estimator's own predict call (`score_samples`, `predict_proba`, Keras's `predict_on_batch`)
+  on the already-featurised matrix of the same rows, built before the clock starts. The scikit-learn
+  families make that very call; rul_lstm runs the same Keras graph through its traced forward pass
+  (`RulModel.forward`), without Keras's per-call Python, so it alternates a third path too: that
+  forward pass alone on the same tensor, which shows what the platform adds beyond its model call.
 
 Rounds alternate platform and bare; the medians give rows/s and the ratio (target >= 0.9). Both run
 with one native thread, capped once outside the clock (a prediction asset caps OpenMP once around
@@ -237,6 +240,7 @@ class Workload:
     platform: Callable[[ScoringRun, str, pl.DataFrame], pl.DataFrame]
     bare: Callable[[Any], Any]
     extra: dict[str, Any] = field(default_factory=dict)
+    own_call: Callable[[Any], Any] | None = None  # the platform's model call, when it is not `bare`
 
 
 # Each platform function below is the body of the family's prediction asset for one window, minus its
@@ -268,6 +272,7 @@ def build_workload(name: str, loaded: LoadedChampion, plant: PlantWindows) -> Wo
             PLATFORM_PATHS[name],
             bare_call(name, model),
             extra={"lookback_windows": lookback},
+            own_call=model.forward(),
         )
     for key in plant.scored_keys:
         window = by_key[key]
@@ -320,6 +325,7 @@ class Timing:
     platform_cpu_s: list[float]
     bare_cpu_s: list[float]
     extra: dict[str, Any]
+    own_call_s: list[float] = field(default_factory=list)  # the platform's own model call, when timed
 
     @property
     def platform_rate(self) -> float:
@@ -352,6 +358,16 @@ class Timing:
             "target": TARGET_RATIO,
             "met": self.ratio >= TARGET_RATIO,
             **self.extra,
+            **(
+                {
+                    "own_call_ms_per_window": round(statistics.median(self.own_call_s) / self.windows * 1e3, 3),
+                    "own_call_ratio": round(
+                        statistics.median(o / p for p, o in zip(self.platform_s, self.own_call_s, strict=True)), 3
+                    ),
+                }
+                if self.own_call_s
+                else {}
+            ),
         }
 
 
@@ -360,30 +376,36 @@ def run_platform(work: Workload) -> int:
 
 
 def measure(work: Workload, rounds: int) -> Timing:
-    """Rounds over the batch after a warm-up of each path; within a round the two paths alternate
-    window by window (ABBA order), so a change in the machine's load weighs on both alike."""
+    """Rounds over the batch after a warm-up of each path; within a round the paths alternate window
+    by window (ABBA order, or a rotation of three), so a change in the machine's load weighs on all alike."""
     rows = run_platform(work)
-    for matrix in work.matrices:
-        work.bare(matrix)
-    totals: dict[str, list[float]] = {name: [] for name in ("platform", "bare", "platform_cpu", "bare_cpu")}
-    flip = False
+    calls: dict[str, Callable[[Any], Any]] = {"bare": work.bare}
+    if work.own_call is not None:
+        calls["own_call"] = work.own_call
+    for call in calls.values():
+        for matrix in work.matrices:
+            call(matrix)
+    paths = ["platform", *calls]
+    totals: dict[str, list[float]] = {name: [] for path in paths for name in (path, f"{path}_cpu")}
+    turn = 0
     for _ in range(rounds):
         spent = dict.fromkeys(totals, 0.0)
         for (key, frame), matrix in zip(work.inputs, work.matrices, strict=True):
-            for path in ("bare", "platform") if flip else ("platform", "bare"):
+            order = paths[turn:] + paths[:turn] if len(paths) > 2 else paths[:: 1 if turn % 2 == 0 else -1]
+            for path in order:
                 wall, cpu = time.perf_counter(), time.process_time()
                 if path == "platform":
                     work.platform(work.run, key, frame)
                 else:
-                    work.bare(matrix)
+                    calls[path](matrix)
                 spent[path] += time.perf_counter() - wall
                 spent[f"{path}_cpu"] += time.process_time() - cpu
-            flip = not flip
+            turn = (turn + 1) % len(paths)
         for name, seconds in spent.items():
             totals[name].append(seconds)
     return Timing(
         work.name, rows, len(work.inputs), totals["platform"], totals["bare"], totals["platform_cpu"],
-        totals["bare_cpu"], work.extra,
+        totals["bare_cpu"], work.extra, totals.get("own_call", []),
     )  # fmt: skip
 
 
@@ -435,8 +457,16 @@ def render(timings: Sequence[Timing], command: str, plant: dict[str, Any], size:
         "prepared before timing (IsolationForest pipeline `score_samples`,",
         "HistGradientBoosting `predict_proba`, CalibratedClassifierCV `predict_proba`, Keras `predict_on_batch`",
         "on the prepared window tensor). Rows: predictions made (machines, zones or robots per window).",
-        "Ratio: the median over rounds of bare time / platform time, the two paths alternating window by",
+        "Ratio: the median over rounds of bare time / platform time, the paths alternating window by",
         "window; the CPU-time ratio is the same in this process's CPU seconds (steadier on a busy machine).",
+        "rul_lstm's platform runs the same Keras graph through its traced forward pass (`RulModel.forward`),",
+        "without `predict_on_batch`'s per-call Python; that pass alone, alternated as a third path:",
+        *(
+            f"{t.name} {t.as_dict()['own_call_ms_per_window']:.2f} ms per window, "
+            f"{t.as_dict()['own_call_ratio']:.2f} of the platform's time."
+            for t in timings
+            if t.own_call_s
+        ),
         "",
     ]
     return "\n".join(lines)

@@ -461,6 +461,8 @@ class RulModel:
     history: HistoryMember | None = None  # the trees over each unit's whole history, blended with the network
     # confidence -> half_width_factor; not copied by `replace`, which may change the scores
     _half_widths: dict[float, float] = field(default_factory=dict, init=False, compare=False, repr=False)
+    # the network's forward pass traced once (`forward`); not copied by `replace`, which may change the network
+    _forward: Callable[[np.ndarray], np.ndarray] | None = field(default=None, init=False, compare=False, repr=False)
 
     def inputs(self, ordered: pl.DataFrame) -> np.ndarray:
         """The network's input per row (rows x channels) of a frame sorted by unit and cycle."""
@@ -505,11 +507,24 @@ class RulModel:
         """RUL (cycles, >= 0) for a batch of prepared windows; batched, never one call per unit."""
         if windows.shape[0] == 0:
             return np.zeros(0)
-        out = [
-            np.asarray(self.network.predict_on_batch(windows[i : i + 4096])).reshape(-1)
-            for i in range(0, windows.shape[0], 4096)
-        ]
+        forward = self.forward()
+        out = [forward(windows[i : i + 4096]).reshape(-1) for i in range(0, windows.shape[0], 4096)]
         return np.maximum(np.concatenate(out).astype(np.float64) * self.rul_cap, 0.0)
+
+    def forward(self) -> Callable[[np.ndarray], np.ndarray]:
+        """The network's inference pass, traced into one TensorFlow graph for any batch size on first use.
+
+        The same graph `predict_on_batch` runs, without the Keras Python around it (input adapter,
+        step function, output conversion): about 0.7 ms a call, as much as all the rest of scoring
+        a window, and a prediction asset calls the network once per window.
+        """
+        if self._forward is None:
+            import tensorflow as tf
+
+            spec = tf.TensorSpec((None, *self.network.input_shape[1:]), tf.float32)
+            traced = tf.function(lambda x: self.network(x, training=False)).get_concrete_function(spec)
+            self._forward = lambda x: traced(tf.convert_to_tensor(x, tf.float32)).numpy()
+        return self._forward
 
     def network_and_trees(self, ordered: pl.DataFrame, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """The network's and the history trees' RUL (cycles; None without trees) at rows `ends` of a frame

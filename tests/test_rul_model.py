@@ -230,6 +230,22 @@ def test_split_conformal_quantile_gives_nominal_coverage_on_exchangeable_scores(
     assert rm.conformal_quantile(np.arange(1.0, 10.0), 0.5) == 5.0
 
 
+def test_forward_pass_matches_keras_predict_for_any_batch_size_and_leaves_out_dropout(
+    fd001_model: rm.RulModel,
+) -> None:
+    """The traced pass replaces `predict_on_batch` in every prediction: same numbers, any batch, no dropout."""
+    shape = fd001_model.network.input_shape[1:]
+    forward = fd001_model.forward()
+    assert fd001_model.forward() is forward  # traced once per model
+    for batch in (1, 7, 40):
+        windows = np.random.default_rng(batch).normal(size=(batch, *shape))  # float64, as the platform builds them
+        expected = np.asarray(fd001_model.network.predict_on_batch(windows.astype(np.float32)))
+        out = forward(windows)
+        assert out.shape == expected.shape
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(forward(windows), out)  # inference: dropout (0.1 here) stays off
+
+
 def test_log_model_and_load_model_round_trip_through_the_registry(
     tmp_path: Path, fd001_model: rm.RulModel, fd001_slice: tuple[rm.RulDataset, rm.RulDataset]
 ) -> None:
