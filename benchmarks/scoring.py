@@ -459,16 +459,17 @@ def render(timings: Sequence[Timing], command: str, plant: dict[str, Any], size:
         "on the prepared window tensor). Rows: predictions made (machines, zones or robots per window).",
         "Ratio: the median over rounds of bare time / platform time, the paths alternating window by",
         "window; the CPU-time ratio is the same in this process's CPU seconds (steadier on a busy machine).",
-        "rul_lstm's platform runs the same Keras graph through its traced forward pass (`RulModel.forward`),",
-        "without `predict_on_batch`'s per-call Python; that pass alone, alternated as a third path:",
-        *(
-            f"{t.name} {t.as_dict()['own_call_ms_per_window']:.2f} ms per window, "
-            f"{t.as_dict()['own_call_ratio']:.2f} of the platform's time."
-            for t in timings
-            if t.own_call_s
-        ),
-        "",
     ]
+    for t in timings:
+        if t.own_call_s:  # rul_lstm
+            d = t.as_dict()
+            lines += [
+                f"{t.name}'s platform runs the same Keras graph through its traced forward pass",
+                "(`RulModel.forward`), without `predict_on_batch`'s per-call Python; that pass alone, alternated",
+                f"as a third path: {d['own_call_ms_per_window']:.2f} ms per window, {d['own_call_ratio']:.2f} of "
+                "the platform's time.",
+            ]
+    lines.append("")
     return "\n".join(lines)
 
 
