@@ -377,7 +377,7 @@ def run_platform(work: Workload) -> int:
 
 def measure(work: Workload, rounds: int) -> Timing:
     """Rounds over the batch after a warm-up of each path; within a round the paths alternate window
-    by window (ABBA order, or a rotation of three), so a change in the machine's load weighs on all alike."""
+    by window in rotation (ABBA with two), so a change in the machine's load weighs on all alike."""
     rows = run_platform(work)
     calls: dict[str, Callable[[Any], Any]] = {"bare": work.bare}
     if work.own_call is not None:
@@ -391,8 +391,7 @@ def measure(work: Workload, rounds: int) -> Timing:
     for _ in range(rounds):
         spent = dict.fromkeys(totals, 0.0)
         for (key, frame), matrix in zip(work.inputs, work.matrices, strict=True):
-            order = paths[turn:] + paths[:turn] if len(paths) > 2 else paths[:: 1 if turn % 2 == 0 else -1]
-            for path in order:
+            for path in paths[turn:] + paths[:turn]:  # with two paths, ABBA
                 wall, cpu = time.perf_counter(), time.process_time()
                 if path == "platform":
                     work.platform(work.run, key, frame)
