@@ -515,8 +515,8 @@ class RulModel:
         """The network's inference pass, traced into one TensorFlow graph for any batch size on first use.
 
         The same graph `predict_on_batch` runs, without the Keras Python around it (input adapter,
-        step function, output conversion): about 0.7 ms a call, as much as all the rest of scoring
-        a window, and a prediction asset calls the network once per window.
+        step function, output conversion): 0.3-1.1 ms a call measured (benchmarks/README.md), on a
+        call of about 9 ms, and a prediction asset calls the network once per window.
         """
         if self._forward is None:
             import tensorflow as tf
