@@ -12,7 +12,9 @@ on random zoomed/flipped crops, it is run on the whole frame at inference, where
 - the frame's violation, no-hard-hat and no-vest probabilities are the mean of the frame head's and
   of the highest cell of each "no" map (`frame_score`: "mean", "head" or "maps"); the verdict
   compares them with a threshold chosen at training time on held-out training frames
-  (`steady_threshold`);
+  (`steady_threshold`); two networks (`members`) are trained from different seeds, each holding
+  out its own slice for the threshold, and the model averages their outputs: one network's F1 moves
+  by up to 0.05 with its seed, the average's stays near the better one's;
 - regions are the connected blobs of the person map, each with its own hard-hat and vest verdict
   from the maps inside it (and blobs of a "no" map that no person blob covers);
 - a labelled box is classified (the crop classifier that `crop_accuracy` scores) as the PPE map
@@ -30,7 +32,7 @@ import math
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -123,11 +125,19 @@ class PpeParams:
     violation_prior: float = 0.5  # share of violating frames the threshold is tuned for (0: as in the training data)
     mirror_at_inference: bool = True  # average each frame's outputs with those of its mirror image
     region_threshold: float = 0.4  # person-map level that outlines a person region
+    members: int = 2  # networks trained (seeds seed, seed+1, ...), each holding out its own threshold slice; averaged
     seed: int = 42  # seeds the split, the crops and the initial weights
 
     def __post_init__(self) -> None:
         if self.frame_score not in FRAME_SCORES:
             raise ValueError(f"frame_score must be one of {FRAME_SCORES}, got {self.frame_score!r}")
+        if self.members < 1:
+            raise ValueError(f"members must be 1 or more, got {self.members}")
+        if self.calibration_fraction * self.members > 0.6:
+            raise ValueError(
+                f"members={self.members} hold out calibration_fraction={self.calibration_fraction} each: "
+                "their slices must make up at most 0.6 of the frames together"
+            )
 
 
 # ---- data -----------------------------------------------------------------------------------
@@ -149,6 +159,20 @@ def split_frames(
     kept = [frame_id for frame_id in data.frames["frame_id"] if frame_id not in held]
     validation = [frame_id for frame_id in data.frames["frame_id"] if frame_id in held]
     return data.select(kept), data.select(validation)
+
+
+def calibration_slices(data: LabelledFrames, fraction: float, count: int, seed: int) -> list[LabelledFrames]:
+    """`count` disjoint held-out slices of `fraction` of the frames each, clips whole, stratified.
+
+    The first is the slice `split_frames(data, fraction, seed)` holds out, so one member calibrates
+    exactly as a single network does.
+    """
+    slices: list[LabelledFrames] = []
+    rest = data
+    for index in range(count):
+        rest, held_out = split_frames(rest, fraction / (1.0 - index * fraction), seed + index)
+        slices.append(held_out)
+    return slices
 
 
 def target_maps(boxes: np.ndarray, grid: int) -> np.ndarray:
@@ -175,7 +199,7 @@ def target_maps(boxes: np.ndarray, grid: int) -> np.ndarray:
 # ---- the network ----------------------------------------------------------------------------
 
 
-def build_network(params: PpeParams) -> keras.Model:
+def build_network(params: PpeParams, name: str = MODEL_NAME) -> keras.Model:
     """A backbone down to 1/32 (EfficientNet-Lite0 as shipped, or conv stages from scratch), a small
     feature pyramid back up to 1/8 where the class maps come out, and a frame head on the pooled
     1/32 features and map peaks.
@@ -227,11 +251,26 @@ def build_network(params: PpeParams) -> keras.Model:
     )
     hidden = layers.Dropout(params.dropout, seed=params.seed)(layers.Dense(8 * width, activation="relu")(pooled))
     frame = layers.Dense(len(FRAME_OUTPUTS), activation="sigmoid", name="frame")(hidden)
-    network = keras.Model(frames, {"maps": maps, "frame": frame}, name=MODEL_NAME)
+    network = keras.Model(frames, {"maps": maps, "frame": frame}, name=name)
     if params.backbone == PRETRAINED_BACKBONE:
         efficientnet_lite.load_pretrained(network)
         efficientnet_lite.freeze(network, tuned_blocks=params.tuned_blocks)
     return network
+
+
+def averaged_network(members: Sequence[keras.Model]) -> keras.Model:
+    """One network whose maps and frame head are the mean of its members' (each runs in full)."""
+    import keras
+    from keras import layers
+
+    frames = keras.Input((None, None, 3), name="frames")
+    # uncompiled views of the members (the same layers): a compiled member inside a saved model
+    # would need its custom loss to load
+    views = [keras.Model(member.input, member.output, name=member.name) for member in members]
+    outputs = [view(frames) for view in views]
+    maps = layers.Average(name="maps")([output["maps"] for output in outputs])
+    frame = layers.Average(name="frame")([output["frame"] for output in outputs])
+    return keras.Model(frames, {"maps": maps, "frame": frame}, name=MODEL_NAME)
 
 
 def weighted_map_loss(positive_weight: float) -> Callable[[Any, Any], Any]:
@@ -307,7 +346,7 @@ def _augmented_crops(
 
 
 def _train_network(
-    data: LabelledFrames, params: PpeParams, progress: Callable[[str], None] | None
+    data: LabelledFrames, params: PpeParams, progress: Callable[[str], None] | None, name: str = MODEL_NAME
 ) -> tuple[keras.Model, float]:
     """The fitted network and the seconds its training took (image loading excluded)."""
     import keras
@@ -319,7 +358,7 @@ def _train_network(
     targets = np.stack([target_maps(boxes, grid) for boxes in data.boxes_by_frame()])
     dataset = _augmented_crops(images, targets, params)
     steps = max(1, math.ceil(data.n_frames / params.batch_size))
-    network = build_network(params)
+    network = build_network(params, name)
     schedule = keras.optimizers.schedules.CosineDecay(params.learning_rate, decay_steps=steps * params.epochs)
     network.compile(
         optimizer=keras.optimizers.Adam(schedule),
@@ -561,6 +600,7 @@ class PpeModel:
         import keras
 
         config = json.loads(Path(config_path).read_text())
+        config["params"].setdefault("members", 1)  # saved before members existed: one network
         known = {f.name for f in fields(PpeParams)}
         params = PpeParams(**{k: v for k, v in config["params"].items() if k in known})
         network = keras.models.load_model(network_path, compile=False)
@@ -664,27 +704,45 @@ def violation_metrics(predicted: np.ndarray, truth: np.ndarray) -> dict[str, flo
 
 
 def fit(train: LabelledFrames, params: PpeParams, progress: Callable[[str], None] | None = None) -> PpeModel:
-    """Train the network on `train`; the threshold comes from a held-out slice of it (F1-best)."""
+    """Train the network on `train`; the threshold comes from a held-out slice of it (F1-best).
+
+    With `members` > 1 each member network holds out its own slice and scores it, so the threshold
+    is placed on that many times more frames, none seen by the network scoring it; the model
+    averages the members.
+    """
     say = progress or (lambda _message: None)
     if params.image_size % 32 or params.crop_size % 32:
         raise ValueError("image_size and crop_size must be multiples of 32")
-    calibration: dict[str, float] = {}
-    threshold = params.threshold
-    fitting = train
     if params.calibration_fraction > 0:
-        fitting, held_out = split_frames(train, params.calibration_fraction, params.seed)
-    say(f"training on {fitting.n_frames} frames ({params.epochs} epochs, crops {params.crop_size} px)")
-    network, seconds = _train_network(fitting, params, progress)
-    model = PpeModel(network=network, params=params, threshold=threshold)
-    if params.calibration_fraction > 0 and held_out.n_frames:
-        scores = model.frame_scores(held_out)
-        truth = held_out.frames["violation"].to_numpy()
-        threshold = steady_threshold(scores, truth, params.violation_prior, seed=params.seed)
-        f1 = violation_metrics(scores >= threshold, truth)["f1"]
-        model.threshold = threshold
-        calibration = {"calibration_frames": float(held_out.n_frames), "calibration_f1": f1}
-        say(f"threshold {threshold:.3f} (F1 {f1:.3f} on {held_out.n_frames} held-out training frames)")
-    model.calibration = {**calibration, "training_frames": float(fitting.n_frames), "network_seconds": seconds}
+        held_out = calibration_slices(train, params.calibration_fraction, params.members, params.seed)
+    else:  # no threshold to place: every member learns from every frame
+        held_out = [train.select([])] * params.members
+    networks, scores, truth, seconds, fitted = [], [], [], 0.0, 0
+    for index, member_held_out in enumerate(held_out):
+        held_ids = set(member_held_out.frames["frame_id"])
+        fitting = train.select([frame_id for frame_id in train.frames["frame_id"] if frame_id not in held_ids])
+        member = f"member {index + 1}/{params.members}: " if params.members > 1 else ""
+        say(f"{member}training on {fitting.n_frames} frames ({params.epochs} epochs, crops {params.crop_size} px)")
+        member_params = replace(params, seed=params.seed + index)
+        name = MODEL_NAME if params.members == 1 else f"{MODEL_NAME}_member_{index + 1}"
+        network, member_seconds = _train_network(fitting, member_params, progress, name)
+        networks.append(network)
+        seconds += member_seconds
+        fitted = max(fitted, fitting.n_frames)
+        if member_held_out.n_frames:
+            single = PpeModel(network=network, params=params, threshold=params.threshold)
+            scores.append(single.frame_scores(member_held_out))
+            truth.append(member_held_out.frames["violation"].to_numpy())
+    network = networks[0] if len(networks) == 1 else averaged_network(networks)
+    model = PpeModel(network=network, params=params, threshold=params.threshold)
+    calibration: dict[str, float] = {}
+    if scores:
+        all_scores, all_truth = np.concatenate(scores), np.concatenate(truth)
+        model.threshold = steady_threshold(all_scores, all_truth, params.violation_prior, seed=params.seed)
+        f1 = violation_metrics(all_scores >= model.threshold, all_truth)["f1"]
+        calibration = {"calibration_frames": float(all_scores.size), "calibration_f1": f1}
+        say(f"threshold {model.threshold:.3f} (F1 {f1:.3f} on {all_scores.size} held-out training frames)")
+    model.calibration = {**calibration, "training_frames": float(fitted), "network_seconds": seconds}
     return model
 
 

@@ -5,6 +5,7 @@ and survive a round trip through a real MLflow registry."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ TINY_PARAMS = pm.PpeParams(
     batch_size=16,
     learning_rate=4e-3,
     calibration_fraction=0.25,
+    members=1,  # two members: test_members_calibrate_on_frames_they_did_not_see_...
     seed=3,
 )
 
@@ -160,6 +162,25 @@ def test_camera_frame_is_a_small_deterministic_jpeg() -> None:
     assert frame.violation == (frame.no_hardhat or frame.no_vest)
 
 
+def test_calibration_slices_are_disjoint_whole_clips_and_the_first_is_the_single_split() -> None:
+    data = pi.read_yolo_folder(ppe_folder("valid"))
+    slices = pm.calibration_slices(data, 0.2, 3, seed=5)
+
+    ids = [set(part.frames["frame_id"]) for part in slices]
+    assert all(ids) and not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    assert ids[0] == set(pm.split_frames(data, 0.2, seed=5)[1].frames["frame_id"])
+    groups = [{pi.source_group(frame_id) for frame_id in part} for part in ids]
+    assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
+    for part in slices:  # each about a fifth of the frames, with the folder's share of violations
+        assert part.n_frames == pytest.approx(0.2 * data.n_frames, abs=4)
+        share = float(data.frames["violation"].mean())  # type: ignore[arg-type]
+        assert float(part.frames["violation"].mean()) == pytest.approx(share, abs=0.1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="members must be 1 or more"):
+        pm.PpeParams(members=0)
+    with pytest.raises(ValueError, match="at most 0.6 of the frames"):
+        pm.PpeParams(members=4, calibration_fraction=0.2)
+
+
 # ---- a tiny model on generated frames -----------------------------------------------------------
 
 
@@ -231,6 +252,44 @@ def test_frame_score_is_the_mean_of_head_and_maps(
         np.testing.assert_allclose(getattr(mean, name), (getattr(head, name) + getattr(maps, name)) / 2)
     with pytest.raises(ValueError, match="frame_score must be one of"):
         pm.PpeParams(frame_score="average")  # refused before any training or scoring
+
+
+def test_members_calibrate_on_frames_they_did_not_see_and_the_model_averages_them(
+    synthetic_sets: tuple[pi.LabelledFrames, pi.LabelledFrames], tmp_path: Path
+) -> None:
+    params = dataclasses.replace(TINY_PARAMS, members=2, epochs=3, calibration_fraction=0.2)
+    train, held_out = synthetic_sets
+    messages: list[str] = []
+    model = pm.fit(train, params, progress=messages.append)
+
+    slices = pm.calibration_slices(train, 0.2, 2, params.seed)
+    assert model.calibration["calibration_frames"] == sum(part.n_frames for part in slices)
+    assert [m for m in messages if m.startswith("member ")] == [
+        f"member {k}/2: training on {train.n_frames - part.n_frames} frames (3 epochs, crops 96 px)"
+        for k, part in enumerate(slices, start=1)
+    ]
+    members = [layer for layer in model.network.layers if layer.name.startswith(f"{pm.MODEL_NAME}_member_")]
+    assert len(members) == 2
+    batch = pi.load_square_images(held_out.frames["image_path"].to_list()[:6], params.image_size).astype("float32")
+    outputs = [member.predict_on_batch(batch) for member in members]
+    averaged = model.network.predict_on_batch(batch)
+    assert not np.allclose(outputs[0]["frame"], outputs[1]["frame"])  # two networks, not one twice
+    for name in ("maps", "frame"):
+        np.testing.assert_allclose(averaged[name], (outputs[0][name] + outputs[1][name]) / 2, rtol=1e-5, atol=1e-6)
+
+    loaded = pm.PpeModel.load(*model.save(tmp_path / "saved"))
+    assert loaded.params.members == 2 and loaded.threshold == model.threshold
+    np.testing.assert_allclose(loaded.frame_scores(held_out), model.frame_scores(held_out), rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_saved_before_members_existed_loads_as_one_network(tiny_model: pm.PpeModel, tmp_path: Path) -> None:
+    network_path, config_path = tiny_model.save(tmp_path / "saved")
+    config = json.loads(config_path.read_text())
+    del config["params"]["members"]
+    config_path.write_text(json.dumps(config))
+
+    assert pm.PpeParams().members == 2
+    assert pm.PpeModel.load(network_path, config_path).params.members == 1
 
 
 @pytest.fixture

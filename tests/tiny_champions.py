@@ -48,6 +48,7 @@ TINY_PPE = pm.PpeParams(
     calibration_fraction=0.0,
     mirror_at_inference=False,
     region_threshold=0.0,  # every frame then has a person region to report, trained or not
+    members=1,
     seed=3,
 )
 CYCLES_PER_STEP = 40  # the tiny RUL model's steps
