@@ -8,7 +8,7 @@ holds one table (each figure, its baseline from the same run, the ratio, the tar
 is met), the absolute numbers, the machine, the commit, the date and the exact command; a benchmark
 that failed is listed with its error.
 
-    .venv/bin/python benchmarks/run_all.py                    # about 115 min (a 60 min soak)
+    .venv/bin/python benchmarks/run_all.py                    # 88 min on a fast host (a 60 min soak)
     .venv/bin/python benchmarks/run_all.py --quick            # smoke check, 8-11 min
     .venv/bin/python benchmarks/run_all.py --only ingest,scoring
     .venv/bin/python -m benchmarks                            # the same as run_all.py
