@@ -717,7 +717,10 @@ def fit(train: LabelledFrames, params: PpeParams, progress: Callable[[str], None
         held_out = calibration_slices(train, params.calibration_fraction, params.members, params.seed)
     else:  # no threshold to place: every member learns from every frame
         held_out = [train.select([])] * params.members
-    networks, scores, truth, seconds, fitted = [], [], [], 0.0, 0
+    networks: list[keras.Model] = []
+    scores: list[np.ndarray] = []  # each member's scores on its own slice, and the slice's verdicts
+    truth: list[np.ndarray] = []
+    seconds, fitted = 0.0, 0
     for index, member_held_out in enumerate(held_out):
         held_ids = set(member_held_out.frames["frame_id"])
         fitting = train.select([frame_id for frame_id in train.frames["frame_id"] if frame_id not in held_ids])
