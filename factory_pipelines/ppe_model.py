@@ -199,7 +199,7 @@ def target_maps(boxes: np.ndarray, grid: int) -> np.ndarray:
 # ---- the network ----------------------------------------------------------------------------
 
 
-def build_network(params: PpeParams, name: str = MODEL_NAME) -> keras.Model:
+def build_network(params: PpeParams) -> keras.Model:
     """A backbone down to 1/32 (EfficientNet-Lite0 as shipped, or conv stages from scratch), a small
     feature pyramid back up to 1/8 where the class maps come out, and a frame head on the pooled
     1/32 features and map peaks.
@@ -251,7 +251,7 @@ def build_network(params: PpeParams, name: str = MODEL_NAME) -> keras.Model:
     )
     hidden = layers.Dropout(params.dropout, seed=params.seed)(layers.Dense(8 * width, activation="relu")(pooled))
     frame = layers.Dense(len(FRAME_OUTPUTS), activation="sigmoid", name="frame")(hidden)
-    network = keras.Model(frames, {"maps": maps, "frame": frame}, name=name)
+    network = keras.Model(frames, {"maps": maps, "frame": frame}, name=MODEL_NAME)
     if params.backbone == PRETRAINED_BACKBONE:
         efficientnet_lite.load_pretrained(network)
         efficientnet_lite.freeze(network, tuned_blocks=params.tuned_blocks)
@@ -264,9 +264,12 @@ def averaged_network(members: Sequence[keras.Model]) -> keras.Model:
     from keras import layers
 
     frames = keras.Input((None, None, 3), name="frames")
-    # uncompiled views of the members (the same layers): a compiled member inside a saved model
-    # would need its custom loss to load
-    views = [keras.Model(member.input, member.output, name=member.name) for member in members]
+    # uncompiled views of the members (the same layers, named apart): a compiled member inside a
+    # saved model would need its custom loss to load
+    views = [
+        keras.Model(member.input, member.output, name=f"{MODEL_NAME}_member_{index}")
+        for index, member in enumerate(members, start=1)
+    ]
     outputs = [view(frames) for view in views]
     maps = layers.Average(name="maps")([output["maps"] for output in outputs])
     frame = layers.Average(name="frame")([output["frame"] for output in outputs])
@@ -346,7 +349,7 @@ def _augmented_crops(
 
 
 def _train_network(
-    data: LabelledFrames, params: PpeParams, progress: Callable[[str], None] | None, name: str = MODEL_NAME
+    data: LabelledFrames, params: PpeParams, progress: Callable[[str], None] | None
 ) -> tuple[keras.Model, float]:
     """The fitted network and the seconds its training took (image loading excluded)."""
     import keras
@@ -358,7 +361,7 @@ def _train_network(
     targets = np.stack([target_maps(boxes, grid) for boxes in data.boxes_by_frame()])
     dataset = _augmented_crops(images, targets, params)
     steps = max(1, math.ceil(data.n_frames / params.batch_size))
-    network = build_network(params, name)
+    network = build_network(params)
     schedule = keras.optimizers.schedules.CosineDecay(params.learning_rate, decay_steps=steps * params.epochs)
     network.compile(
         optimizer=keras.optimizers.Adam(schedule),
@@ -727,8 +730,7 @@ def fit(train: LabelledFrames, params: PpeParams, progress: Callable[[str], None
         member = f"member {index + 1}/{params.members}: " if params.members > 1 else ""
         say(f"{member}training on {fitting.n_frames} frames ({params.epochs} epochs, crops {params.crop_size} px)")
         member_params = replace(params, seed=params.seed + index)
-        name = MODEL_NAME if params.members == 1 else f"{MODEL_NAME}_member_{index + 1}"
-        network, member_seconds = _train_network(fitting, member_params, progress, name)
+        network, member_seconds = _train_network(fitting, member_params, progress)
         networks.append(network)
         seconds += member_seconds
         fitted = max(fitted, fitting.n_frames)
