@@ -1128,20 +1128,36 @@ class CmapssSplitFiles:
 
 
 def write_cmapss_dev_split(
-    train_file: Path, out_dir: Path, *, held_out_fraction: float = 0.2, seed: int = 0, cuts_per_engine: int = 1
+    train_file: Path,
+    out_dir: Path,
+    *,
+    held_out_fraction: float = 0.2,
+    seed: int = 0,
+    cuts_per_engine: int = 1,
+    fold: int = 0,
 ) -> CmapssSplitFiles:
     """A development stand-in for the held-out official test split, written in NASA's layout.
 
     A seeded `held_out_fraction` of the training engines is removed from the training file; each
     is cut at random cycles (`cut_at_random_cycles`) `cuts_per_engine` times, and the cut copies,
     numbered 1.., form the test file with their true RUL in the RUL file.
+
+    `fold` picks which block of the seeded engine order is held out. The folds of one seed are
+    disjoint, so with `held_out_fraction=0.2` folds 0-4 hold out every engine once: pooled, they
+    score as many independent engines as NASA's test file has. Fold 0 is the split of earlier runs.
     """
     raw = read_cmapss_file(train_file)
     stem = Path(train_file).stem.replace("train_", "")
     engines = raw["unit"].unique().sort().to_list()
     order = np.random.default_rng(seed).permutation(len(engines))
     n_held = min(max(1, round(held_out_fraction * len(engines))), len(engines) - 1)
-    held = sorted(engines[i] for i in order[:n_held])
+    folds = len(engines) // n_held
+    if not 0 <= fold < folds:
+        raise ValueError(
+            f"fold {fold} does not exist: {len(engines)} engines with held_out_fraction {held_out_fraction} "
+            f"give folds 0-{folds - 1}"
+        )
+    held = sorted(engines[i] for i in order[fold * n_held : (fold + 1) * n_held])
     with_rul = raw.filter(pl.col("unit").is_in(held)).with_columns(
         pl.col("unit").cast(pl.String),
         (pl.col("cycle").max().over("unit") - pl.col("cycle")).cast(pl.Float64).alias(RUL),

@@ -95,6 +95,21 @@ def test_cmapss_files_round_trip_and_dev_split_cuts_like_the_test_set(tmp_path: 
     assert frame["condition"].n_unique() == 1
 
 
+def test_the_folds_of_a_dev_split_hold_out_every_engine_once(tmp_path: Path) -> None:
+    source = cmapss_file("train_FD001.txt")
+    all_engines = set(cmapss.read_cmapss_file(source)["unit"].unique().to_list())
+    held_out: list[set[int]] = []
+    for fold in range(5):
+        split = rm.write_cmapss_dev_split(source, tmp_path / str(fold), seed=3, fold=fold)
+        trained = set(cmapss.read_cmapss_file(split.train_file)["unit"].unique().to_list())
+        assert split.held_out_engines == 20 and len(trained) == 80
+        held_out.append(all_engines - trained)
+    assert set().union(*held_out) == all_engines
+    assert sum(len(engines) for engines in held_out) == len(all_engines)
+    with pytest.raises(ValueError, match="fold 5 does not exist: 100 engines .* give folds 0-4"):
+        rm.write_cmapss_dev_split(source, tmp_path / "5", seed=3, fold=5)
+
+
 def test_fd001_model_beats_the_mean_predictor_on_held_out_engines(
     fd001_model: rm.RulModel, fd001_slice: tuple[rm.RulDataset, rm.RulDataset]
 ) -> None:
