@@ -12,6 +12,9 @@ that failed is listed with its error.
     .venv/bin/python benchmarks/run_all.py --quick            # smoke check, 8-11 min
     .venv/bin/python benchmarks/run_all.py --only ingest,scoring
     .venv/bin/python -m benchmarks                            # the same as run_all.py
+
+Ctrl-C or SIGTERM stops the running benchmark and every process it started (brokers, `factory up`,
+load generators), keeps the summary of the benchmarks that finished, and exits with 130.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -105,13 +109,20 @@ def run_one(bench: Benchmark, quick: bool, work: Path) -> Outcome:
         timer.start()
         assert process.stdout is not None
         reporting = False  # once the script prints its report (Markdown or JSON), the log has it
-        for line in process.stdout:
-            log.write(line)
-            reporting = reporting or line.startswith(("# ", "{"))
-            if not reporting and _worth_showing(line):
-                print(f"  [{bench.name}] {line.rstrip()[:160]}", flush=True)
-        process.wait()
-        timer.cancel()
+        try:
+            for line in process.stdout:
+                log.write(line)
+                reporting = reporting or line.startswith(("# ", "{"))
+                if not reporting and _worth_showing(line):
+                    print(f"  [{bench.name}] {line.rstrip()[:160]}", flush=True)
+            process.wait()
+        except KeyboardInterrupt:
+            # The child runs in its own session, so the terminal's Ctrl-C never reached it or what it started.
+            print(f"  [{bench.name}] interrupted: stopping it and every process it started", flush=True)
+            _stop_tree(process)
+            raise
+        finally:
+            timer.cancel()
     seconds = time.monotonic() - started
     outcome = Outcome(bench.name, shown, seconds, log=log_path)
     if process.returncode != 0:
@@ -138,7 +149,7 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def _stop_tree(process: subprocess.Popen[str]) -> None:
-    """The benchmark overran its time: end it and every process it started (by pid, children first)."""
+    """End a benchmark (overrun or interrupted) and every process it started (by pid, children first)."""
     try:
         parent = psutil.Process(process.pid)
         tree = [*parent.children(recursive=True), parent]
@@ -503,9 +514,16 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="run-all-"))
     print(f"running {len(chosen)} benchmarks{' (quick)' if args.quick else ''}; logs in {work}", flush=True)
     outcomes: list[Outcome] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a background job starts with it ignored
+        signal.signal(signum, _interrupt)
     for number, bench in enumerate(chosen, 1):
         print(f"[{number}/{len(chosen)}] {bench.name}: {bench.about}", flush=True)
-        outcome = run_one(bench, args.quick, work)
+        try:
+            outcome = run_one(bench, args.quick, work)
+        except KeyboardInterrupt:
+            kept = f"{args.out} holds the {len(outcomes)} that finished" if outcomes else f"{args.out} left as it was"
+            print(f"[{number}/{len(chosen)}] {bench.name}: interrupted; {kept}", flush=True)
+            return 130
         outcomes.append(outcome)
         state = "FAILED" if outcome.error else "done"
         print(f"[{number}/{len(chosen)}] {bench.name}: {state} in {outcome.seconds:.0f} s", flush=True)
@@ -516,6 +534,11 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(f"wrote {args.out}")
     return 1 if any(outcome.error for outcome in outcomes) else 0
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    """SIGINT and SIGTERM as Ctrl-C, so the running benchmark's processes are stopped rather than orphaned."""
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
