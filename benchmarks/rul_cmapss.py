@@ -54,20 +54,28 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     return overrides
 
 
+def write_split(train_file: Path, out_dir: Path, args: argparse.Namespace) -> rul_model.CmapssSplitFiles:
+    """The dev split the arguments ask for; a fold that does not exist is a usage error, not a traceback."""
+    try:
+        return rul_model.write_cmapss_dev_split(
+            train_file,
+            out_dir,
+            held_out_fraction=args.held_out_fraction,
+            seed=args.seed,
+            cuts_per_engine=args.cuts_per_engine,
+            fold=args.fold,
+        )
+    except ValueError as error:
+        raise SystemExit(f"rul_cmapss.py: {error}") from None
+
+
 def run_subset(
     subset: str, data_dir: Path, work_dir: Path, params: rul_model.RulParams, args: argparse.Namespace
 ) -> dict[str, Any]:
     train_file = data_dir / f"train_{subset}.txt"
     if not train_file.is_file():
         raise SystemExit(f"{train_file} is missing (see shared/data/README.md)")
-    split = rul_model.write_cmapss_dev_split(
-        train_file,
-        work_dir / subset,
-        held_out_fraction=args.held_out_fraction,
-        seed=args.seed,
-        cuts_per_engine=args.cuts_per_engine,
-        fold=args.fold,
-    )
+    split = write_split(train_file, work_dir / subset, args)
     started = time.perf_counter()
 
     def progress(message: str) -> None:
@@ -110,14 +118,7 @@ def main() -> None:
         if args.work_dir is None:
             parser.error("--split-only needs --work-dir")
         for subset in args.subsets:
-            split = rul_model.write_cmapss_dev_split(
-                args.data_dir / f"train_{subset}.txt",
-                args.work_dir / subset,
-                held_out_fraction=args.held_out_fraction,
-                seed=args.seed,
-                cuts_per_engine=args.cuts_per_engine,
-                fold=args.fold,
-            )
+            split = write_split(args.data_dir / f"train_{subset}.txt", args.work_dir / subset, args)
             print(
                 f"{subset}: {split.held_out_engines} engines held out, {split.test_engines} test engines in "
                 f"{args.work_dir / subset}"
