@@ -189,8 +189,8 @@ def test_history_features_are_causal_and_measure_change_since_the_units_start() 
     starts = np.repeat([0, 90], [90, 60])  # two units: rows 0-89 and 90-149
     cycles = np.concatenate([np.arange(1, 91), np.arange(1, 61)]).astype(float)
     full = history_features(values, starts, cycles)
-    n = values.shape[1]  # layout: age, mean of 5, mean of 20, change since the first 20, slopes over 30 and 60
-    assert full.shape == (150, 1 + 5 * n)
+    n = values.shape[1]  # layout: age, means of 5 and 20, change since the first 20, slopes over 30 and 60, wear rate
+    assert full.shape == (150, 1 + 6 * n)
     for row in (0, 10, 45, 89, 90, 100, 149):  # a row's features read only the rows up to it
         np.testing.assert_allclose(
             history_features(values[: row + 1], starts[: row + 1], cycles[: row + 1])[row], full[row]
@@ -199,9 +199,27 @@ def test_history_features_are_causal_and_measure_change_since_the_units_start() 
     np.testing.assert_allclose(full[45, 1 + n : 1 + 2 * n], values[26:46].mean(axis=0))
     np.testing.assert_allclose(full[45, 1 + 2 * n : 1 + 3 * n], values[26:46].mean(axis=0) - values[:20].mean(axis=0))
     assert full[45, 1 + 3 * n] == pytest.approx(np.polyfit(np.arange(30), values[16:46, 0], 1)[0])
+    # the wear rate: that change per cycle of age, the age counted as at least the 20 baseline rows
+    np.testing.assert_allclose(full[45, 1 + 5 * n :], full[45, 1 + 2 * n : 1 + 3 * n] / 46)
+    np.testing.assert_allclose(full[10, 1 + 5 * n :], full[10, 1 + 2 * n : 1 + 3 * n] / 20)
     # the second unit's first row never reads the first unit: its means are itself, no slope yet
     np.testing.assert_allclose(full[90, 1 : 1 + n], values[90])
     assert (full[90, 1 + 2 * n :] == 0).all()
+
+
+def test_history_trees_saved_before_the_wear_rate_still_predict() -> None:
+    """A champion registered before the wear rate existed has trees over the first 1 + 5 * features columns."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    rng = np.random.default_rng(1)
+    values, starts, cycles = rng.normal(size=(120, 2)), np.zeros(120, dtype=int), np.arange(1.0, 121.0)
+    features = history_features(values, starts, cycles)
+    old_layout = features[:, : 1 + 5 * 2]
+    trees = HistGradientBoostingRegressor(max_iter=5, min_samples_leaf=5).fit(old_layout, cycles / 120)
+    ends = np.array([30, 119])
+    np.testing.assert_allclose(
+        HistoryMember(trees, 1.0).predict(values, starts, cycles, ends), trees.predict(old_layout[ends])
+    )
 
 
 def test_history_trees_join_the_network_with_the_weight_that_fits_the_calibration_cuts(
