@@ -41,12 +41,15 @@ TRUSTED_TYPES: tuple[str, ...] = ("sklearn.ensemble._hist_gradient_boosting.pred
 """Types a HistGradientBoostingRegressor needs to be loaded back through skops."""
 
 
-def history_features(values: np.ndarray, starts: np.ndarray, cycles: np.ndarray) -> np.ndarray:
+def history_features(
+    values: np.ndarray, starts: np.ndarray, cycles: np.ndarray, *, wear_rate: bool = True
+) -> np.ndarray:
     """Per row (rows x 1 + 6 * features): age, trailing means, change since the baseline, slopes, wear rate.
 
     `values` are a frame's normalised features sorted by unit and cycle, `starts` each row's unit
     start row, `cycles` each row's cycle. Units shorter than a span use the rows they have. The wear
-    rate comes last, so trees trained before it existed read the first 1 + 5 * features columns.
+    rate comes last, so trees trained without it (`wear_rate=False`, or before it existed) read the
+    first 1 + 5 * features columns.
     """
     rows = np.arange(values.shape[0])
     totals = _prefix_sums(values)
@@ -74,7 +77,8 @@ def history_features(values: np.ndarray, starts: np.ndarray, cycles: np.ndarray)
         s_tv = cross_totals[rows + 1] - cross_totals[first]
         spread = n * s_tt - s_t**2  # 0 for a single row: no slope yet
         columns.append(np.where(spread > 0, (n * s_tv - s_t * s_v) / np.where(spread > 0, spread, 1.0), 0.0))
-    columns.append(change / np.maximum(cycles.astype(np.float64), BASELINE_ROWS)[:, None])
+    if wear_rate:
+        columns.append(change / np.maximum(cycles.astype(np.float64), BASELINE_ROWS)[:, None])
     return np.hstack(columns)
 
 
@@ -117,7 +121,7 @@ class HistoryMember:
         if ends.size == 0:
             return np.zeros(0)
         features = history_features(values, starts, cycles)[ends]
-        # trees saved before the wear rate was added read only the columns they were trained on
+        # trees without the wear rate (trained without it, or before it existed) read the columns they know
         return np.asarray(self.trees.predict(features[:, : self.trees.n_features_in_]), dtype=np.float64)
 
     def blend(self, network: np.ndarray, trees: np.ndarray) -> np.ndarray:

@@ -251,6 +251,13 @@ def test_history_trees_join_the_network_with_the_weight_that_fits_the_calibratio
     network_only.save(tmp_path / "network_only")
     assert not (tmp_path / "network_only" / rm.HISTORY_FILE).exists()
 
+    # the wear rate is the trees' last summary, and can be left out
+    assert fd001_model.history.trees.n_features_in_ == 1 + 6 * len(fd001_model.feature_columns)
+    no_wear = rm.fit(train, replace(TINY, history_wear_rate=False, max_epochs=1, ensemble_size=1))
+    assert no_wear.history is not None
+    assert no_wear.history.trees.n_features_in_ == 1 + 5 * len(no_wear.feature_columns)
+    assert no_wear.predict(validation.frame)["rul"].is_finite().all()
+
 
 def test_split_conformal_quantile_gives_nominal_coverage_on_exchangeable_scores() -> None:
     rng = np.random.default_rng(11)
