@@ -133,8 +133,8 @@ def log_sklearn_model(
 ) -> str:
     """Log `model` into the active MLflow run, register it under `registered_name`; the new version.
 
-    The signature is inferred from an input frame and an output sample (no input example is
-    stored: it would cost time and disk for nothing the UI needs).
+    The signature is inferred from an input frame and an output sample; the frame is also stored
+    as the input example, so the MLflow UI and `mlflow models serve` show what a request looks like.
     """
     import mlflow.sklearn  # the flavor imports scikit-learn: only where a model is handled
     from mlflow.models import infer_signature
@@ -144,6 +144,7 @@ def log_sklearn_model(
         model,
         name="model",
         signature=signature,
+        input_example=input_example_frame,
         pip_requirements=pip_requirements or pinned_requirements("scikit-learn", "numpy", "scipy"),
         skops_trusted_types=list(SKOPS_TRUSTED_TYPES),
         registered_model_name=registered_name,

@@ -16,7 +16,7 @@ from assets.prediction_output import PREDICTION_COLUMNS
 from factory_pipelines import energy_model as em
 from factory_pipelines.dagster_instance import ensure_energy_champion, write_dagster_yaml
 from factory_pipelines.definitions import build_definitions
-from factory_pipelines.model_registry import CHAMPION_ALIAS, champion_info
+from factory_pipelines.model_registry import CHAMPION_ALIAS, champion_info, use_tracking_uri
 from factory_pipelines.mqtt import connect_and_wait, make_client
 from factory_pipelines.settings import FactorySettings
 from factory_pipelines.store import ServingStore
@@ -212,6 +212,7 @@ def test_gate_refuses_a_worse_candidate_and_records_every_decision(
 
 
 def test_training_run_is_recorded_in_mlflow(factory_settings: FactorySettings, instance: dg.DagsterInstance) -> None:
+    import mlflow.models
     from mlflow.tracking import MlflowClient
 
     result = train(build_definitions(factory_settings), instance)
@@ -230,6 +231,9 @@ def test_training_run_is_recorded_in_mlflow(factory_settings: FactorySettings, i
     assert experiment.artifact_location.startswith(factory_settings.mlflow_artifacts_dir.as_uri())
     version = client.get_model_version(em.MODEL_NAME, "1")
     assert version.run_id == run.info.run_id and version.tags["dagster_run_id"] == result.run_id
+    use_tracking_uri(factory_settings.resolved_mlflow_uri)
+    logged = mlflow.models.get_model_info(f"models:/{em.MODEL_NAME}/1")
+    assert logged.signature is not None and logged.saved_input_example_info is not None
 
 
 def test_ensure_energy_champion_trains_once_into_the_factory_instance(factory_settings: FactorySettings) -> None:
