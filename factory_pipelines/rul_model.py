@@ -54,6 +54,7 @@ from factory_pipelines.cmapss import (
     write_cmapss_file,
     write_rul_file,
 )
+from factory_pipelines.lstm_inference import inference_pass
 from factory_pipelines.model_registry import pinned_requirements
 from factory_pipelines.rul_history import TREE_FOLDS, HistoryMember, choose_weight, fit_trees, history_features
 
@@ -515,18 +516,15 @@ class RulModel:
         return np.maximum(np.concatenate(out).astype(np.float64) * self.rul_cap, 0.0)
 
     def forward(self) -> Callable[[np.ndarray], np.ndarray]:
-        """The network's inference pass, traced into one TensorFlow graph for any batch size on first use.
+        """The network's inference pass for any batch size, built on first use (`lstm_inference`).
 
-        The same graph `predict_on_batch` runs, without the Keras Python around it (input adapter,
-        step function, output conversion): 0.3-1.1 ms a call measured (benchmarks/README.md), on a
-        call of about 9 ms, and a prediction asset calls the network once per window.
+        Keras's numbers without Keras's per-call Python (input adapter, step function, output
+        conversion, 0.3-1.1 ms a call) and in fewer graph operations than its LSTM cell: a prediction
+        asset calls the network once per window, at tens of robots, where dispatching the operations
+        costs as much as their arithmetic.
         """
         if self._forward is None:
-            import tensorflow as tf
-
-            spec = tf.TensorSpec((None, *self.network.input_shape[1:]), tf.float32)
-            traced = tf.function(lambda x: self.network(x, training=False)).get_concrete_function(spec)
-            self._forward = lambda x: traced(tf.convert_to_tensor(x, tf.float32)).numpy()
+            self._forward = inference_pass(self.network)
         return self._forward
 
     def network_and_trees(self, ordered: pl.DataFrame, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

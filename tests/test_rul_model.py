@@ -273,7 +273,7 @@ def test_split_conformal_quantile_gives_nominal_coverage_on_exchangeable_scores(
 def test_forward_pass_matches_keras_predict_for_any_batch_size_and_leaves_out_dropout(
     fd001_model: rm.RulModel,
 ) -> None:
-    """The traced pass replaces `predict_on_batch` in every prediction: same numbers, any batch, no dropout."""
+    """The inference pass (`lstm_inference`) replaces `predict_on_batch` in every prediction: same numbers."""
     shape = fd001_model.network.input_shape[1:]
     forward = fd001_model.forward()
     assert fd001_model.forward() is forward  # traced once per model
