@@ -6,7 +6,8 @@ unrolled LSTM cell spends about 16 operations per time step and member, its inpu
 among them. Here each LSTM layer projects every time step's input in one matrix product before the
 loop, and a step is 12 operations (the first, from the zero state, 8). The members stay separate
 chains, so TensorFlow still runs them side by side on the cores. For 20 robots the call takes
-about a quarter less than the Keras graph, and no more at any batch size (benchmarks/README.md).
+about a quarter less than the Keras graph; at 200, where arithmetic dominates, about the same
+(benchmarks/README.md).
 
 Only the layers `rul_model` builds are written out (LSTM with tanh and sigmoid, Dense with relu or
 none, the averaging of members; noise and dropout are off at inference). For any other network,
